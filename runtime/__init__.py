@@ -1,0 +1,1 @@
+"""Schooner container runtime: the model container that speaks Clipper RPC v3."""

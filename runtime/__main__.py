@@ -1,0 +1,94 @@
+"""``schooner-container`` / ``python -m schooner.runtime``: the container entry point.
+
+Exit codes: 0 after SIGTERM or SIGINT, 2 for bad configuration, 3 when the artifact or its
+framework cannot be loaded (a supervisor should not restart those in a tight loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from types import FrameType
+
+from schooner.frameworks.artifact import open_artifact
+from schooner.frameworks.registry import resolve
+from schooner.runtime.config import ContainerConfig
+from schooner.runtime.container import Container
+from schooner.runtime.errors import ConfigError, SchoonerError
+from schooner.runtime.metrics import ContainerMetrics, MetricsServer
+
+log = logging.getLogger("schooner.runtime")
+
+EXIT_CONFIG = 2
+EXIT_ARTIFACT = 3
+
+
+def main() -> int:
+    try:
+        config = ContainerConfig.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"schooner-container: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(
+        level=config.log_level,
+        format=f"%(asctime)s %(levelname)s [{config.model_name}:{config.model_version}] "
+        "%(name)s: %(message)s",
+    )
+    metrics = ContainerMetrics(config.model_name, config.model_version)
+    server = None
+    if config.metrics_port is not None:
+        server = MetricsServer(metrics, config.metrics_host, config.metrics_port).start()
+        log.info("metrics and health on http://%s:%d", config.metrics_host, server.port)
+    try:
+        artifact = open_artifact(config.model_path)
+        framework_cls = resolve(config.framework or artifact.framework)
+        if config.device != "cpu" and "cuda" not in framework_cls.devices:
+            raise ConfigError(
+                [f"SCHOONER_DEVICE={config.device}: the {framework_cls.name} framework runs on cpu only"]
+            )
+        framework = framework_cls(artifact, config.device)
+        framework.load()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    except SchoonerError as exc:
+        log.error("cannot load the model at %s: %s", config.model_path, exc)
+        return EXIT_ARTIFACT
+
+    container = Container(config, framework, metrics)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("%s: finishing the current batch and stopping", signal.Signals(signum).name)
+        container.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    _mark_ready(config, metrics)
+    log.info("container ready: %s framework, model %s, frontend %s", framework_cls.name,
+             artifact.path, config.frontend_address)  # fmt: skip
+    try:
+        container.run()
+    finally:
+        if config.ready_file is not None:
+            config.ready_file.unlink(missing_ok=True)
+        if server is not None:
+            server.close()
+    log.info("stopped")
+    return 0
+
+
+def _mark_ready(config: ContainerConfig, metrics: ContainerMetrics) -> None:
+    metrics.ready = True
+    if config.ready_file is None:
+        return
+    try:
+        config.ready_file.parent.mkdir(parents=True, exist_ok=True)
+        config.ready_file.write_text("ready\n")
+    except OSError as exc:
+        log.warning("cannot write the readiness file %s: %s", config.ready_file, exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""The model container's loop: one ZeroMQ DEALER session after another.
+
+A session opens a fresh DEALER (so the frontend sees a new replica), says hello with a
+heartbeat and then, until the frontend has been silent for ``session_timeout``:
+
+1. waits for messages; when idle for ``heartbeat_interval`` it sends a heartbeat;
+2. drains everything queued (up to the max batch size): heartbeat replies are answered
+   (NewContainer when the frontend asks who we are), prediction requests are collected;
+3. predicts the collected requests as one batch, checks N outputs for N inputs, and sends
+   one response per request.
+
+The socket belongs to this loop. While ``predict`` runs, the loop lends it to a small
+heartbeat thread through a lock (a full memory barrier, which is how ZeroMQ allows a
+socket to change threads), so a prediction that takes minutes does not get the container
+dropped. A batch that fails is answered with one error output per input; the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import zmq
+
+from schooner.frameworks.base import Framework
+from schooner.runtime import batch as batching
+from schooner.runtime import wire
+from schooner.runtime.config import ContainerConfig
+from schooner.runtime.errors import PredictionError, WireError
+from schooner.runtime.metrics import ContainerMetrics
+
+__all__ = ["Container"]
+
+log = logging.getLogger(__name__)
+
+_REQUEST_METADATA = wire.HeartbeatType.REQUEST_CONTAINER_METADATA
+
+
+class Container:
+    """Serves one loaded framework to the frontend at ``config.frontend_address``."""
+
+    def __init__(
+        self,
+        config: ContainerConfig,
+        framework: Framework,
+        metrics: ContainerMetrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.framework = framework
+        self.metrics = metrics
+        self._clock = clock
+        self._context = zmq.Context.instance()
+        self._socket: zmq.Socket[bytes] | None = None
+        self._socket_lock = threading.Lock()  # held by the loop except while predicting
+        self._predicting_since: float | None = None
+        self._last_sent = 0.0
+        # Received frames as bytes (one memcpy, cheapest for small messages) or as zero-copy
+        # zmq.Frame buffers (large tensors). SCHOONER_ZERO_COPY picks; see config.
+        self._zero_copy = config.zero_copy
+        self._stopped = threading.Event()
+        self._hello = wire.encode_new_container(
+            config.model_name, config.model_version, config.input_type,
+            wire.SCHOONER_CAPABILITIES,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`; reconnect with a fresh socket after each timeout."""
+        beater = threading.Thread(target=self._heartbeat_while_predicting, daemon=True,
+                                  name="heartbeat")  # fmt: skip
+        beater.start()
+        try:
+            while not self._stopped.is_set():
+                self._session()
+        finally:
+            self._stopped.set()
+            beater.join(timeout=2)
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch and return (within a second when idle).
+        Safe from a signal handler."""
+        self._stopped.set()
+
+    # ------------------------------------------------------------------ one session
+
+    def _session(self) -> None:
+        cfg = self.config
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # Block in recv (one wake-up per message, as cheap as a raw echo), but never longer
+        # than a second, so a stop request or a due heartbeat is noticed promptly.
+        sock.setsockopt(zmq.RCVTIMEO, int(min(cfg.heartbeat_interval, 1.0) * 1000))
+        sock.connect(cfg.frontend_address)
+        max_inputs = cfg.max_batch_size or 1 << 62
+        recv, events = sock.recv_multipart, sock.get
+        with self._socket_lock:
+            self._socket = sock
+            self._send(wire.encode_heartbeat())
+            last_heard = self._clock()
+            log.info("session open: %s", cfg.frontend_address)
+            try:
+                while not self._stopped.is_set():
+                    try:
+                        frames = recv(copy=self._zero_copy)
+                    except zmq.Again:
+                        now = self._clock()
+                        if now - last_heard > cfg.session_timeout:
+                            self.metrics.reconnects += 1
+                            log.warning("no message from the frontend for %.0f s: reconnecting",
+                                        now - last_heard)  # fmt: skip
+                            return
+                        if now - self._last_sent >= cfg.heartbeat_interval:
+                            self._send(wire.encode_heartbeat())
+                        continue
+                    last_heard = self._clock()
+                    requests: list[wire.PredictRequest] = []
+                    n_inputs = 0
+                    while True:
+                        request = self._read(frames)
+                        if request is not None:
+                            requests.append(request)
+                            n_inputs += len(request.sizes)
+                        if n_inputs >= max_inputs or not events(zmq.EVENTS) & zmq.POLLIN:
+                            break
+                        frames = recv(zmq.NOBLOCK, copy=self._zero_copy)
+                    if requests:
+                        self._serve(requests)
+            finally:
+                self._socket = None
+                sock.close(linger=0)
+
+    def _send(self, frames: Sequence[wire.Buffer]) -> None:
+        assert self._socket is not None
+        self._socket.send_multipart(frames, copy=False)
+        self._last_sent = self._clock()
+
+    def _read(self, frames: list[Any]) -> wire.PredictRequest | None:
+        """Decode one message; answer heartbeat replies here; return prediction requests."""
+        if self._zero_copy:
+            frames = [f.buffer for f in frames]
+        try:
+            message = wire.decode_from_frontend(frames)
+        except WireError as exc:
+            self.metrics.malformed += 1
+            log.warning("dropped a malformed message (%d frames): %s", len(frames), exc)
+            return None
+        if isinstance(message, wire.HeartbeatReply):
+            if message.hb_type == _REQUEST_METADATA:
+                self._send(self._hello)
+                log.info("registered as %s:%s (%s)", self.config.model_name,
+                         self.config.model_version, self.config.input_type.clipper_name)
+            return None
+        return message
+
+    # ------------------------------------------------------------------ predicting
+
+    def _serve(self, requests: list[wire.PredictRequest]) -> None:
+        """Predict the requests (in groups of at most the max batch size) and answer each."""
+        for group in self._groups(requests):
+            started = self._clock()
+            answers = self._predict_group(group)
+            errors = 0
+            for request, (outputs, status) in zip(group, answers):
+                if request.packed:
+                    self._send(wire.encode_packed_response(request.msg_id, outputs, status))
+                else:
+                    self._send(wire.encode_predict_response(request.msg_id, outputs))
+                if status is not None:
+                    errors += status.count(1)
+            self.metrics.record_batch(
+                len(group), sum(len(r.sizes) for r in group), self._clock() - started, errors
+            )
+
+    def _groups(self, requests: list[wire.PredictRequest]) -> Iterator[list[wire.PredictRequest]]:
+        limit = self.config.max_batch_size
+        if not limit or len(requests) == 1:
+            yield requests
+            return
+        group: list[wire.PredictRequest] = []
+        size = 0
+        for request in requests:
+            n = len(request.sizes)
+            if group and size + n > limit:
+                yield group
+                group, size = [], 0
+            group.append(request)
+            size += n
+        if group:
+            yield group
+
+    def _predict_group(
+        self, group: list[wire.PredictRequest]
+    ) -> list[tuple[list[bytes], bytes | None]]:
+        """Outputs and (for packed requests) status bytes per request of the group."""
+        answers: list[tuple[list[bytes], bytes | None] | None] = [None] * len(group)
+        good: list[int] = []
+        for i, request in enumerate(group):
+            try:
+                batching.validate(request, self.config.input_type)
+                good.append(i)
+            except PredictionError as exc:
+                answers[i] = self._failed(request, str(exc))
+        if good:
+            ok = [group[i] for i in good]
+            try:
+                outputs = self._predict(ok)
+            except PredictionError as exc:
+                message = str(exc)
+                log.error("batch of %d inputs failed: %s", sum(len(r.sizes) for r in ok), message)
+                for i in good:
+                    answers[i] = self._failed(group[i], message)
+            else:
+                pos = 0
+                for i in good:
+                    n = len(group[i].sizes)
+                    status = bytes(n) if group[i].packed else None
+                    answers[i] = (outputs[pos : pos + n], status)
+                    pos += n
+        return answers  # type: ignore[return-value]
+
+    def _predict(self, requests: list[wire.PredictRequest]) -> list[bytes]:
+        """Call the framework, converting anything it raises into PredictionError."""
+        n = sum(len(r.sizes) for r in requests)
+        limit = self.config.max_batch_size
+        try:
+            if limit and n > limit:  # one request bigger than the limit: predict in chunks
+                return [out for chunk in _chunks(requests[0], limit) for out in self._call([chunk])]
+            return self._call(requests)
+        except PredictionError:
+            raise
+        except Exception as exc:  # the model's own failure, converted at this one boundary
+            log.error("predict raised on a batch of %d inputs:\n%s", n, traceback.format_exc())
+            raise PredictionError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _call(self, requests: list[wire.PredictRequest]) -> list[bytes]:
+        batch = batching.assemble(requests, self.config.input_type)
+        n = sum(len(r.sizes) for r in requests)
+        self._predicting_since = self._clock()
+        self._socket_lock.release()
+        try:
+            outputs = self.framework.predict(batch)
+        finally:
+            self._socket_lock.acquire()
+            self._predicting_since = None
+        return batching.encode_outputs(outputs, n)
+
+    def _failed(self, request: wire.PredictRequest, message: str) -> tuple[list[bytes], bytes | None]:
+        n = len(request.sizes)
+        text = batching.error_text(message, plain=not request.packed)
+        return [text] * n, (b"\x01" * n if request.packed else None)
+
+    # ------------------------------------------------------------------ heartbeats
+
+    def _heartbeat_while_predicting(self) -> None:
+        """Keep the session alive while a long predict holds the loop (runs on a thread)."""
+        interval = self.config.heartbeat_interval
+        while not self._stopped.wait(min(interval / 2, 1.0)):
+            since = self._predicting_since
+            if since is None or self._clock() - max(since, self._last_sent) < interval:
+                continue
+            if not self._socket_lock.acquire(timeout=0.5):
+                continue
+            try:
+                if self._predicting_since is not None and self._socket is not None:
+                    self._send(wire.encode_heartbeat())
+                    log.debug("heartbeat sent during a predict running for %.1f s",
+                              self._clock() - since)  # fmt: skip
+            finally:
+                self._socket_lock.release()
+
+
+def _chunks(request: wire.PredictRequest, size: int) -> Iterator[wire.PredictRequest]:
+    """Split one request into requests of at most ``size`` inputs (views, no copies)."""
+    items = batching.items_of(request)
+    for start in range(0, len(items), size):
+        part = items[start : start + size]
+        yield wire.PredictRequest(request.msg_id, request.input_type,
+                                  tuple(len(p) for p in part), inputs=list(part))  # fmt: skip

@@ -1,0 +1,477 @@
+"""Clipper RPC v3 on the wire: frames <-> typed messages, and nothing else.
+
+No sockets live here. Every function takes or returns the list of frames a ZeroMQ
+DEALER sees (the leading empty delimiter included); the ROUTER side adds or strips
+its routing identity itself. The protocol is written down in ``docs/clipper-rpc-v3.md``.
+
+Schooner extension, "packed batches" (capability bit ``CAP_PACKED``)
+--------------------------------------------------------------------
+Plain v3 spends one frame per input and per output. A Schooner container announces
+that it can do better by sending its NewContainer RPC-version frame as 8 bytes,
+``u32 3 | u32 capabilities``; Clipper's frontend reads only the first ``u32`` of that
+frame, so it still sees version 3 and registers the container as usual. Only a
+frontend that understood the capability sends the packed messages below, so a plain
+v3 peer never receives one:
+
+* packed request, frontend -> container:
+  ``"" | u32 3 | u32 1 | u32 msg_id | u32 2 | header | payload``
+  header is ``[input_type, N, size_0 .. size_{N-1}]`` as u64 (as in v3); payload is the
+  N inputs back to back.
+* packed response, container -> frontend:
+  ``"" | u32 3 | msg_id | header | status | payload``
+  header is ``[N, len_0 .. len_{N-1}]`` as u64, status is N bytes (``0`` ok, ``1`` the
+  output is an error message), payload the N UTF-8 outputs back to back.
+
+Both move a whole batch in a constant number of frames, so the payload can be a
+zero-copy view of one buffer.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Union
+
+import numpy as np
+
+from schooner.runtime.errors import WireError
+
+__all__ = [
+    "RPC_VERSION",
+    "CAP_PACKED",
+    "SCHOONER_CAPABILITIES",
+    "MessageType",
+    "HeartbeatType",
+    "RequestType",
+    "InputType",
+    "Heartbeat",
+    "HeartbeatReply",
+    "NewContainer",
+    "PredictRequest",
+    "PredictResponse",
+    "encode_heartbeat",
+    "encode_heartbeat_reply",
+    "encode_new_container",
+    "encode_predict_request",
+    "encode_packed_request",
+    "encode_predict_response",
+    "encode_packed_response",
+    "decode_from_frontend",
+    "decode_from_container",
+]
+
+RPC_VERSION = 3
+CAP_PACKED = 1
+SCHOONER_CAPABILITIES = CAP_PACKED
+
+
+class MessageType(IntEnum):
+    NEW_CONTAINER = 0
+    CONTAINER_CONTENT = 1
+    HEARTBEAT = 2
+    PACKED_CONTENT = 3  # Schooner extension, container -> frontend only
+
+
+class HeartbeatType(IntEnum):
+    KEEP_ALIVE = 0
+    REQUEST_CONTAINER_METADATA = 1
+
+
+class RequestType(IntEnum):
+    PREDICT = 0
+    FEEDBACK = 1  # defined by v3, never implemented by Clipper
+    PREDICT_PACKED = 2  # Schooner extension
+
+
+_INPUT_ALIASES = {
+    "b": 0, "bytes": 0, "byte": 0,
+    "i": 1, "ints": 1, "int": 1, "integers": 1,
+    "f": 2, "floats": 2, "float": 2,
+    "d": 3, "doubles": 3, "double": 3,
+    "s": 4, "strings": 4, "string": 4, "str": 4,
+}  # fmt: skip
+
+
+class InputType(IntEnum):
+    BYTES = 0
+    INTS = 1
+    FLOATS = 2
+    DOUBLES = 3
+    STRINGS = 4
+
+    @classmethod
+    def parse(cls, value: str | int | InputType) -> InputType:
+        """Accept an InputType, its number, its Clipper name or alias (``"d"``, ``"doubles"``)."""
+        if isinstance(value, InputType):
+            return value
+        if isinstance(value, int):
+            return cls(value)
+        key = str(value).strip().lower()
+        if key.isdigit():
+            return cls(int(key))
+        try:
+            return cls(_INPUT_ALIASES[key])
+        except KeyError:
+            raise ValueError(
+                f"unknown input type {value!r}: use one of bytes, ints, floats, doubles, strings"
+            ) from None
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        """numpy element type of one input, or None for strings (UTF-8 text)."""
+        return _DTYPES[self]
+
+    @property
+    def clipper_name(self) -> str:
+        return self.name.lower()
+
+
+_DTYPES: dict[InputType, np.dtype | None] = {
+    InputType.BYTES: np.dtype(np.int8),
+    InputType.INTS: np.dtype("<i4"),
+    InputType.FLOATS: np.dtype("<f4"),
+    InputType.DOUBLES: np.dtype("<f8"),
+    InputType.STRINGS: None,
+}
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+# Frames that never change, built once.
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_EMPTY = b""
+_V3 = _U32.pack(RPC_VERSION)
+_T_NEW = _U32.pack(MessageType.NEW_CONTAINER)
+_T_CONTENT = _U32.pack(MessageType.CONTAINER_CONTENT)
+_T_HEARTBEAT = _U32.pack(MessageType.HEARTBEAT)
+_T_PACKED = _U32.pack(MessageType.PACKED_CONTENT)
+_R_PREDICT = _U32.pack(RequestType.PREDICT)
+_R_PACKED = _U32.pack(RequestType.PREDICT_PACKED)
+_HB = (_U32.pack(HeartbeatType.KEEP_ALIVE), _U32.pack(HeartbeatType.REQUEST_CONTAINER_METADATA))
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Container -> frontend: ``"" | u32 2``."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReply:
+    """Frontend -> container: ``"" | u32 3 | u32 2 | u32 hb_type``."""
+
+    hb_type: HeartbeatType
+
+
+@dataclass(frozen=True, slots=True)
+class NewContainer:
+    """Container -> frontend, after a RequestContainerMetadata heartbeat reply."""
+
+    name: str
+    version: str
+    input_type: InputType
+    capabilities: int = 0  # 0 for a plain v3 container
+
+
+@dataclass(slots=True)
+class PredictRequest:
+    """Frontend -> container. ``inputs`` holds one buffer per input (plain v3), or is
+    None and ``payload`` holds them back to back (packed)."""
+
+    msg_id: bytes  # the 4 raw bytes, echoed in the response
+    input_type: InputType
+    sizes: tuple[int, ...]
+    inputs: list[Buffer] | None = None
+    payload: Buffer | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.inputs is None
+
+    @property
+    def id(self) -> int:
+        return int(_U32.unpack(self.msg_id)[0])
+
+
+@dataclass(slots=True)
+class PredictResponse:
+    """Container -> frontend. ``outputs`` is one buffer per output (plain v3), or None and
+    ``payload``/``status`` hold them (packed). ``errors`` flags outputs that are errors."""
+
+    msg_id: bytes
+    lengths: tuple[int, ...]
+    outputs: list[Buffer] | None = None
+    payload: Buffer | None = None
+    status: Buffer | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.outputs is None
+
+    @property
+    def id(self) -> int:
+        return int(_U32.unpack(self.msg_id)[0])
+
+    def texts(self) -> list[str]:
+        """The N outputs decoded as UTF-8 (invalid bytes replaced, never raised)."""
+        if self.outputs is not None:
+            return [bytes(o).decode("utf-8", "replace") for o in self.outputs]
+        data = bytes(self.payload or b"")
+        out, pos = [], 0
+        for n in self.lengths:
+            out.append(data[pos : pos + n].decode("utf-8", "replace"))
+            pos += n
+        return out
+
+    def error_flags(self) -> list[bool]:
+        if self.status is None:
+            return [False] * len(self.lengths)
+        return [b != 0 for b in bytes(self.status)]
+
+
+FromFrontend = Union[HeartbeatReply, PredictRequest]
+FromContainer = Union[Heartbeat, NewContainer, PredictResponse]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _u32(frame: Buffer, what: str) -> int:
+    if len(frame) != 4:
+        raise WireError(f"{what}: expected a 4-byte u32 frame, got {len(frame)} bytes")
+    return int(_U32.unpack(frame)[0])
+
+
+def _u64s(frame: Buffer, what: str) -> tuple[int, ...]:
+    n, rem = divmod(len(frame), 8)
+    if rem:
+        raise WireError(f"{what}: length {len(frame)} is not a multiple of 8")
+    return struct.unpack(f"<{n}Q", frame)
+
+
+def _pack_u64s(values: Sequence[int]) -> bytes:
+    return struct.pack(f"<{len(values)}Q", *values)
+
+
+# --------------------------------------------------------------------------- container side
+
+
+def encode_heartbeat() -> list[bytes]:
+    return [_EMPTY, _T_HEARTBEAT]
+
+
+def encode_new_container(
+    name: str, version: str, input_type: InputType, capabilities: int = 0
+) -> list[bytes]:
+    """NewContainer. With capabilities, the version frame grows to ``u32 3 | u32 caps``."""
+    version_frame = _V3 if not capabilities else _V3 + _U32.pack(capabilities)
+    return [
+        _EMPTY,
+        _T_NEW,
+        name.encode("utf-8"),
+        str(version).encode("utf-8"),
+        str(int(input_type)).encode("ascii"),
+        version_frame,
+    ]
+
+
+def encode_predict_response(msg_id: bytes, outputs: Sequence[bytes]) -> list[bytes]:
+    """Plain v3 response: header ``[N, len_0..]`` (no input-type field), a frame per output."""
+    n = len(outputs)
+    header = _pack_u64s([n, *map(len, outputs)])
+    return [_EMPTY, _T_CONTENT, msg_id, _U64.pack(len(header)), header, *outputs]
+
+
+def encode_packed_response(
+    msg_id: bytes, outputs: Sequence[bytes], status: bytes | None = None
+) -> list[bytes]:
+    """Packed response (Schooner extension): a constant six frames whatever N is."""
+    n = len(outputs)
+    header = _pack_u64s([n, *map(len, outputs)])
+    return [_EMPTY, _T_PACKED, msg_id, header, status or bytes(n), b"".join(outputs)]
+
+
+def decode_from_frontend(frames: Sequence[Buffer]) -> FromFrontend:
+    """Decode what a container receives. Raises WireError on anything malformed."""
+    if len(frames) < 3:
+        raise WireError(f"message of {len(frames)} frames is too short")
+    if len(frames[0]) != 0:
+        raise WireError("first frame must be the empty delimiter")
+    if frames[1] != _V3:
+        version = _u32(frames[1], "rpc version")
+        raise WireError(f"unsupported RPC version {version} (this container speaks {RPC_VERSION})")
+    mtype = frames[2]
+    if mtype == _T_CONTENT:
+        if len(frames) < 6:
+            raise WireError("prediction request is too short")
+        msg_id = bytes(frames[3])
+        if len(msg_id) != 4:
+            raise WireError("message id must be a 4-byte frame")
+        rtype = frames[4]
+        if rtype == _R_PREDICT:
+            return _decode_plain_request(msg_id, frames)
+        if rtype == _R_PACKED:
+            return _decode_packed_request(msg_id, frames)
+        raise WireError(f"request type {_u32(rtype, 'request type')} is not supported")
+    if mtype == _T_HEARTBEAT:
+        if len(frames) != 4:
+            raise WireError(f"heartbeat reply has {len(frames)} frames, expected 4")
+        hb = _u32(frames[3], "heartbeat type")
+        try:
+            return HeartbeatReply(HeartbeatType(hb))
+        except ValueError:
+            raise WireError(f"unknown heartbeat type {hb}") from None
+    raise WireError(f"unexpected message type {_u32(mtype, 'message type')} from the frontend")
+
+
+def _request_header(frame: Buffer) -> tuple[InputType, tuple[int, ...]]:
+    header = _u64s(frame, "request header")
+    if len(header) < 2:
+        raise WireError("request header needs at least [input_type, N]")
+    try:
+        input_type = InputType(header[0])
+    except ValueError:
+        raise WireError(f"unknown input type {header[0]}") from None
+    n = header[1]
+    sizes = header[2:]
+    if len(sizes) != n:
+        raise WireError(f"request header announces {n} inputs but lists {len(sizes)} sizes")
+    return input_type, sizes
+
+
+def _decode_plain_request(msg_id: bytes, frames: Sequence[Buffer]) -> PredictRequest:
+    declared = _u64s(frames[5], "header size")
+    if len(declared) != 1:
+        raise WireError("header size must be one u64")
+    if len(frames) < 7 or declared[0] != len(frames[6]):
+        raise WireError("header size frame does not match the header")
+    input_type, sizes = _request_header(frames[6])
+    inputs = list(frames[7:])
+    if len(inputs) != len(sizes):
+        raise WireError(f"header announces {len(sizes)} inputs, message carries {len(inputs)}")
+    for i, (frame, size) in enumerate(zip(inputs, sizes)):
+        if len(frame) != size:
+            raise WireError(f"input {i} is {len(frame)} bytes, header says {size}")
+    return PredictRequest(msg_id, input_type, sizes, inputs=inputs)
+
+
+def _decode_packed_request(msg_id: bytes, frames: Sequence[Buffer]) -> PredictRequest:
+    if len(frames) != 7:
+        raise WireError(f"packed request has {len(frames)} frames, expected 7")
+    input_type, sizes = _request_header(frames[5])
+    payload = frames[6]
+    if sum(sizes) != len(payload):
+        raise WireError(f"packed payload is {len(payload)} bytes, header says {sum(sizes)}")
+    return PredictRequest(msg_id, input_type, sizes, payload=payload)
+
+
+# --------------------------------------------------------------------------- frontend side
+
+
+def encode_heartbeat_reply(hb_type: HeartbeatType) -> list[bytes]:
+    return [_EMPTY, _V3, _T_HEARTBEAT, _HB[hb_type]]
+
+
+def encode_predict_request(
+    msg_id: int, input_type: InputType, inputs: Sequence[Buffer]
+) -> list[Buffer]:
+    """Plain v3 request: ``u64 H | header | input_0 .. input_{N-1}``."""
+    header = _pack_u64s([int(input_type), len(inputs), *map(len, inputs)])
+    return [
+        _EMPTY, _V3, _T_CONTENT, _U32.pack(msg_id), _R_PREDICT,
+        _U64.pack(len(header)), header, *inputs,
+    ]  # fmt: skip
+
+
+def encode_packed_request(
+    msg_id: int, input_type: InputType, sizes: Sequence[int], payload: Buffer
+) -> list[Buffer]:
+    """Packed request (Schooner extension, only to a container that announced CAP_PACKED)."""
+    header = _pack_u64s([int(input_type), len(sizes), *sizes])
+    return [_EMPTY, _V3, _T_CONTENT, _U32.pack(msg_id), _R_PACKED, header, payload]
+
+
+def decode_from_container(frames: Sequence[Buffer]) -> FromContainer:
+    """Decode what the frontend receives (identity frame already stripped)."""
+    if len(frames) < 2:
+        raise WireError(f"message of {len(frames)} frames is too short")
+    if len(frames[0]) != 0:
+        raise WireError("first frame must be the empty delimiter")
+    mtype = _u32(frames[1], "message type")
+    if mtype == MessageType.HEARTBEAT:
+        return Heartbeat()
+    if mtype == MessageType.NEW_CONTAINER:
+        return _decode_new_container(frames)
+    if mtype == MessageType.CONTAINER_CONTENT:
+        return _decode_plain_response(frames)
+    if mtype == MessageType.PACKED_CONTENT:
+        return _decode_packed_response(frames)
+    raise WireError(f"unknown message type {mtype}")
+
+
+def _decode_new_container(frames: Sequence[Buffer]) -> NewContainer:
+    if len(frames) != 6:
+        raise WireError(
+            f"NewContainer has {len(frames)} frames; v3 needs 6 (the last one the RPC version)"
+        )
+    vframe = bytes(frames[5])
+    if len(vframe) not in (4, 8):
+        raise WireError("NewContainer RPC version frame must be 4 (or 8, with capabilities) bytes")
+    version = _U32.unpack_from(vframe)[0]
+    if version != RPC_VERSION:
+        raise WireError(f"container speaks RPC version {version}, this frontend speaks 3")
+    caps = _U32.unpack_from(vframe, 4)[0] if len(vframe) == 8 else 0
+    try:
+        name = bytes(frames[2]).decode("utf-8")
+        model_version = bytes(frames[3]).decode("utf-8")
+        input_type = InputType(int(bytes(frames[4]).decode("ascii")))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireError(f"bad NewContainer metadata: {exc}") from exc
+    if not name or not model_version:
+        raise WireError("NewContainer needs a model name and version")
+    return NewContainer(name, model_version, input_type, caps)
+
+
+def _response_header(frame: Buffer) -> tuple[int, ...]:
+    header = _u64s(frame, "response header")
+    if not header or header[0] != len(header) - 1:
+        raise WireError("response header must be [N, len_0 .. len_{N-1}]")
+    return header[1:]
+
+
+def _decode_plain_response(frames: Sequence[Buffer]) -> PredictResponse:
+    if len(frames) < 5:
+        raise WireError("prediction response is too short")
+    msg_id = bytes(frames[2])
+    if len(msg_id) != 4:
+        raise WireError("message id must be a 4-byte frame")
+    declared = _u64s(frames[3], "header size")
+    if len(declared) != 1 or declared[0] != len(frames[4]):
+        raise WireError("header size frame does not match the header")
+    lengths = _response_header(frames[4])
+    outputs = list(frames[5:])
+    if len(outputs) != len(lengths):
+        raise WireError(f"header announces {len(lengths)} outputs, message carries {len(outputs)}")
+    for i, (frame, n) in enumerate(zip(outputs, lengths)):
+        if len(frame) != n:
+            raise WireError(f"output {i} is {len(frame)} bytes, header says {n}")
+    return PredictResponse(msg_id, lengths, outputs=outputs)
+
+
+def _decode_packed_response(frames: Sequence[Buffer]) -> PredictResponse:
+    if len(frames) != 6:
+        raise WireError(f"packed response has {len(frames)} frames, expected 6")
+    msg_id = bytes(frames[2])
+    if len(msg_id) != 4:
+        raise WireError("message id must be a 4-byte frame")
+    lengths = _response_header(frames[3])
+    status, payload = frames[4], frames[5]
+    if len(status) != len(lengths):
+        raise WireError("packed status must hold one byte per output")
+    if sum(lengths) != len(payload):
+        raise WireError("packed payload length does not match the header")
+    return PredictResponse(msg_id, lengths, payload=payload, status=status)
