@@ -62,7 +62,7 @@ class Container:
         self._last_sent = 0.0
         # Received frames as bytes (one memcpy, cheapest for small messages) or as zero-copy
         # zmq.Frame buffers (large tensors). SCHOONER_ZERO_COPY picks; see config.
-        self._zero_copy = config.zero_copy
+        self._copy = not config.zero_copy
         self._stopped = threading.Event()
         self._hello = wire.encode_new_container(
             config.model_name, config.model_version, config.input_type,
@@ -108,7 +108,7 @@ class Container:
             try:
                 while not self._stopped.is_set():
                     try:
-                        frames = recv(copy=self._zero_copy)
+                        frames = recv(copy=self._copy)
                     except zmq.Again:
                         now = self._clock()
                         if now - last_heard > cfg.session_timeout:
@@ -129,7 +129,7 @@ class Container:
                             n_inputs += len(request.sizes)
                         if n_inputs >= max_inputs or not events(zmq.EVENTS) & zmq.POLLIN:
                             break
-                        frames = recv(zmq.NOBLOCK, copy=self._zero_copy)
+                        frames = recv(zmq.NOBLOCK, copy=self._copy)
                     if requests:
                         self._serve(requests)
             finally:
@@ -143,7 +143,7 @@ class Container:
 
     def _read(self, frames: list[Any]) -> wire.PredictRequest | None:
         """Decode one message; answer heartbeat replies here; return prediction requests."""
-        if self._zero_copy:
+        if not self._copy:
             frames = [f.buffer for f in frames]
         try:
             message = wire.decode_from_frontend(frames)
