@@ -1,0 +1,141 @@
+"""The real frontend and real containers, as separate processes, queried over HTTP."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def deploy(frontend, start_container, artifact, *, app="app", model="m", version="1",
+           slo=2_000_000, default="-1", link=True, batch_size=-1, replicas=1, **env):  # fmt: skip
+    """Register app/model/link through the management API and start replica processes."""
+    if app and not any(a == app for a in frontend.admin("get_all_applications", {"verbose": False})):
+        frontend.admin("add_app", {"name": app, "input_type": "doubles", "default_output": default,
+                                   "latency_slo_micros": slo})  # fmt: skip
+    frontend.admin("add_model", {"model_name": model, "model_version": version, "labels": [],
+                                 "input_type": "doubles", "container_name": "local",
+                                 "model_data_path": str(artifact), "batch_size": batch_size})  # fmt: skip
+    if app and link:
+        frontend.admin("add_model_links", {"app_name": app, "model_names": [model]})
+    containers = [
+        start_container(artifact, rpc_port=frontend.rpc_port, model_name=model,
+                        model_version=version, env=env, name=f"{model}-{version}-{i}")  # fmt: skip
+        for i in range(replicas)
+    ]
+    for _ in containers:
+        frontend.wait_for_replica(model, version, timeout=30)
+    frontend.process.wait_until(
+        lambda: sum(c["model_name"] == model and str(c["model_version"]) == version
+                    for c in frontend.containers()) == replicas,  # fmt: skip
+        timeout=30, what=f"{replicas} replicas of {model}:{version}",
+    )
+    return containers
+
+
+def test_predict_input_batch_and_pinned_versions(start_frontend, start_container, closure_artifact):
+    fe = start_frontend()
+
+    def v1(xs):
+        return [str(float(np.sum(x))) for x in xs]
+
+    def v2(xs):
+        return [f'{{"sum": {float(np.sum(x))}, "v": 2}}' for x in xs]
+
+    deploy(fe, start_container, closure_artifact(v1, "v1"), version="1")
+    status, body = fe.predict("app", {"input": [1.0, 2.0]})
+    assert status == 200 and body["output"] == 3.0 and body["default"] is False
+    deploy(fe, start_container, closure_artifact(v2, "v2"), version="2", link=False)
+    assert fe.predict("app", {"input": [1.0, 2.0]})[1]["output"] == {"sum": 3.0, "v": 2}
+    assert fe.predict("app", {"input": [1.0, 2.0], "version": "1"})[1]["output"] == 3.0
+    status, body = fe.predict("app", {"input_batch": [[1.0], [2.0, 3.0], [4.0]]})
+    assert status == 200 and [p["output"]["sum"] for p in body["batch_predictions"]] == [1.0, 5.0, 4.0]
+    fe.admin("set_model_version", {"model_name": "m", "model_version": "1"})  # roll back
+    assert fe.predict("app", {"input": [5.0]})[1]["output"] == 5.0
+    status, body = fe.predict("app", {"input": [5.0], "version": "9"})
+    assert status == 400 and "9" in body["cause"]
+    status, body = fe.predict("app", {"input": "not numbers"})
+    assert status == 400 and body["error"]
+
+
+def test_slow_model_gets_the_default_output_with_its_explanation(start_frontend, start_container,
+                                                                  closure_artifact):  # fmt: skip
+    fe = start_frontend()
+
+    def slow(xs):
+        time.sleep(1.0)
+        return ["late"] * len(xs)
+
+    deploy(fe, start_container, closure_artifact(slow), slo=200_000, default='"fallback"')
+    started = time.monotonic()
+    status, body = fe.predict("app", {"input": [1.0]})
+    elapsed = time.monotonic() - started
+    assert status == 200 and body["default"] is True and body["output"] == "fallback"
+    assert body["default_explanation"] and elapsed < 0.9
+
+
+def test_raising_model_answers_every_query_and_keeps_serving(start_frontend, start_container,
+                                                             closure_artifact):  # fmt: skip
+    fe = start_frontend()
+
+    def fragile(xs):
+        if any(float(x[0]) < 0 for x in xs):
+            raise RuntimeError("cannot take negatives")
+        return [str(float(x[0])) for x in xs]
+
+    deploy(fe, start_container, closure_artifact(fragile), default="0")
+    bodies = [{"input": [float(v)]} for v in (1, -1, 2, -2, 3, 4, -5, 6) * 4]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda b: fe.predict("app", b, timeout=20), bodies))
+    assert all(status == 200 for status, _ in answers)
+    for body, (_, answer) in zip(bodies, answers):
+        if body["input"][0] < 0:
+            assert answer["default"] is True and "cannot take negatives" in answer["default_explanation"]
+        elif not answer["default"]:  # a good query batched with a bad one fails with it
+            assert answer["output"] == body["input"][0]
+    status, body = fe.predict("app", {"input": [8.0]})
+    assert status == 200 and body["output"] == 8.0 and body["default"] is False
+
+
+def test_a_killed_replica_loses_no_query(start_frontend, start_container, closure_artifact):
+    fe = start_frontend()
+
+    def steady(xs):
+        time.sleep(0.02)
+        return [str(float(x[0])) for x in xs]
+
+    replicas = deploy(fe, start_container, closure_artifact(steady), replicas=2, slo=5_000_000)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(fe.predict, "app", {"input": [float(i)]}, timeout=20) for i in range(400)]
+        time.sleep(0.3)
+        replicas[0].process.send_signal(signal.SIGKILL)
+        answers = [f.result(timeout=30) for f in futures]
+    assert all(status == 200 for status, _ in answers)
+    served = [a for _, a in answers if not a["default"]]
+    assert all(a["output"] == float(i) for i, (_, a) in enumerate(answers) if not a["default"])
+    # the survivor takes over the dead replica's queries: (nearly) nothing falls back to default
+    assert len(served) >= 390, [a for _, a in answers if a["default"]][:3]
+    fe.process.wait_until(lambda: len(fe.containers()) == 1, timeout=15, what="dead replica dropped")
+
+
+def test_frontend_restart_keeps_state_and_containers_reconnect(start_frontend, start_container,
+                                                                closure_artifact, spawn):  # fmt: skip
+    fe = start_frontend()
+    deploy(fe, start_container, closure_artifact(lambda xs: ["ok"] * len(xs)))
+    assert fe.predict("app", {"input": [1.0]})[1]["output"] == "ok"
+    fe.process.send_signal(signal.SIGKILL)
+    fe.process.wait_for_exit(10)
+    again = spawn("frontend-again", fe.process.argv)
+    again.wait_for_log("frontend ready", timeout=30)
+    fe.process = again
+    assert fe.admin("get_all_applications", {"verbose": False}) == ["app"]
+    assert fe.admin("get_linked_models", {"app_name": "app"}) == ["m"]
+    assert fe.admin("get_all_models", {"verbose": False}) == ["m:1"]
+    fe.wait_for_replica("m", "1", timeout=20)  # the container re-registers by itself
+    status, body = fe.predict("app", {"input": [1.0]})
+    assert status == 200 and body["output"] == "ok"
