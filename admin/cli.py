@@ -1,0 +1,200 @@
+"""The ``schooner`` command: start, stop and inspect a local cluster.
+
+    schooner start  [--cluster NAME] [--query-port N] [--management-port N] [--rpc-port N]
+    schooner stop   [--cluster NAME]
+    schooner status [--cluster NAME]
+    schooner logs   [--cluster NAME] [--follow] [-n LINES] [COMPONENT]
+
+COMPONENT is ``supervisor``, ``frontend``, or a replica (``model``, ``model:version`` or
+``model:version:slot``). Clusters live under ``$SCHOONER_HOME`` (default ``~/.schooner``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from schooner.admin.connection import ClipperConnection
+from schooner.admin.local import LocalContainerManager
+from schooner.admin.processes import log_tail
+from schooner.runtime.errors import ClipperException
+
+__all__ = ["main", "build_parser"]
+
+DEFAULT_CLUSTER = "default-cluster"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="schooner", description="Start, stop and inspect a local Schooner cluster."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--cluster", default=DEFAULT_CLUSTER, help="cluster name")
+        return sub
+
+    start = command("start", "start a local cluster (frontend under a supervisor)")
+    start.add_argument("--query-port", type=int, default=1337)
+    start.add_argument("--management-port", type=int, default=1338)
+    start.add_argument("--rpc-port", type=int, default=7000)
+    command("stop", "stop every process of a local cluster")
+    command("status", "show the frontend, apps, models and replicas of a cluster")
+    logs = command("logs", "print a component's log")
+    logs.add_argument("component", nargs="?", default=None,
+                      help="supervisor, frontend, or a replica (model[:version[:slot]])")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    logs.add_argument("-n", "--lines", type=int, default=50, help="lines to show first")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out = sys.stdout
+    try:
+        if args.command == "start":
+            return _start(args, out)
+        manager = LocalContainerManager(cluster_name=args.cluster)
+        if args.command == "logs":
+            return _logs(manager, args.component, args.lines, args.follow, out)
+        if not manager.is_running():
+            sys.stderr.write(
+                f"no cluster {args.cluster!r} is running; start it with: "
+                f"schooner start{_cluster_flag(args.cluster)}\n"
+            )
+            return 1 if args.command == "status" else 0
+        if args.command == "stop":
+            manager.connect()
+            manager.stop_all()
+            out.write(f"cluster {args.cluster!r} stopped\n")
+            return 0
+        return _status(manager, out)
+    except ClipperException as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _cluster_flag(cluster: str) -> str:
+    return "" if cluster == DEFAULT_CLUSTER else f" --cluster {cluster}"
+
+
+def _start(args: argparse.Namespace, out: TextIO) -> int:
+    manager = LocalContainerManager(
+        cluster_name=args.cluster,
+        clipper_query_port=args.query_port,
+        clipper_management_port=args.management_port,
+        clipper_rpc_port=args.rpc_port,
+    )
+    ClipperConnection(manager).start_clipper()
+    out.write(
+        f"cluster {args.cluster!r} started\n"
+        f"  queries:    http://{manager.get_query_addr()}/<app>/predict\n"
+        f"  management: http://{manager.get_admin_addr()}\n"
+        f"  files:      {manager.layout.root}\n"
+        f"stop it with: schooner stop{_cluster_flag(args.cluster)}\n"
+    )
+    return 0
+
+
+def _status(manager: LocalContainerManager, out: TextIO) -> int:
+    status = manager.status()
+    frontend = status["frontend"]
+    out.write(f"cluster {manager.cluster_name!r} (supervisor pid {status['pid']}) "
+              f"in {manager.layout.root}\n")
+    conn = ClipperConnection(manager)
+    try:
+        conn.connect()
+    except ClipperException as exc:
+        out.write(f"frontend: DOWN ({frontend['state']}, restarts {frontend['restarts']}, "
+                  f"last exit code {frontend['last_exit_code']})\n  {exc}\n")
+        return 1
+    out.write(f"frontend: up, queries at http://{manager.get_query_addr()} "
+              f"(pid {frontend['pid']}, restarts {frontend['restarts']})\n")
+    apps = conn.get_all_apps(verbose=True)
+    out.write(f"apps ({len(apps)}):\n")
+    for app in apps:
+        linked = ", ".join(app.get("linked_models") or []) or "no model linked"
+        out.write(f"  {app['name']}  [{app['input_type']}]  -> {linked}\n")
+    models = conn.get_all_models(verbose=True)
+    out.write(f"models ({len(models)}):\n")
+    for model in models:
+        current = "  (current)" if model.get("is_current_version") else ""
+        out.write(f"  {model['model_name']}:{model['model_version']}{current}\n")
+    replicas = status["replicas"]
+    out.write(f"replicas ({len(replicas)}):\n")
+    for r in replicas:
+        out.write(_replica_line(r))
+    return 0
+
+
+def _replica_line(r: dict[str, Any]) -> str:
+    exit_code = "-" if r["last_exit_code"] is None else r["last_exit_code"]
+    line = (f"  {r['name']}  {r['state']}  pid {r['pid'] or '-'}  restarts {r['restarts']}  "
+            f"last exit {exit_code}  log {r['log_path']}\n")
+    if r["state"] == "config-error":
+        line += "    configuration or artifact error: see the end of its log\n"
+    return line
+
+
+def _log_files(manager: LocalContainerManager, component: str | None) -> list[Path]:
+    logs = manager.layout.logs
+    if component is None:
+        return sorted(logs.glob("*.log"))
+    if component in ("supervisor", "frontend"):
+        return [logs / f"{component}.log"]
+    prefix = component.replace(":", "-")
+    exact = sorted(logs.glob(f"replica-{prefix}.log"))
+    return exact or sorted(logs.glob(f"replica-{prefix}-*.log"))
+
+
+def _logs(
+    manager: LocalContainerManager, component: str | None, lines: int, follow: bool,
+    out: TextIO,
+) -> int:
+    files = [f for f in _log_files(manager, component) if f.exists()]
+    if not files:
+        what = f"for {component!r} " if component else ""
+        sys.stderr.write(f"no logs {what}in cluster {manager.cluster_name!r} "
+                         f"({manager.layout.logs})\n")
+        return 1
+    for path in files:
+        if len(files) > 1:
+            out.write(f"==> {path.name} <==\n")
+        out.write(log_tail(path, lines) + "\n")
+    if follow:
+        _follow(files, out)
+    return 0
+
+
+def _follow(files: list[Path], out: TextIO) -> None:
+    """Print lines appended to ``files`` until interrupted (Ctrl-C)."""
+    offsets = {path: path.stat().st_size for path in files}
+    last = files[-1]
+    while True:
+        for path in files:
+            size = path.stat().st_size if path.exists() else 0
+            if size < offsets[path]:
+                offsets[path] = 0
+            if size > offsets[path]:
+                with open(path, "rb") as f:
+                    f.seek(offsets[path])
+                    data = f.read()
+                offsets[path] += len(data)
+                if len(files) > 1 and path != last:
+                    out.write(f"==> {path.name} <==\n")
+                    last = path
+                out.write(data.decode("utf-8", "replace"))
+                out.flush()
+        time.sleep(0.25)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Deployers: serialize a model into an artifact directory, then build and deploy it."""

@@ -1,0 +1,93 @@
+"""``python -m schooner.frontend`` / ``schooner-frontend``: run the query frontend.
+
+Exits 0 after SIGTERM or SIGINT, 2 on a bad command line (argparse), 1 if it cannot start
+(e.g. a port is taken).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from schooner.frontend.server import FrontendConfig, run_until_signal
+
+__all__ = ["main", "parse_args"]
+
+log = logging.getLogger("schooner.frontend")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
+    """The command line as a frozen config, and the log level."""
+    p = argparse.ArgumentParser(
+        prog="schooner-frontend", description="Schooner query frontend (Clipper-compatible)."
+    )
+    p.add_argument("--query-host", default="0.0.0.0")
+    p.add_argument("--query-port", type=int, default=1337)
+    p.add_argument("--management-host", default="127.0.0.1")
+    p.add_argument("--management-port", type=int, default=1338)
+    p.add_argument("--rpc-host", default="0.0.0.0")
+    p.add_argument("--rpc-port", type=int, default=7000)
+    p.add_argument("--state-db", default="schooner-state.db", help="SQLite file of the state")
+    p.add_argument("--inflight-per-replica", type=int, default=2, help="batches per replica")
+    p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
+    p.add_argument(
+        "--replica-timeout",
+        type=float,
+        default=30.0,
+        help="seconds of silence after which a container is dropped",
+    )
+    p.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+    )
+    a = p.parse_args(argv)
+    problems = []
+    if a.inflight_per_replica < 1:
+        problems.append("--inflight-per-replica must be at least 1")
+    if a.max_body_bytes < 1:
+        problems.append("--max-body-bytes must be positive")
+    if a.replica_timeout <= 0:
+        problems.append("--replica-timeout must be positive")
+    if problems:
+        p.error("; ".join(problems))
+    config = FrontendConfig(
+        query_host=a.query_host,
+        query_port=a.query_port,
+        management_host=a.management_host,
+        management_port=a.management_port,
+        rpc_host=a.rpc_host,
+        rpc_port=a.rpc_port,
+        state_db=a.state_db,
+        inflight_per_replica=a.inflight_per_replica,
+        max_body_bytes=a.max_body_bytes,
+        replica_timeout_s=a.replica_timeout,
+    )
+    return config, a.log_level
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, level = parse_args(argv)
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(run_until_signal(config))
+    except OSError as exc:
+        log.error("the frontend cannot start: %s", exc)
+        return 1
+    except Exception as exc:  # a ZMQError on bind, an unreadable state file
+        log.error("the frontend stopped: %s", exc, exc_info=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,408 @@
+"""From queries to batches on replicas, and from responses back to queries.
+
+One ``ModelQueue`` per model version holds its waiting queries, its batch sizer and its
+connected replicas. Everything here runs on the event loop thread, called from three
+places:
+
+* the query API ``submit``s queries (and the queue is pumped at once: if a replica has
+  room, whatever is queued goes now, no waiting for a batch to fill);
+* the RPC endpoint reports replicas that register (``add_replica``), answer
+  (``on_response``) or are lost (``remove_replica``: their unanswered in-flight queries go
+  back to the front of the queue for the other replicas);
+* a timer calls ``sweep`` every few milliseconds while queries are pending, answering those
+  past their deadline with the app's default output and the reason.
+
+Every query is answered exactly once: ``Query.done`` is set by the first answer and every
+later one (a late response, a second replica) is dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from schooner.frontend.batching import BatchQueue, BatchSizer
+from schooner.frontend.metrics import FrontendMetrics
+from schooner.runtime import wire
+from schooner.runtime.wire import CAP_PACKED, NewContainer, PredictResponse
+
+__all__ = ["Query", "Replica", "ModelQueue", "Dispatcher", "Send"]
+
+log = logging.getLogger(__name__)
+
+ModelKey = tuple[str, str]
+Send = Callable[[bytes, Sequence[Any]], bool]  # (identity, frames) -> sent?
+
+# Reasons for a default output, as they appear in the metrics.
+SLO_MISSED = "slo_missed"
+NO_REPLICA = "no_replica"
+REPLICA_LOST = "replica_lost"
+MODEL_ERROR = "model_error"
+NO_MODEL = "no_model"
+
+
+class Query:
+    """One input of one request, from arrival to answer.
+
+    ``on_done(query)`` is called once, when ``output`` (the model's text) or
+    ``explanation`` (why the default output is used) is set.
+    """
+
+    __slots__ = (
+        "id", "app", "data", "arrival", "deadline", "slo_micros", "on_done",
+        "done", "output", "explanation", "lost", "model",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        query_id: int,
+        app: str,
+        data: bytes,
+        arrival: float,
+        slo_micros: int,
+        on_done: Callable[[Query], None],
+    ) -> None:
+        self.id = query_id
+        self.app = app
+        self.data = data
+        self.arrival = arrival
+        self.deadline = arrival + slo_micros * 1e-6
+        self.slo_micros = slo_micros
+        self.on_done = on_done
+        self.done = False
+        self.output: str | None = None
+        self.explanation: str | None = None
+        self.lost: str | None = None  # why a replica serving it was lost, if one was
+        self.model: ModelQueue | None = None  # set when submitted
+
+
+class Replica:
+    """A registered container connection."""
+
+    __slots__ = (
+        "identity", "queue", "replica_id", "input_type", "capabilities", "packed",
+        "connected_at", "inflight",
+    )  # fmt: skip
+
+    def __init__(
+        self, identity: bytes, queue: ModelQueue, replica_id: int, info: NewContainer
+    ) -> None:
+        self.identity = identity
+        self.queue = queue
+        self.replica_id = replica_id
+        self.input_type = info.input_type
+        self.capabilities = info.capabilities
+        self.packed = bool(info.capabilities & CAP_PACKED)
+        self.connected_at = time.time()
+        self.inflight: dict[int, Batch] = {}
+
+    def describe(self) -> dict[str, object]:
+        name, version = self.queue.key
+        return {
+            "model_name": name,
+            "model_version": version,
+            "replica_id": self.replica_id,
+            "input_type": self.input_type.clipper_name,
+            "capabilities": self.capabilities,
+            "connected_at": self.connected_at,
+            "inflight": len(self.inflight),
+        }
+
+
+class Batch:
+    __slots__ = ("msg_id", "replica", "queries", "sent_at")
+
+    def __init__(self, msg_id: int, replica: Replica, queries: list[Query], sent_at: float):
+        self.msg_id = msg_id
+        self.replica = replica
+        self.queries = queries
+        self.sent_at = sent_at
+
+
+class ModelQueue:
+    """Waiting queries, batch sizer and replicas of one model version."""
+
+    __slots__ = ("key", "label", "queue", "sizer", "replicas", "_replica_ids", "slo_micros")
+
+    def __init__(self, key: ModelKey, fixed_batch_size: int, slo_micros: int) -> None:
+        self.key = key
+        self.label = f"{key[0]}:{key[1]}"
+        self.queue: BatchQueue[Query] = BatchQueue()
+        self.sizer = BatchSizer(slo_micros, fixed=fixed_batch_size)
+        self.slo_micros = slo_micros
+        self.replicas: list[Replica] = []
+        self._replica_ids = itertools.count()
+
+    def next_replica_id(self) -> int:
+        return next(self._replica_ids)
+
+
+class Dispatcher:
+    """Owns every model queue and replica. See the module docstring for who calls what."""
+
+    def __init__(
+        self,
+        send: Send,
+        metrics: FrontendMetrics,
+        *,
+        inflight_per_replica: int = 2,
+        default_slo_micros: int = 100_000,
+        stale_batch_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._send = send
+        self._metrics = metrics
+        self.inflight_per_replica = max(1, inflight_per_replica)
+        self._default_slo = default_slo_micros
+        self._stale_batch_s = stale_batch_s
+        self._clock = clock
+        self.queues: dict[ModelKey, ModelQueue] = {}
+        self.replicas: dict[bytes, Replica] = {}
+        self._fixed: dict[ModelKey, int] = {}
+        self._inflight: dict[int, Batch] = {}
+        self._msg_ids = itertools.count(1)
+        # Unanswered queries by SLO: equal SLOs mean deadlines in arrival order, so a sweep
+        # only looks at the heads of these deques.
+        self._pending: dict[int, deque[Query]] = {}
+        # Hooks set by the server: arm the deadline sweep; tell the RPC endpoint that a
+        # replica was dropped here (so that, if it is alive after all, it registers again).
+        self.on_pending: Callable[[], None] = lambda: None
+        self.on_unreachable: Callable[[bytes], None] = lambda identity: None
+
+    # ----------------------------------------------------------------- configuration
+
+    def configure_model(self, key: ModelKey, batch_size: int) -> None:
+        """A model version's batch size: > 0 fixed, otherwise adaptive."""
+        fixed = batch_size if batch_size > 0 else 0
+        self._fixed[key] = fixed
+        mq = self.queues.get(key)
+        if mq is not None:
+            mq.sizer.fixed = fixed
+
+    def queue(self, key: ModelKey, slo_micros: int | None = None) -> ModelQueue:
+        mq = self.queues.get(key)
+        if mq is None:
+            slo = slo_micros or self._default_slo
+            mq = self.queues[key] = ModelQueue(key, self._fixed.get(key, 0), slo)
+        return mq
+
+    @property
+    def has_pending(self) -> bool:
+        return any(self._pending.values())
+
+    # ----------------------------------------------------------------- queries in
+
+    def submit(self, queries: Iterable[Query], key: ModelKey, slo_micros: int) -> None:
+        """Queue queries of one app for model version ``key`` and dispatch what can go."""
+        mq = self.queues.get(key) or self.queue(key, slo_micros)
+        if mq.slo_micros != slo_micros:
+            mq.slo_micros = slo_micros
+            mq.sizer.set_slo(slo_micros)
+        pending = self._pending.get(slo_micros)
+        if pending is None:
+            pending = self._pending[slo_micros] = deque()
+        for q in queries:
+            q.model = mq
+            mq.queue.push(q)
+            pending.append(q)
+        self.on_pending()
+        if mq.replicas:
+            self._pump(mq)
+
+    def answer_default(self, query: Query, reason: str, explanation: str) -> None:
+        """Answer with the app's default output (the caller renders it) and why."""
+        if query.done:
+            return
+        query.done = True
+        query.explanation = explanation
+        self._metrics.answered(query.app, self._clock() - query.arrival, reason)
+        query.on_done(query)
+
+    def _answer(self, query: Query, output: str, now: float) -> None:
+        query.done = True
+        query.output = output
+        self._metrics.answered(query.app, now - query.arrival, None)
+        query.on_done(query)
+
+    # ----------------------------------------------------------------- batches out
+
+    def _pump(self, mq: ModelQueue) -> None:
+        """Send batches while the queue has live queries and some replica has room."""
+        queue, replicas, limit = mq.queue, mq.replicas, self.inflight_per_replica
+        now = self._clock()
+        while queue and replicas:
+            best = replicas[0]
+            if len(replicas) > 1:
+                for r in replicas:
+                    if len(r.inflight) < len(best.inflight):
+                        best = r
+            if len(best.inflight) >= limit:
+                return
+            batch, expired = queue.pop_batch(mq.sizer.size, now)
+            for q in expired:
+                self._expire(q)
+            if batch:
+                self._send_batch(mq, best, batch, now)
+
+    def _send_batch(
+        self, mq: ModelQueue, replica: Replica, queries: list[Query], now: float
+    ) -> None:
+        msg_id = next(self._msg_ids) & 0xFFFFFFFF
+        if replica.packed:
+            frames = wire.encode_packed_request(
+                msg_id, replica.input_type, [len(q.data) for q in queries],
+                b"".join([q.data for q in queries]),
+            )  # fmt: skip
+        else:
+            frames = wire.encode_predict_request(
+                msg_id, replica.input_type, [q.data for q in queries]
+            )
+        batch = Batch(msg_id, replica, queries, now)
+        replica.inflight[msg_id] = batch
+        self._inflight[msg_id] = batch
+        self._metrics.batch(mq.label, len(queries))
+        if not self._send(replica.identity, frames):
+            self.remove_replica(replica.identity, "it could not be reached", pump=False)
+            self.on_unreachable(replica.identity)
+
+    # ----------------------------------------------------------------- replicas
+
+    def add_replica(self, identity: bytes, info: NewContainer) -> Replica:
+        """Register a container that sent NewContainer; it takes queued work at once."""
+        mq = self.queue((info.name, info.version))
+        replica = Replica(identity, mq, mq.next_replica_id(), info)
+        mq.replicas.append(replica)
+        self.replicas[identity] = replica
+        self._metrics.replicas(mq.label, len(mq.replicas))
+        log.info(
+            "replica %d of model %s registered (input %s, capabilities %d, identity %s)",
+            replica.replica_id, mq.label, info.input_type.clipper_name, info.capabilities,
+            identity.hex(),
+        )  # fmt: skip
+        self._pump(mq)
+        return replica
+
+    def remove_replica(self, identity: bytes, reason: str, *, pump: bool = True) -> None:
+        """Forget a replica; its unanswered in-flight queries go back to the queue's front."""
+        replica = self.replicas.pop(identity, None)
+        if replica is None:
+            return
+        mq = replica.queue
+        mq.replicas.remove(replica)
+        requeue: list[Query] = []
+        for msg_id, batch in replica.inflight.items():
+            self._inflight.pop(msg_id, None)
+            for q in batch.queries:
+                if not q.done:
+                    q.lost = f"replica {replica.replica_id} of model {mq.label} was lost ({reason})"
+                    requeue.append(q)
+        replica.inflight.clear()
+        mq.queue.push_front(requeue)
+        self._metrics.replicas(mq.label, len(mq.replicas))
+        log.log(
+            logging.WARNING if requeue else logging.INFO,
+            "replica %d of model %s removed: %s; %d queries re-queued",
+            replica.replica_id, mq.label, reason, len(requeue),
+        )  # fmt: skip
+        if pump:
+            self._pump(mq)
+
+    # ----------------------------------------------------------------- responses in
+
+    def on_response(self, identity: bytes, response: PredictResponse) -> None:
+        """Complete the queries of the batch this response answers."""
+        msg_id = response.id
+        batch = self._inflight.get(msg_id)
+        if batch is None or batch.replica.identity != identity:
+            log.debug("ignoring a response to unknown message %d", msg_id)
+            return
+        del self._inflight[msg_id]
+        replica = batch.replica
+        del replica.inflight[msg_id]
+        mq = replica.queue
+        now = self._clock()
+        queries = batch.queries
+        mq.sizer.observe(len(queries), now - batch.sent_at)
+        texts = response.texts()
+        if len(texts) != len(queries):
+            explanation = (
+                f"model {mq.label} returned {len(texts)} outputs for a batch of {len(queries)}"
+            )
+            log.warning("replica %d: %s", replica.replica_id, explanation)
+            for q in queries:
+                self.answer_default(q, MODEL_ERROR, explanation)
+        elif response.status is None:
+            for q, text in zip(queries, texts):
+                if not q.done:
+                    self._answer(q, text, now)
+        else:
+            for q, text, failed in zip(queries, texts, response.error_flags()):
+                if q.done:
+                    continue
+                if failed:
+                    self.answer_default(q, MODEL_ERROR, f"model {mq.label} failed: {text}")
+                else:
+                    self._answer(q, text, now)
+        if mq.queue:
+            self._pump(mq)
+
+    # ----------------------------------------------------------------- deadlines
+
+    def sweep(self) -> None:
+        """Answer every query past its deadline with the default output (runs on a timer)."""
+        now = self._clock()
+        for pending in self._pending.values():
+            while pending:
+                q = pending[0]
+                if q.done:
+                    pending.popleft()
+                elif q.deadline <= now:
+                    pending.popleft()
+                    self._expire(q)
+                else:
+                    break
+        for mq in self.queues.values():
+            if not mq.replicas and mq.queue:
+                mq.queue.drop_answered()
+
+    def reap_stale_batches(self) -> None:
+        """Free in-flight slots held by batches whose queries were all answered long ago.
+
+        A container that never answers a batch would otherwise keep the slot forever.
+        Runs with the replica-silence check (every few seconds).
+        """
+        cutoff = self._clock() - self._stale_batch_s
+        for msg_id, batch in list(self._inflight.items()):
+            if batch.sent_at < cutoff and all(q.done for q in batch.queries):
+                del self._inflight[msg_id]
+                batch.replica.inflight.pop(msg_id, None)
+                log.warning(
+                    "replica %d of model %s never answered batch %d; slot freed",
+                    batch.replica.replica_id, batch.replica.queue.label, msg_id,
+                )  # fmt: skip
+                if batch.replica.queue.queue:
+                    self._pump(batch.replica.queue)
+
+    def _expire(self, q: Query) -> None:
+        if q.done:
+            return
+        mq = q.model
+        label = mq.label if mq is not None else "?"
+        if q.lost is not None:
+            self.answer_default(
+                q, REPLICA_LOST,
+                f"{q.lost} and no other replica answered within the latency SLO of "
+                f"{q.slo_micros} us",
+            )  # fmt: skip
+        elif mq is None or not mq.replicas:
+            self.answer_default(q, NO_REPLICA, f"no replica of model {label} is connected")
+        else:
+            self.answer_default(
+                q, SLO_MISSED,
+                f"the latency SLO of {q.slo_micros} us was missed: model {label} did not "
+                "answer in time",
+            )  # fmt: skip

@@ -1,0 +1,110 @@
+"""JSON inputs -> the bytes a container receives, one converter per input type.
+
+Runs on the request path for every input. Each converter takes the decoded JSON value and
+returns the wire bytes, or raises ``BadInput`` with a cause a client can act on:
+
+* doubles: array of numbers -> float64 little endian; floats -> float32;
+* ints: array of integers within int32 -> int32 little endian (no floats, no booleans);
+* strings: a string -> UTF-8;
+* bytes: a base64 string -> the decoded bytes.
+"""
+
+from __future__ import annotations
+
+import binascii
+import struct
+from base64 import b64decode
+from collections.abc import Callable
+
+from schooner.runtime.errors import SchoonerError
+from schooner.runtime.wire import InputType
+
+__all__ = ["BadInput", "CONVERTERS", "convert"]
+
+_NUMBER_TYPES = {int, float}
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+class BadInput(SchoonerError, ValueError):
+    """An input that does not match the app's input type; the message is the 400 cause."""
+
+
+def _numbers(value: object, code: str, what: str) -> bytes:
+    if type(value) is not list:
+        raise BadInput(f"expected a JSON array of {what}, got {_kind(value)}")
+    if not value:
+        raise BadInput(f"expected a non-empty JSON array of {what}")
+    types = {type(v) for v in value}
+    if not types <= _NUMBER_TYPES:
+        bad = next(v for v in value if type(v) not in _NUMBER_TYPES)
+        raise BadInput(f"expected a flat JSON array of {what}, found {_kind(bad)}")
+    try:
+        return struct.pack(f"<{len(value)}{code}", *value)
+    except (struct.error, OverflowError) as exc:
+        raise BadInput(f"a value does not fit in {what}: {exc}") from None
+
+
+def _doubles(value: object) -> bytes:
+    return _numbers(value, "d", "doubles")
+
+
+def _floats(value: object) -> bytes:
+    return _numbers(value, "f", "floats")
+
+
+def _ints(value: object) -> bytes:
+    if type(value) is not list:
+        raise BadInput(f"expected a JSON array of integers, got {_kind(value)}")
+    if not value:
+        raise BadInput("expected a non-empty JSON array of integers")
+    for v in value:
+        if type(v) is not int:
+            raise BadInput(f"expected a flat JSON array of integers, found {_kind(v)}")
+        if not _INT32_MIN <= v <= _INT32_MAX:
+            raise BadInput(f"{v} is out of the int32 range")
+    return struct.pack(f"<{len(value)}i", *value)
+
+
+def _strings(value: object) -> bytes:
+    if type(value) is not str:
+        raise BadInput(f"expected a JSON string, got {_kind(value)}")
+    return value.encode("utf-8")
+
+
+def _bytes(value: object) -> bytes:
+    if type(value) is not str:
+        raise BadInput(f"expected a base64-encoded JSON string, got {_kind(value)}")
+    try:
+        return b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadInput(f"the input is not valid base64: {exc}") from None
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+CONVERTERS: dict[InputType, Callable[[object], bytes]] = {
+    InputType.DOUBLES: _doubles,
+    InputType.FLOATS: _floats,
+    InputType.INTS: _ints,
+    InputType.STRINGS: _strings,
+    InputType.BYTES: _bytes,
+}
+
+
+def convert(input_type: InputType, value: object) -> bytes:
+    """The wire bytes of one JSON input of ``input_type``; raises BadInput."""
+    return CONVERTERS[input_type](value)

@@ -1,0 +1,191 @@
+"""Clipper's query REST API: ``POST /<app>/predict``, plus health, readiness and metrics.
+
+``predict`` runs on the event loop for every request: parse the JSON body, convert each
+input to wire bytes, pick the model version, hand the queries to the dispatcher and return.
+The HTTP reply is written when the last query of the request is answered (by a replica, or
+with the app's default output by the deadline sweep).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+
+import orjson
+
+from schooner.frontend.dispatch import NO_MODEL, Dispatcher, Query
+from schooner.frontend.http import Reply, Request, Router, json_error
+from schooner.frontend.inputs import CONVERTERS, BadInput
+from schooner.frontend.metrics import CONTENT_TYPE, FrontendMetrics
+from schooner.frontend.state import App, StateStore
+
+__all__ = ["QueryApi"]
+
+_OK = b'{"ok":true}'
+_NOT_READY = b'{"ok":false}'
+
+
+def _as_json(text: str) -> object:
+    """Clipper's rule: an output that parses as JSON is embedded as JSON, else as a string."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+class QueryApi:
+    """Handlers of the query port. ``routes`` fills a router with them."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        dispatcher: Dispatcher,
+        metrics: FrontendMetrics,
+        is_ready: Callable[[], bool],
+    ) -> None:
+        self._state = state
+        self._dispatcher = dispatcher
+        self._metrics = metrics
+        self._is_ready = is_ready
+        self._ids = itertools.count()
+
+    def routes(self, router: Router) -> Router:
+        router.add_pattern("POST", "predict", self.predict)
+        router.add("GET", "/health", self.health)
+        router.add("GET", "/ready", self.ready)
+        router.add("GET", "/metrics", self.metrics)
+        return router
+
+    # ----------------------------------------------------------------- health
+
+    def health(self, request: Request, reply: Reply) -> None:
+        reply(200, _OK)
+
+    def ready(self, request: Request, reply: Reply) -> None:
+        if self._is_ready():
+            reply(200, _OK)
+        else:
+            reply(503, _NOT_READY)
+
+    def metrics(self, request: Request, reply: Reply) -> None:
+        reply(200, self._metrics.render(), CONTENT_TYPE)
+
+    # ----------------------------------------------------------------- predict
+
+    def _reject(self, reply: Reply, status: int, error: str, cause: str) -> None:
+        self._metrics.rejected(status)
+        reply(*json_error(status, error, cause))
+
+    def predict(self, request: Request, reply: Reply) -> None:
+        app = self._state.apps.get(request.param or "")
+        if app is None:
+            cause = f"no application named {request.param!r}"
+            self._reject(reply, 404, "unknown application", cause)
+            return
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError as exc:
+            self._reject(reply, 400, "invalid JSON", f"the body is not valid JSON: {exc}")
+            return
+        if type(body) is not dict:
+            self._reject(reply, 400, "invalid request", "the body must be a JSON object")
+            return
+        convert = CONVERTERS[app.input_type]
+        try:
+            if "input" in body:
+                if "input_batch" in body:
+                    raise BadInput("give either 'input' or 'input_batch', not both")
+                inputs = [convert(body["input"])]
+                batch = False
+            elif "input_batch" in body:
+                values = body["input_batch"]
+                if type(values) is not list or not values:
+                    raise BadInput("'input_batch' must be a non-empty JSON array of inputs")
+                inputs = []
+                for i, value in enumerate(values):
+                    try:
+                        inputs.append(convert(value))
+                    except BadInput as exc:
+                        raise BadInput(f"input_batch[{i}]: {exc}") from None
+                batch = len(inputs) > 1
+            else:
+                raise BadInput("the body needs an 'input' or an 'input_batch' field")
+            key = self._model_version(app, body.get("version"))
+        except BadInput as exc:
+            self._reject(reply, 400, "invalid input", str(exc))
+            return
+
+        now = time.monotonic()
+        ids = self._ids
+        slo = app.latency_slo_micros
+        name = app.name
+        if batch:
+            group = _BatchReply(app, len(inputs), reply)
+            queries = [Query(next(ids), name, data, now, slo, group.add) for data in inputs]
+            group.first_id = queries[0].id  # ids of one request are consecutive
+        else:
+            queries = [Query(next(ids), name, inputs[0], now, slo, _single_reply(app, reply))]
+        if key is None:
+            explanation = (
+                f"no model is linked to app {name!r}"
+                if app.linked_model is None
+                else f"model {app.linked_model!r} linked to app {name!r} has no version"
+            )
+            for q in queries:
+                self._dispatcher.answer_default(q, NO_MODEL, explanation)
+            return
+        self._dispatcher.submit(queries, key, slo)
+
+    def _model_version(self, app: App, version: object) -> tuple[str, str] | None:
+        """The model version a query goes to, or None when the app has none to offer."""
+        model = app.linked_model
+        if model is None:
+            return None
+        if version is None:
+            current = self._state.current.get(model)
+            return None if current is None else (model, current)
+        if type(version) is int:
+            version = str(version)
+        if type(version) is not str:
+            raise BadInput("'version' must be a string")
+        if (model, version) not in self._state.models:
+            raise BadInput(f"model {model!r} has no version {version!r}")
+        return (model, version)
+
+
+def _response(app: App, q: Query) -> dict[str, object]:
+    if q.explanation is None:
+        return {"query_id": q.id, "output": _as_json(q.output or ""), "default": False}
+    return {
+        "query_id": q.id,
+        "output": _as_json(app.default_output),
+        "default": True,
+        "default_explanation": q.explanation,
+    }
+
+
+def _single_reply(app: App, reply: Reply) -> Callable[[Query], None]:
+    def done(q: Query) -> None:
+        reply(200, orjson.dumps(_response(app, q)))
+
+    return done
+
+
+class _BatchReply:
+    """Collects the answers of an ``input_batch`` request; replies when all are in."""
+
+    __slots__ = ("app", "results", "left", "reply", "first_id")
+
+    def __init__(self, app: App, n: int, reply: Reply) -> None:
+        self.app = app
+        self.results: list[dict[str, object] | None] = [None] * n
+        self.left = n
+        self.reply = reply
+        self.first_id = 0
+
+    def add(self, q: Query) -> None:
+        self.results[q.id - self.first_id] = _response(self.app, q)
+        self.left -= 1
+        if self.left == 0:
+            self.reply(200, orjson.dumps({"batch_predictions": self.results}))

@@ -1,0 +1,262 @@
+"""The ZeroMQ ROUTER that model containers connect to, run inside the asyncio loop.
+
+No ``zmq.asyncio``: the socket's file descriptor is watched with ``loop.add_reader`` and
+drained with non-blocking receives while ``EVENTS`` says a message is waiting. That FD is
+edge-triggered (it signals a change, not a level), so ``EVENTS`` is re-checked after every
+send too: a send can consume the edge that announced an incoming message.
+
+Who is connected, precisely: a socket monitor reports ``EVENT_DISCONNECTED`` with the file
+descriptor of the closed connection, and every received message's identity frame tells the
+descriptor it came in on (``ZMQ_SRCFD``), so each fd maps to one container identity. File
+descriptors are reused by the kernel, so the monitor is drained before the ROUTER is read
+and again whenever a message arrives on an fd that is mapped to another identity: a stale
+DISCONNECTED event is consumed before the new owner of the fd is recorded. A container
+silent for more than ``silence_timeout`` seconds is dropped as well (``check_silence``, run
+periodically by the server), for peers whose disconnect the monitor cannot see.
+
+Protocol duties (Clipper RPC v3): every heartbeat is answered, KEEP_ALIVE when the sender
+is registered, REQUEST_CONTAINER_METADATA when not (so containers re-register after a
+frontend restart); NewContainer registers; responses go to the dispatcher. Malformed
+messages are logged with the sender's identity and dropped; nothing a container sends can
+stop this loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from schooner.runtime import wire
+from schooner.runtime.errors import WireError
+from schooner.runtime.wire import Heartbeat, HeartbeatType, NewContainer, PredictResponse
+
+__all__ = ["RpcEndpoint", "ContainerEvents"]
+
+log = logging.getLogger(__name__)
+
+_KEEP_ALIVE = wire.encode_heartbeat_reply(HeartbeatType.KEEP_ALIVE)
+_SEND_METADATA = wire.encode_heartbeat_reply(HeartbeatType.REQUEST_CONTAINER_METADATA)
+_MAX_PER_WAKEUP = 512  # messages read before yielding to the rest of the loop
+
+
+class ContainerEvents(Protocol):
+    """What the endpoint tells the dispatcher (all called on the event loop)."""
+
+    def add_replica(self, identity: bytes, info: NewContainer) -> Any: ...
+
+    def remove_replica(self, identity: bytes, reason: str) -> None: ...
+
+    def on_response(self, identity: bytes, response: PredictResponse) -> None: ...
+
+
+class _Peer:
+    __slots__ = ("fd", "last_seen", "registered", "warned")
+
+    def __init__(self, fd: int, now: float) -> None:
+        self.fd = fd
+        self.last_seen = now
+        self.registered = False
+        self.warned = False
+
+
+class RpcEndpoint:
+    """Bound ROUTER socket plus its monitor. ``start`` hooks it into the running loop."""
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        events: ContainerEvents,
+        *,
+        silence_timeout: float = 30.0,
+    ) -> None:
+        self._events = events
+        self._silence_timeout = silence_timeout
+        self._sock: zmq.Socket[Any] = context.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._monitor: zmq.Socket[Any] = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitor.setsockopt(zmq.LINGER, 0)
+        self._peers: dict[bytes, _Peer] = {}
+        self._fd_owner: dict[int, bytes] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_scheduled = False
+        self.port = 0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def bind(self, host: str, port: int) -> int:
+        """Bind the ROUTER (port 0: any free port); returns the port."""
+        if port == 0:
+            self.port = self._sock.bind_to_random_port(f"tcp://{host}")
+        else:
+            self._sock.bind(f"tcp://{host}:{port}")
+            self.port = port
+        return self.port
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start reading (call after ``bind``, from the loop thread)."""
+        self._loop = loop
+        loop.add_reader(self._sock.FD, self._on_readable)
+        loop.add_reader(self._monitor.FD, self._drain_monitor)
+        self._schedule_drain()
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._sock.FD)
+            self._loop.remove_reader(self._monitor.FD)
+        try:
+            self._sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._monitor.close(0)
+        self._sock.close(0)
+
+    # ----------------------------------------------------------------- sending
+
+    def send(self, identity: bytes, frames: Sequence[Any]) -> bool:
+        """Send to one container; False if it is gone (or its queue is full)."""
+        sock = self._sock
+        try:
+            sock.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+            ok = True
+        except zmq.ZMQError as exc:
+            log.debug("send to %s failed: %s", identity.hex(), exc)
+            ok = False
+        if not self._drain_scheduled and sock.EVENTS & zmq.POLLIN:
+            self._schedule_drain()
+        return ok
+
+    def _schedule_drain(self) -> None:
+        if self._loop is not None and not self._drain_scheduled:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._on_readable)
+
+    # ----------------------------------------------------------------- receiving
+
+    def _on_readable(self) -> None:
+        self._drain_scheduled = False
+        self._drain_monitor()
+        sock = self._sock
+        now = time.monotonic()
+        for _ in range(_MAX_PER_WAKEUP):
+            if not sock.EVENTS & zmq.POLLIN:
+                return
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                self._handle(frames, now)
+            except Exception:
+                log.exception("failed to handle a message from a container")
+        self._schedule_drain()
+
+    def _handle(self, frames: list[zmq.Frame], now: float) -> None:
+        id_frame = frames[0]
+        identity = id_frame.bytes
+        fd = self._source_fd(id_frame)
+        peer = self._peers.get(identity)
+        if peer is None or peer.fd != fd:
+            peer = self._admit(identity, fd, now)
+        else:
+            peer.last_seen = now
+        try:
+            msg = wire.decode_from_container([f.buffer for f in frames[1:]])
+        except WireError as exc:
+            level = logging.DEBUG if peer.warned else logging.WARNING
+            peer.warned = True
+            log.log(
+                level, "dropping a malformed message from container %s: %s", identity.hex(), exc
+            )
+            return
+        if type(msg) is PredictResponse:
+            if peer.registered:
+                self._events.on_response(identity, msg)
+            else:
+                log.debug("dropping a response from unregistered container %s", identity.hex())
+        elif type(msg) is Heartbeat:
+            self.send(identity, _KEEP_ALIVE if peer.registered else _SEND_METADATA)
+        elif type(msg) is NewContainer:
+            if peer.registered:
+                log.debug("container %s registered again; ignored", identity.hex())
+                return
+            peer.registered = True
+            self._events.add_replica(identity, msg)
+
+    @staticmethod
+    def _source_fd(frame: zmq.Frame) -> int:
+        try:
+            return int(frame.get(zmq.SRCFD))
+        except zmq.ZMQError:
+            return -1
+
+    def _admit(self, identity: bytes, fd: int, now: float) -> _Peer:
+        """First message from ``identity``, or from a new fd: record who owns the fd."""
+        owner = self._fd_owner.get(fd) if fd >= 0 else None
+        if owner is not None and owner != identity:
+            # The fd was reused: its old connection's DISCONNECTED event must be waiting.
+            self._drain_monitor()
+            owner = self._fd_owner.get(fd)
+            if owner is not None and owner != identity:
+                self._forget(owner, "its connection was replaced")
+        old = self._peers.get(identity)
+        if old is not None and old.fd != fd:
+            self._fd_owner.pop(old.fd, None)
+        peer = self._peers.get(identity)
+        if peer is None:
+            peer = self._peers[identity] = _Peer(fd, now)
+        peer.fd, peer.last_seen = fd, now
+        if fd >= 0:
+            self._fd_owner[fd] = identity
+        return peer
+
+    def _drain_monitor(self) -> None:
+        mon = self._monitor
+        while mon.EVENTS & zmq.POLLIN:
+            try:
+                event = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except Exception:
+                log.exception("unreadable socket monitor event")
+                continue
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                owner = self._fd_owner.get(int(event["value"]))
+                if owner is not None:
+                    self._forget(owner, "it disconnected")
+
+    def _forget(self, identity: bytes, reason: str) -> None:
+        peer = self._peers.pop(identity, None)
+        if peer is None:
+            return
+        if self._fd_owner.get(peer.fd) == identity:
+            del self._fd_owner[peer.fd]
+        if peer.registered:
+            self._events.remove_replica(identity, reason)
+        else:
+            log.debug("unregistered container %s forgotten: %s", identity.hex(), reason)
+
+    def unregister(self, identity: bytes) -> None:
+        """Treat ``identity`` as unknown again: its next heartbeat asks for its metadata."""
+        peer = self._peers.get(identity)
+        if peer is not None:
+            peer.registered = False
+
+    def check_silence(self) -> None:
+        """Drop containers silent for longer than ``silence_timeout`` (the server calls this
+        every 10 s)."""
+        cutoff = time.monotonic() - self._silence_timeout
+        for identity in [i for i, p in self._peers.items() if p.last_seen < cutoff]:
+            self._forget(identity, f"it was silent for more than {self._silence_timeout:g} s")
+
+    # ----------------------------------------------------------------- introspection
+
+    @property
+    def connected(self) -> int:
+        return len(self._peers)

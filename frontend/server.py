@@ -1,0 +1,196 @@
+"""The frontend process assembled: state, dispatcher, RPC endpoint, two HTTP servers.
+
+``Frontend.run`` is the whole life of the process: load the state, bind the ROUTER, the
+management port and the query port, log "frontend ready", then serve until ``stop`` is
+called (SIGTERM or SIGINT in ``run_until_signal``), and close everything in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from schooner.frontend import http
+from schooner.frontend.dispatch import Dispatcher
+from schooner.frontend.management_api import ManagementApi
+from schooner.frontend.metrics import FrontendMetrics
+from schooner.frontend.query_api import QueryApi
+from schooner.frontend.rpc import RpcEndpoint
+from schooner.frontend.state import StateStore
+
+__all__ = ["FrontendConfig", "Frontend"]
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 0.002  # deadline sweep period while queries are pending
+HOUSEKEEPING_S = 10.0  # replica silence check and stale in-flight batches
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    query_host: str = "0.0.0.0"
+    query_port: int = 1337
+    management_host: str = "127.0.0.1"
+    management_port: int = 1338
+    rpc_host: str = "0.0.0.0"
+    rpc_port: int = 7000
+    state_db: str = "schooner-state.db"
+    inflight_per_replica: int = 2
+    max_body_bytes: int = 16 * 1024 * 1024
+    replica_timeout_s: float = 30.0
+
+
+class Frontend:
+    """One frontend. Build it, then ``await run()`` (from inside the event loop)."""
+
+    def __init__(self, config: FrontendConfig) -> None:
+        self.config = config
+        self.metrics = FrontendMetrics()
+        self.state: StateStore | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.rpc: RpcEndpoint | None = None
+        self._context: zmq.Context[Any] | None = None
+        self._servers: list[asyncio.Server] = []
+        self._ready = False
+        self._stopped = asyncio.Event()
+        self._sweep: asyncio.TimerHandle | None = None
+        self._housekeeping: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.ports: dict[str, int] = {}
+
+    def stop(self) -> None:
+        """Ask ``run`` to shut down (safe to call from a signal handler on the loop)."""
+        self._stopped.set()
+
+    async def run(self) -> None:
+        """Start, serve until ``stop``, then close everything."""
+        try:
+            await self.start()
+            await self._stopped.wait()
+        finally:
+            await self.close()
+
+    async def start(self) -> None:
+        cfg = self.config
+        loop = self._loop = asyncio.get_running_loop()
+        self.state = StateStore.open(cfg.state_db)
+        self._context = zmq.Context()
+        self.rpc = RpcEndpoint(
+            self._context, self._dispatcher_events(), silence_timeout=cfg.replica_timeout_s
+        )
+        self.ports["rpc"] = self.rpc.bind(cfg.rpc_host, cfg.rpc_port)
+        self.rpc.start(loop)
+
+        management = ManagementApi(self.state, self._require_dispatcher(), self.metrics)
+        queries = QueryApi(self.state, self._require_dispatcher(), self.metrics, self.is_ready)
+        max_body = cfg.max_body_bytes
+        mgmt_server = await http.serve(
+            management.routes(http.Router()), cfg.management_host, cfg.management_port,
+            max_body_bytes=max_body,
+        )  # fmt: skip
+        self._servers.append(mgmt_server)
+        query_server = await http.serve(
+            queries.routes(http.Router()), cfg.query_host, cfg.query_port, max_body_bytes=max_body
+        )
+        self._servers.append(query_server)
+        self.ports["management"] = mgmt_server.sockets[0].getsockname()[1]
+        self.ports["query"] = query_server.sockets[0].getsockname()[1]
+        self._housekeeping = loop.call_later(HOUSEKEEPING_S, self._housekeep)
+        self._ready = True
+        log.info(
+            "frontend ready: query port %d, management port %d, rpc port %d, state %s "
+            "(%d apps, %d models)",
+            self.ports["query"], self.ports["management"], self.ports["rpc"], cfg.state_db,
+            len(self.state.apps), len(self.state.models),
+        )  # fmt: skip
+
+    def _dispatcher_events(self) -> Dispatcher:
+        """Create the dispatcher; it sends through the RPC endpoint created right after."""
+        assert self.state is not None
+
+        def send(identity: bytes, frames: Any) -> bool:
+            assert self.rpc is not None
+            return self.rpc.send(identity, frames)
+
+        dispatcher = Dispatcher(
+            send, self.metrics, inflight_per_replica=self.config.inflight_per_replica
+        )
+        dispatcher.on_pending = self._arm_sweep
+        dispatcher.on_unreachable = lambda identity: self.rpc and self.rpc.unregister(identity)
+        for model in self.state.models.values():
+            dispatcher.configure_model(model.key, model.batch_size)
+        self.dispatcher = dispatcher
+        return dispatcher
+
+    def _require_dispatcher(self) -> Dispatcher:
+        assert self.dispatcher is not None
+        return self.dispatcher
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    # ----------------------------------------------------------------- timers
+
+    def _arm_sweep(self) -> None:
+        """Make sure the deadline sweep runs while queries are pending (one timer at a time)."""
+        if self._sweep is None and self._loop is not None:
+            self._sweep = self._loop.call_later(SWEEP_INTERVAL_S, self._run_sweep)
+
+    def _run_sweep(self) -> None:
+        self._sweep = None
+        dispatcher = self._require_dispatcher()
+        try:
+            dispatcher.sweep()
+        except Exception:
+            log.exception("deadline sweep failed")
+        if dispatcher.has_pending:
+            self._arm_sweep()
+
+    def _housekeep(self) -> None:
+        assert self._loop is not None and self.rpc is not None
+        self._housekeeping = self._loop.call_later(HOUSEKEEPING_S, self._housekeep)
+        try:
+            self.rpc.check_silence()
+            self._require_dispatcher().reap_stale_batches()
+        except Exception:
+            log.exception("housekeeping failed")
+
+    # ----------------------------------------------------------------- shutdown
+
+    async def close(self) -> None:
+        self._ready = False
+        for timer in (self._sweep, self._housekeeping):
+            if timer is not None:
+                timer.cancel()
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+            except asyncio.TimeoutError:
+                pass  # idle keep-alive connections; the process is exiting anyway
+        self._servers.clear()
+        if self.rpc is not None:
+            self.rpc.close()
+            self.rpc = None
+        if self._context is not None:
+            self._context.term()
+            self._context = None
+        if self.state is not None:
+            self.state.close()
+            self.state = None
+        log.info("frontend stopped")
+
+
+async def run_until_signal(config: FrontendConfig) -> None:
+    """Run a frontend until SIGTERM or SIGINT (the console entry point's body)."""
+    frontend = Frontend(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, frontend.stop)
+    await frontend.run()
