@@ -28,7 +28,7 @@ from types import FrameType
 from typing import Any
 
 from schooner.admin import control
-from schooner.admin.children import Child, ChildSpec, ChildState
+from schooner.admin.children import Child, ChildSpec
 from schooner.admin.layout import ClusterLayout, ClusterSettings
 from schooner.admin.processes import free_port, is_alive
 from schooner.admin.restart import RestartPolicy

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from schooner.frameworks.artifact import check_python, package_version, write_artifact
+from schooner.frameworks.artifact import check_python, write_artifact
 from schooner.frameworks.base import Batch, Framework
 from schooner.runtime.errors import ArtifactError, IncompatibleArtifact
 
@@ -151,8 +151,7 @@ def _referenced(obj: Any) -> Iterator[Any]:
             yield cell.cell_contents
         except ValueError:  # an empty cell
             continue
-    for default in getattr(func, "__defaults__", None) or ():
-        yield default
+    yield from getattr(func, "__defaults__", None) or ()
 
 
 def local_modules(func: Callable[..., Any]) -> list[types.ModuleType]:

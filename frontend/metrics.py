@@ -6,6 +6,8 @@ lookup and an increment. ``render`` runs when ``GET /metrics`` is scraped.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -56,7 +58,7 @@ class FrontendMetrics:
             "schooner_frontend_rejected_requests", "Requests answered with 4xx", ["status"],
             registry=r,
         )  # fmt: skip
-        self._cache: dict[tuple[str, ...], object] = {}
+        self._cache: dict[tuple[str, ...], Any] = {}
 
     def _child(self, metric: object, *labels: str) -> object:
         key = (str(id(metric)), *labels)
@@ -71,7 +73,7 @@ class FrontendMetrics:
         child = cache.get(("q", app))
         if child is None:
             child = cache[("q", app)] = (self._requests.labels(app), self._latency.labels(app))
-        counter, histogram = child  # type: ignore[misc]
+        counter, histogram = child
         counter.inc()
         histogram.observe(latency_s)
         if default_reason is not None:

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 _KEEP_ALIVE = wire.encode_heartbeat_reply(HeartbeatType.KEEP_ALIVE)
 _SEND_METADATA = wire.encode_heartbeat_reply(HeartbeatType.REQUEST_CONTAINER_METADATA)
 _MAX_PER_WAKEUP = 512  # messages read before yielding to the rest of the loop
+
+
+def _readable(sock: zmq.Socket[Any]) -> bool:
+    """Whether a message is waiting (ZMQ_EVENTS is an int; pyzmq types it loosely)."""
+    return bool(cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN)
 
 
 class ContainerEvents(Protocol):
@@ -128,7 +133,7 @@ class RpcEndpoint:
         except zmq.ZMQError as exc:
             log.debug("send to %s failed: %s", identity.hex(), exc)
             ok = False
-        if not self._drain_scheduled and sock.EVENTS & zmq.POLLIN:
+        if not self._drain_scheduled and _readable(sock):
             self._schedule_drain()
         return ok
 
@@ -145,7 +150,7 @@ class RpcEndpoint:
         sock = self._sock
         now = time.monotonic()
         for _ in range(_MAX_PER_WAKEUP):
-            if not sock.EVENTS & zmq.POLLIN:
+            if not _readable(sock):
                 return
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -218,7 +223,7 @@ class RpcEndpoint:
 
     def _drain_monitor(self) -> None:
         mon = self._monitor
-        while mon.EVENTS & zmq.POLLIN:
+        while _readable(mon):
             try:
                 event = recv_monitor_message(mon, zmq.NOBLOCK)
             except zmq.Again:

@@ -172,7 +172,7 @@ class Frontend:
         for server in self._servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass  # idle keep-alive connections; the process is exiting anyway
         self._servers.clear()
         if self.rpc is not None:

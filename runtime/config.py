@@ -43,6 +43,7 @@ from schooner.runtime.wire import InputType
 __all__ = ["ContainerConfig"]
 
 T = TypeVar("T")
+_DEFAULT_READY_FILE: Path | None = Path("/model_is_ready.check")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
@@ -103,7 +104,7 @@ class ContainerConfig:
             max_batch_size=get("SCHOONER_MAX_BATCH_SIZE", _non_negative_int, 0),
             metrics_port=get("SCHOONER_METRICS_PORT", _metrics_port, None),
             metrics_host=get("SCHOONER_METRICS_HOST", str, "0.0.0.0"),
-            ready_file=get("SCHOONER_READY_FILE", _optional_path, Path("/model_is_ready.check")),
+            ready_file=get("SCHOONER_READY_FILE", _optional_path, _DEFAULT_READY_FILE),
             heartbeat_interval=get("SCHOONER_HEARTBEAT_INTERVAL", _positive_float, 5.0),
             session_timeout=get("SCHOONER_SESSION_TIMEOUT", _positive_float, 30.0),
             framework=get("SCHOONER_FRAMEWORK", str, None),

@@ -55,7 +55,7 @@ class Container:
         self.framework = framework
         self.metrics = metrics
         self._clock = clock
-        self._context = zmq.Context.instance()
+        self._context: zmq.Context[Any] = zmq.Context.instance()
         self._socket: zmq.Socket[bytes] | None = None
         self._socket_lock = threading.Lock()  # held by the loop except while predicting
         self._predicting_since: float | None = None

@@ -32,7 +32,6 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Union
 
 import numpy as np
 
@@ -136,7 +135,7 @@ _DTYPES: dict[InputType, np.dtype | None] = {
     InputType.STRINGS: None,
 }
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 # Frames that never change, built once.
 _U32 = struct.Struct("<I")
@@ -233,8 +232,8 @@ class PredictResponse:
         return [b != 0 for b in bytes(self.status)]
 
 
-FromFrontend = Union[HeartbeatReply, PredictRequest]
-FromContainer = Union[Heartbeat, NewContainer, PredictResponse]
+FromFrontend = HeartbeatReply | PredictRequest
+FromContainer = Heartbeat | NewContainer | PredictResponse
 
 
 # --------------------------------------------------------------------------- helpers

@@ -188,7 +188,7 @@ def test_container_answers_plain_strings_batches(
     artifact = closure_artifact(make_strings_model())
     container, reg = serve(mini_frontend, start_container, artifact, input_type="strings")
     assert reg.input_type == INPUT_STRINGS
-    assert ask(mini_frontend, container, reg, INPUT_STRINGS, ["abc".encode()]) == ["3:cba"]
+    assert ask(mini_frontend, container, reg, INPUT_STRINGS, [b"abc"]) == ["3:cba"]
     words = ["héllo", "ok", "a b c", "日本語"]
     texts = ask(mini_frontend, container, reg, INPUT_STRINGS, [w.encode("utf-8") for w in words])
     assert texts == [f"{len(w)}:{w[::-1]}" for w in words]

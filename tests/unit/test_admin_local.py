@@ -6,8 +6,7 @@ import socket
 
 import pytest
 
-from schooner.admin import ClipperConnection, ClipperException, LocalContainerManager
-from schooner.admin import cli
+from schooner.admin import ClipperConnection, ClipperException, LocalContainerManager, cli
 from schooner.admin.layout import ClusterSettings, cluster_layout
 from schooner.admin.processes import is_alive, log_tail
 
