@@ -48,6 +48,8 @@ class Framework(ABC):
     extra: ClassVar[str | None] = None
     #: devices this framework can run on ("cpu", "cuda")
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    #: the base image (``base_images/<name>/``) whose requirements its replicas run with
+    base_image: ClassVar[str] = "python"
 
     def __init__(self, artifact: Artifact, device: str = "cpu") -> None:
         self.artifact = artifact

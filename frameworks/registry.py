@@ -22,6 +22,11 @@ ENTRY_POINT_GROUP = "schooner.frameworks"
 
 BUILTIN: dict[str, str] = {
     "closure": "schooner.frameworks.closure:ClosureFramework",
+    "pytorch": "schooner.frameworks.pytorch:PyTorchFramework",
+    "onnx": "schooner.frameworks.onnx:OnnxFramework",
+    "tensorflow": "schooner.frameworks.tensorflow:TensorFlowFramework",
+    "pyspark": "schooner.frameworks.pyspark:PySparkFramework",
+    "mxnet": "schooner.frameworks.mxnet:MXNetFramework",
 }
 
 
@@ -40,7 +45,10 @@ def resolve(name: str) -> type[Framework]:
     target: object
     if name in BUILTIN:
         module_name, _, attr = BUILTIN[name].partition(":")
-        target = getattr(importlib.import_module(module_name), attr)
+        try:
+            target = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:  # a broken install, converted here
+            raise FrameworkError(f"built-in framework {name!r} failed to import: {exc}") from exc
     else:
         ep = _entry_points().get(name)
         if ep is None:

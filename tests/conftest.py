@@ -82,6 +82,30 @@ def wait_until(
     raise WaitTimeout(message)
 
 
+# --------------------------------------------------------------------------- markers
+
+
+def _cuda_available() -> bool:
+    import shutil
+
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        result = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0 and "GPU" in result.stdout
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests run only where a CUDA device is visible."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if gpu_items and not _cuda_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device (nvidia-smi finds none)")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
 # --------------------------------------------------------------------------- child processes
 
 

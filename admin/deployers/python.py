@@ -10,17 +10,13 @@ the interpreter running this code).
 
 from __future__ import annotations
 
-import logging
-import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from schooner.admin.connection import ClipperConnection
+from schooner.admin.deployers.deploy import deploy_artifact, register_and_link
 
 __all__ = ["deploy_python_closure", "create_endpoint"]
-
-logger = logging.getLogger(__name__)
 
 
 def deploy_python_closure(
@@ -43,13 +39,11 @@ def deploy_python_closure(
     """
     from schooner.frameworks import closure
 
-    with tempfile.TemporaryDirectory(prefix=f"schooner-{name}-") as tmp:
-        artifact = closure.save(func, Path(tmp) / "model", pkgs_to_install=pkgs_to_install)
-        logger.info("python closure %s:%s serialized", name, version)
-        clipper_conn.build_and_deploy_model(
-            name, str(version), input_type, str(artifact), base_image, labels,
-            registry, num_replicas, batch_size, pkgs_to_install,
-        )
+    deploy_artifact(
+        clipper_conn, name, version, input_type,
+        lambda directory: closure.save(func, directory, pkgs_to_install=pkgs_to_install),
+        base_image, labels, registry, num_replicas, batch_size, pkgs_to_install,
+    )
 
 
 def create_endpoint(
@@ -68,9 +62,10 @@ def create_endpoint(
     pkgs_to_install: list[str] | None = None,
 ) -> None:
     """Register app ``name``, deploy ``func`` as model ``name``, and link the two."""
-    clipper_conn.register_application(name, input_type, default_output, slo_micros)
-    deploy_python_closure(
-        clipper_conn, name, version, input_type, func, base_image, labels, registry,
-        num_replicas, batch_size, pkgs_to_install,
+    register_and_link(
+        clipper_conn, name, input_type, default_output, slo_micros,
+        lambda: deploy_python_closure(
+            clipper_conn, name, version, input_type, func, base_image, labels, registry,
+            num_replicas, batch_size, pkgs_to_install,
+        ),
     )
-    clipper_conn.link_model_to_app(name, name)

@@ -22,7 +22,7 @@ def test_resolve_builtin():
 
 
 def test_unknown_framework_names_the_available_ones():
-    with pytest.raises(FrameworkError, match="unknown framework 'nope'; available: closure"):
+    with pytest.raises(FrameworkError, match="unknown framework 'nope'; available: closure, pytorch"):
         registry.resolve("nope")
 
 
@@ -50,7 +50,7 @@ def test_third_party_entry_points(monkeypatch):
     eps = [_FakeEntryPoint("echo", Echo), _FakeEntryPoint("broken", error=ImportError("no lib")),
            _FakeEntryPoint("notaframework", target=dict), _FakeEntryPoint("closure", target=Echo)]  # fmt: skip
     monkeypatch.setattr(metadata, "entry_points", lambda group: eps if group == registry.ENTRY_POINT_GROUP else [])
-    assert registry.available() == ["closure", "broken", "echo", "notaframework"]
+    assert registry.available() == [*registry.BUILTIN, "broken", "echo", "notaframework"]
     assert registry.resolve("echo") is Echo
     assert registry.resolve("closure") is ClosureFramework  # built-ins win
     with pytest.raises(FrameworkError, match="failed to import: no lib"):
