@@ -12,7 +12,8 @@ Operations (served by ``schooner.admin.supervisor``):
 * ``status`` -> ``{"pid", "frontend": child, "replicas": [child, ...]}``, where a child is
   ``{"name", "kind", "pid", "state", "restarts", "last_exit_code", "log_path", ...}``
 * ``scale`` ``{"model_name", "model_version", "input_type", "model_path", "num_replicas",
-  "batch_size", "python"}`` -> ``{"replicas": [child, ...]}`` (adds or removes replicas)
+  "batch_size", "python", "device"}`` -> ``{"replicas": [child, ...]}`` (adds or removes
+  replicas)
 * ``stop_models`` ``{"models": {name: [version, ...]}}`` -> ``{"stopped": int}``
 * ``stop_all_replicas`` -> ``{"stopped": int}``
 * ``shutdown`` ``{"grace_s": float}`` -> ``{"pid": int}``; replicas, then the frontend,

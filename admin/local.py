@@ -20,19 +20,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from schooner.admin import control
+from schooner.admin import control, environments
 from schooner.admin.children import ChildState
 from schooner.admin.container_manager import ContainerManager
 from schooner.admin.layout import ClusterLayout, ClusterSettings, cluster_layout
 from schooner.admin.management import ManagementClient
 from schooner.admin.processes import is_alive, kill_group, log_tail, port_in_use
-from schooner.runtime.errors import ClipperException
+from schooner.frameworks import registry
+from schooner.frameworks.artifact import read_manifest
+from schooner.runtime.errors import ClipperException, SchoonerError
 
 __all__ = ["LocalContainerManager"]
 
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.1
+ENVIRONMENT_FILE = "environment.json"  # written into each artifact by build_model
 _FAILED_STATES = (ChildState.BACKOFF, ChildState.CONFIG_ERROR)
 
 
@@ -41,7 +44,11 @@ class LocalContainerManager(ContainerManager):
 
     ``start_timeout_s`` bounds ``start_clipper``, ``deploy_timeout_s`` the wait for new
     replicas to connect, ``grace_s`` the time a stopping process gets between SIGTERM and
-    SIGKILL. ``python`` is the interpreter replicas run with (default: this one).
+    SIGKILL. ``environment`` picks the Python environment of each model's replicas:
+    ``"auto"`` (this interpreter when it satisfies the model's base image, else an isolated
+    one built from the base image's requirements), ``"current"`` or ``"isolated"`` (see
+    ``schooner.admin.environments``); ``python`` forces one interpreter for every replica.
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``) is where the replicas place their models.
     """
 
     def __init__(
@@ -56,7 +63,13 @@ class LocalContainerManager(ContainerManager):
         deploy_timeout_s: float = 120.0,
         grace_s: float = 10.0,
         python: str | None = None,
+        environment: str = "auto",
+        device: str = "cpu",
     ) -> None:
+        if environment not in environments.MODES:
+            raise ClipperException(
+                f"environment={environment!r}: use one of {', '.join(environments.MODES)}"
+            )
         self.layout: ClusterLayout = cluster_layout(cluster_name, schooner_home)
         self.settings = ClusterSettings(
             cluster_name=cluster_name,
@@ -69,6 +82,8 @@ class LocalContainerManager(ContainerManager):
         self.deploy_timeout_s = deploy_timeout_s
         self.grace_s = grace_s
         self.python = python
+        self.environment = environment
+        self.device = device
 
     # ------------------------------------------------------------------ helpers
 
@@ -250,13 +265,16 @@ class LocalContainerManager(ContainerManager):
         container_registry: str | None = None,
         pkgs_to_install: list[str] | None = None,
     ) -> str:
-        """Copy ``model_data_path`` to ``<cluster>/artifacts/<name>/<version>/``; returns that path.
+        """Copy ``model_data_path`` to ``<cluster>/artifacts/<name>/<version>/``, choose the
+        Python environment its replicas run in, and return that path (the "image").
 
         Nothing is pushed anywhere: ``container_registry`` is ignored (with a log line).
-        ``pkgs_to_install`` are added to the artifact's ``requirements.txt`` and are NOT
-        installed: installing belongs to building the environment or image, never to
-        starting a replica, so they must already be present in the environment replicas
-        run with. An existing artifact of a version that has running replicas is refused.
+        ``base_image="default"`` means the base image of the artifact's framework
+        (``schooner/<name>`` names one of ``base_images/`` explicitly). The environment is
+        picked (or built, once) here from that base image's requirements plus
+        ``pkgs_to_install`` — see ``schooner.admin.environments`` — so replicas never
+        install anything when they start. An existing artifact of a version that has running
+        replicas is refused.
         """
         if container_registry is not None:
             logger.info("the local manager pushes nothing; container_registry=%r ignored",
@@ -278,18 +296,32 @@ class LocalContainerManager(ContainerManager):
         shutil.copytree(source, staging)
         if pkgs_to_install:
             _record_requirements(staging / "requirements.txt", pkgs_to_install)
-            logger.warning(
-                "model %s:%s lists packages %s: they are recorded in requirements.txt and "
-                "must already be installed in the environment its replicas run with",
-                name, version, list(pkgs_to_install),
+        try:
+            image_name = _base_image_name(base_image, staging)
+            environment = environments.resolve(
+                image_name, _read_requirements(staging / "requirements.txt"),
+                mode=self.environment,
             )
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        (staging / ENVIRONMENT_FILE).write_text(environment.to_json())
         os.replace(staging, destination)
-        logger.info("built model %s:%s at %s (base image %r)", name, version, destination,
-                    base_image)
+        logger.info("built model %s:%s at %s (base image %r, python %s)", name, version,
+                    destination, image_name, environment.python)
         return os.fspath(destination)
 
     def model_data_path(self, image: str) -> str:
         return image
+
+    def _python_for(self, image: str) -> str | None:
+        """The interpreter build_model chose for this artifact (``python`` overrides it)."""
+        if self.python:
+            return self.python
+        recorded = Path(image) / ENVIRONMENT_FILE
+        if recorded.is_file():
+            return environments.Environment.from_json(recorded.read_text()).python
+        return None
 
     def _live_replicas(self, name: str, version: str) -> list[dict[str, Any]]:
         try:
@@ -343,7 +375,7 @@ class LocalContainerManager(ContainerManager):
             self._control(
                 "scale", model_name=name, model_version=version, input_type=input_type,
                 model_path=image, num_replicas=num_replicas, batch_size=batch_size,
-                python=self.python,
+                python=self._python_for(image), device=self.device,
             )
         except control.ControlError as exc:
             if not self.is_running():
@@ -442,6 +474,24 @@ class LocalContainerManager(ContainerManager):
 
 def _fingerprint(replica: dict[str, Any]) -> tuple[Any, ...]:
     return (replica["restarts"], replica["last_exit_code"], replica["state"])
+
+
+def _base_image_name(base_image: str, artifact: Path) -> str:
+    """``default`` -> the artifact's framework's base image; ``schooner/x:tag`` -> ``x``."""
+    if base_image and base_image != "default":
+        return base_image.rsplit("/", 1)[-1].split(":", 1)[0]
+    try:
+        framework = read_manifest(artifact)["framework"]
+        return registry.resolve(str(framework)).base_image
+    except SchoonerError as exc:
+        logger.warning("%s: using the python base image", exc)
+        return "python"
+
+
+def _read_requirements(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def _record_requirements(path: Path, packages: list[str]) -> None:

@@ -102,6 +102,8 @@ class Supervisor:
         batch_size = int(request.get("batch_size", -1))
         if batch_size > 0:
             fixed["SCHOONER_MAX_BATCH_SIZE"] = str(batch_size)
+        if request.get("device"):
+            fixed["SCHOONER_DEVICE"] = str(request["device"])
 
         def environment() -> dict[str, str]:
             return {**fixed, "SCHOONER_METRICS_PORT": str(free_port())}
