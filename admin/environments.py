@@ -4,9 +4,9 @@ A base image (``base_images/<name>/requirements.txt``) describes the environment
 replicas need; the local container manager honours the same file, so "base image" means
 one thing for Docker and for local processes. For each model it picks:
 
-* the **current interpreter**, when it already satisfies every requirement of the base
-  image at the same major.minor version (``torch==2.13.0`` is met by torch 2.13.x; numpy
-  2.4 does not meet ``numpy==1.23.5``) and every ``pkgs_to_install`` entry exactly; or
+* the **current interpreter** (the one deploying), when it can load the model: it meets
+  what the framework ``requires`` (e.g. ``numpy<2`` and ``mxnet>=1.9,<2`` for MXNet) and
+  every ``pkgs_to_install`` entry; or
 * an **isolated environment**: a virtualenv built once from exactly those requirements and
   cached under ``$SCHOONER_ENVS`` (default ``~/.cache/schooner/envs``), keyed by their hash.
   MXNet, which needs numpy < 2, always ends up here.
@@ -76,9 +76,14 @@ def envs_root() -> Path:
 
 
 def resolve(
-    base_image: str, pkgs_to_install: Sequence[str] = (), *, mode: str = "auto"
+    base_image: str,
+    pkgs_to_install: Sequence[str] = (),
+    *,
+    needs: Sequence[str] = (),
+    mode: str = "auto",
 ) -> Environment:
-    """The environment for a model on ``base_image`` that also needs ``pkgs_to_install``."""
+    """The environment for a model on ``base_image`` that also needs ``pkgs_to_install``;
+    ``needs`` is what its framework requires of an interpreter (``Framework.requires``)."""
     if mode not in MODES:
         raise ClipperException(f"environment mode {mode!r}: use one of {', '.join(MODES)}")
     try:
@@ -89,7 +94,7 @@ def resolve(
     if mode == "current":
         return Environment(base_image, sys.executable, False, requirements)
     if mode == "auto":
-        missing = unmet(image_requirements, same_minor=True) + unmet(_clean(pkgs_to_install))
+        missing = unmet(needs) + unmet(_clean(pkgs_to_install))
         if not missing:
             return Environment(base_image, sys.executable, False, requirements)
         logger.info("this interpreter lacks %s for base image %r: using an isolated environment",

@@ -297,10 +297,10 @@ class LocalContainerManager(ContainerManager):
         if pkgs_to_install:
             _record_requirements(staging / "requirements.txt", pkgs_to_install)
         try:
-            image_name = _base_image_name(base_image, staging)
+            image_name, needs = _base_image(base_image, staging)
             environment = environments.resolve(
                 image_name, _read_requirements(staging / "requirements.txt"),
-                mode=self.environment,
+                needs=needs, mode=self.environment,
             )
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -476,16 +476,17 @@ def _fingerprint(replica: dict[str, Any]) -> tuple[Any, ...]:
     return (replica["restarts"], replica["last_exit_code"], replica["state"])
 
 
-def _base_image_name(base_image: str, artifact: Path) -> str:
-    """``default`` -> the artifact's framework's base image; ``schooner/x:tag`` -> ``x``."""
-    if base_image and base_image != "default":
-        return base_image.rsplit("/", 1)[-1].split(":", 1)[0]
+def _base_image(base_image: str, artifact: Path) -> tuple[str, tuple[str, ...]]:
+    """The base image name (``default`` -> the artifact's framework's; ``schooner/x:tag`` ->
+    ``x``) and what the framework requires of an interpreter."""
     try:
-        framework = read_manifest(artifact)["framework"]
-        return registry.resolve(str(framework)).base_image
+        framework = registry.resolve(str(read_manifest(artifact)["framework"]))
     except SchoonerError as exc:
         logger.warning("%s: using the python base image", exc)
-        return "python"
+        return "python", ()
+    if base_image and base_image != "default":
+        return base_image.rsplit("/", 1)[-1].split(":", 1)[0], framework.requires
+    return framework.base_image, framework.requires
 
 
 def _read_requirements(path: Path) -> list[str]:

@@ -50,6 +50,9 @@ class Framework(ABC):
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
     #: the base image (``base_images/<name>/``) whose requirements its replicas run with
     base_image: ClassVar[str] = "python"
+    #: what an interpreter needs to load this framework's artifacts (requirement strings);
+    #: the local manager runs replicas in the deploying interpreter when it meets them
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, artifact: Artifact, device: str = "cpu") -> None:
         self.artifact = artifact
