@@ -109,10 +109,10 @@ class Row:
     runs: list[float]
 
 
-def handshake(router: zmq.Socket, server: str) -> bytes:
+def handshake(router: zmq.Socket, server: str, timeout_s: float = 30) -> bytes:
     """Wait for the server to say hello; for the container, do the v3 registration."""
-    if not router.poll(30_000):
-        raise RuntimeError(f"{server} server did not connect within 30 s")
+    if not router.poll(int(timeout_s * 1000)):
+        raise RuntimeError(f"{server} server did not connect within {timeout_s:g} s")
     identity, *frames = router.recv_multipart()
     if server == "schooner":
         router.send_multipart([identity, *wire.encode_heartbeat_reply(

@@ -1,0 +1,1 @@
+"""Small models, one module per framework, for benchmarks.frameworks (make_artifact)."""
