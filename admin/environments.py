@@ -105,9 +105,15 @@ def resolve(
 
 def unmet(requirements: Sequence[str], *, same_minor: bool = False) -> list[str]:
     """The requirements this interpreter does not satisfy (``same_minor``: ``==X.Y.Z`` is
-    met by any installed X.Y.*)."""
+    met by any installed X.Y.*). ``"a>=1 | b>=1"`` is met by either alternative."""
     missing = []
     for line in requirements:
+        alternatives = [alt.strip() for alt in line.split(" | ")]
+        if len(alternatives) > 1:
+            if any(not unmet([alt], same_minor=same_minor) for alt in alternatives):
+                continue
+            missing.append(line)
+            continue
         try:
             req = Requirement(line)
         except InvalidRequirement:

@@ -40,6 +40,8 @@ class Framework(ABC):
        versions this environment cannot load.
     3. ``predict(batch)`` — once per batch, from the container's loop; returns one ``str``
        per input, in order. Anything it raises fails that batch only.
+    4. ``close()`` — once, when the container stops (also after a failed ``load``): release
+       what ``load`` started (a Spark session, say). The default does nothing.
     """
 
     #: registry name, e.g. "closure"
@@ -65,3 +67,6 @@ class Framework(ABC):
     @abstractmethod
     def predict(self, batch: Batch) -> Sequence[str]:
         """Answer one batch with one string per input."""
+
+    def close(self) -> None:  # noqa: B027 (an optional hook, empty on purpose)
+        """Release what :meth:`load` acquired; called once when the container stops."""

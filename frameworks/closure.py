@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from schooner.frameworks.artifact import check_python, write_artifact
+from schooner.frameworks.artifact import Artifact, check_python, package_version, write_artifact
 from schooner.frameworks.base import Batch, Framework
 from schooner.runtime.errors import ArtifactError, IncompatibleArtifact
 
-__all__ = ["FUNC_FILE", "save", "ClosureFramework", "local_modules"]
+__all__ = ["FUNC_FILE", "save", "dump_func", "load_func", "ClosureFramework", "local_modules"]
 
 FUNC_FILE = "func.pkl"
 NAME = "closure"
@@ -38,11 +38,29 @@ def save(
     pkgs_to_install: Sequence[str] | None = None,
 ) -> Path:
     """Write ``func`` as an artifact directory and return its path."""
+    path = Path(directory).resolve()
+    captured = dump_func(func, path)
+    return write_artifact(
+        path,
+        NAME,
+        versions={"cloudpickle": package_version("cloudpickle")},
+        pkgs_to_install=pkgs_to_install,
+        extra={"captured_modules": captured},
+    )
+
+
+def dump_func(func: Callable[..., Any], directory: str | Path) -> list[str]:
+    """Write ``func`` to ``<directory>/func.pkl``, its local modules pickled by value.
+
+    Every framework that wraps a user function stores it this way (and records
+    ``versions["cloudpickle"]`` in its manifest). Returns the captured module names, for
+    the manifest's ``captured_modules``.
+    """
     import cloudpickle
 
     if not callable(func):
         raise TypeError(f"func must be callable, got {type(func).__name__}")
-    path = Path(directory).resolve()
+    path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     captured = local_modules(func)
     for module in captured:
@@ -53,43 +71,43 @@ def save(
         for module in captured:
             cloudpickle.unregister_pickle_by_value(module)
     (path / FUNC_FILE).write_bytes(data)
-    return write_artifact(
-        path,
-        NAME,
-        versions={"cloudpickle": cloudpickle.__version__},
-        pkgs_to_install=pkgs_to_install,
-        extra={"captured_modules": sorted(m.__name__ for m in captured)},
-    )
+    return sorted(m.__name__ for m in captured)
+
+
+def load_func(artifact: Artifact) -> Callable[..., Any]:
+    """The function :func:`dump_func` wrote, after checking that this Python and cloudpickle
+    can load it; IncompatibleArtifact (naming both sides' versions) when they cannot."""
+    import cloudpickle
+
+    check_python(artifact)
+    made = str(artifact.manifest.get("versions", {}).get("cloudpickle") or "")
+    here = cloudpickle.__version__
+    if made and _major(made) > _major(here):
+        raise IncompatibleArtifact(
+            f"{artifact.path} was pickled with cloudpickle {made}; this container has "
+            f"{here}. Install cloudpickle>={_major(made)} in the container's environment."
+        )
+    data = artifact.file(FUNC_FILE).read_bytes()
+    try:
+        func = cloudpickle.loads(data)
+    except Exception as exc:  # unpickling is the boundary where foreign errors convert
+        raise IncompatibleArtifact(
+            f"cannot unpickle {artifact.path / FUNC_FILE} ({type(exc).__name__}: {exc}); "
+            f"it was made with Python {artifact.manifest.get('python')}, cloudpickle "
+            f"{made or '?'}, Schooner {artifact.manifest.get('schooner_version')}; this "
+            f"container runs Python {'.'.join(map(str, sys.version_info[:3]))}, cloudpickle "
+            f"{here}. A missing module usually means a package absent from pkgs_to_install."
+        ) from exc
+    if not callable(func):
+        raise ArtifactError(f"{artifact.path / FUNC_FILE} does not hold a callable")
+    return func  # type: ignore[no-any-return]
 
 
 class ClosureFramework(Framework):
     name = NAME
 
     def load(self) -> None:
-        import cloudpickle
-
-        check_python(self.artifact)
-        made = str(self.artifact.manifest.get("versions", {}).get("cloudpickle", ""))
-        here = cloudpickle.__version__
-        if made and _major(made) > _major(here):
-            raise IncompatibleArtifact(
-                f"{self.artifact.path} was pickled with cloudpickle {made}; this container has "
-                f"{here}. Install cloudpickle>={_major(made)} in the container's environment."
-            )
-        data = self.artifact.file(FUNC_FILE).read_bytes()
-        try:
-            func = cloudpickle.loads(data)
-        except Exception as exc:  # unpickling is the boundary where foreign errors convert
-            raise IncompatibleArtifact(
-                f"cannot unpickle {self.artifact.path / FUNC_FILE} ({type(exc).__name__}: {exc}); "
-                f"it was made with Python {self.artifact.manifest.get('python')}, cloudpickle "
-                f"{made or '?'}, Schooner {self.artifact.manifest.get('schooner_version')}; this "
-                f"container runs Python {'.'.join(map(str, sys.version_info[:3]))}, cloudpickle "
-                f"{here}. A missing module usually means a package absent from pkgs_to_install."
-            ) from exc
-        if not callable(func):
-            raise ArtifactError(f"{self.artifact.path / FUNC_FILE} does not hold a callable")
-        self.func = func
+        self.func = load_func(self.artifact)
 
     def predict(self, batch: Batch) -> Sequence[str]:
         return self.func(batch)  # type: ignore[no-any-return]

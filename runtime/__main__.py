@@ -13,6 +13,7 @@ import sys
 from types import FrameType
 
 from schooner.frameworks.artifact import open_artifact
+from schooner.frameworks.base import Framework
 from schooner.frameworks.registry import resolve
 from schooner.runtime.config import ContainerConfig
 from schooner.runtime.container import Container
@@ -41,6 +42,7 @@ def main() -> int:
     if config.metrics_port is not None:
         server = MetricsServer(metrics, config.metrics_host, config.metrics_port).start()
         log.info("metrics and health on http://%s:%d", config.metrics_host, server.port)
+    framework: Framework | None = None
     try:
         artifact = open_artifact(config.model_path)
         framework_cls = resolve(config.framework or artifact.framework)
@@ -50,10 +52,12 @@ def main() -> int:
             )
         framework = framework_cls(artifact, config.device)
         framework.load()
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return EXIT_CONFIG
     except SchoonerError as exc:
+        if framework is not None:
+            framework.close()
+        if isinstance(exc, ConfigError):
+            log.error("%s", exc)
+            return EXIT_CONFIG
         log.error("cannot load the model at %s: %s", config.model_path, exc)
         return EXIT_ARTIFACT
 
@@ -71,6 +75,7 @@ def main() -> int:
     try:
         container.run()
     finally:
+        framework.close()
         if config.ready_file is not None:
             config.ready_file.unlink(missing_ok=True)
         if server is not None:

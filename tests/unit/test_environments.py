@@ -27,6 +27,8 @@ def test_unmet_compares_pins_at_major_minor_when_asked():
     assert environments.unmet(["numpy==1.23.5"], same_minor=True)  # MXNet's numpy: not here
     assert environments.unmet(["surely-not-installed-pkg"]) == ["surely-not-installed-pkg"]
     assert environments.unmet(['numpy==0.1; python_version < "3"']) == []  # marker excludes it
+    assert environments.unmet(["surely-not-installed-pkg | numpy>=1"]) == []  # alternatives
+    assert environments.unmet(["surely-not-installed-pkg | numpy<1"]) == ["surely-not-installed-pkg | numpy<1"]
 
 
 def test_current_interpreter_when_it_satisfies_the_image(monkeypatch):
