@@ -7,6 +7,7 @@ a frontend started by the test on the host network, and queries it over HTTP.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -31,8 +32,10 @@ def image() -> str:
     if not _docker_ready():
         pytest.skip("no Docker engine is running")
     if subprocess.run(["docker", "image", "inspect", BASE], capture_output=True).returncode != 0:
-        subprocess.run([str(ROOT / "base_images/debian/build.sh"), BASE], check=True)
-    subprocess.run(["docker", "build", "-f", "base_images/python/Dockerfile", "--build-arg",
+        # the host's CA bundle, so that pip in the image trusts what the host trusts
+        env = dict(os.environ, CA_BUNDLE=os.environ.get("SSL_CERT_FILE", ""))
+        subprocess.run([str(ROOT / "base_images/debian/build.sh"), BASE], check=True, env=env)
+    subprocess.run(["docker", "build", "--network", "host", "-f", "base_images/python/Dockerfile", "--build-arg",
                     f"BASE={BASE}", "-t", IMAGE, "."], cwd=ROOT, check=True)  # fmt: skip
     return IMAGE
 
