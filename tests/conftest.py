@@ -461,3 +461,34 @@ def closure_artifact(tmp_path: Path) -> Callable[..., Path]:
         return Path(save(func, tmp_path / "artifacts" / name, **kwargs))
 
     return _make
+
+
+# --------------------------------------------------------------------------- local clusters
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One running cluster (supervisor, frontend) per test module; stopped at the end.
+
+    ``SCHOONER_HOME`` points into the module's temporary directory, except for the
+    environments cache (``SCHOONER_ENVS``), which is shared by every test run on this
+    machine so that an environment is built once.
+    """
+    from schooner.admin import ClipperConnection, LocalContainerManager
+
+    home = tmp_path_factory.mktemp("home")
+    manager = LocalContainerManager(
+        cluster_name="frameworks",
+        clipper_query_port=free_port(),
+        clipper_management_port=free_port(),
+        clipper_rpc_port=free_port(),
+        schooner_home=home,
+        deploy_timeout_s=240.0,
+        grace_s=5.0,
+    )
+    conn = ClipperConnection(manager)
+    try:
+        conn.start_clipper()
+        yield conn
+    finally:
+        conn.stop_all()

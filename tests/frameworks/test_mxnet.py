@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import outputs, predict
+from serving import outputs, predict
 
 from schooner.admin.deployers import mxnet as mxnet_deployer
 from schooner.frameworks.mxnet import MXNetFramework

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
-from conftest import outputs, predict  # noqa: E402
+from serving import outputs, predict  # noqa: E402
 
 from schooner.admin import ClipperException  # noqa: E402
 from schooner.admin.deployers import onnx as onnx_deployer  # noqa: E402

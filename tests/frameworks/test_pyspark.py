@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import outputs, predict
+from serving import outputs, predict
 
 from schooner.admin import ClipperConnection, ClipperException, LocalContainerManager
 from schooner.admin.deployers import pyspark as spark_deployer

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import outputs, predict  # noqa: E402
+from serving import outputs, predict  # noqa: E402
 
 from schooner.admin.deployers import pytorch as pytorch_deployer  # noqa: E402
 from schooner.frameworks import pytorch as pytorch_framework  # noqa: E402

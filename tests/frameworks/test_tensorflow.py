@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import outputs, predict
+from serving import outputs, predict
 
 from schooner.admin import ClipperConnection, LocalContainerManager
 from schooner.admin.deployers import tensorflow as tf_deployer
