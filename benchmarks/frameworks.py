@@ -35,8 +35,10 @@ import numpy as np
 import zmq
 
 from benchmarks import framework_models
-from benchmarks.hot_path import _pinned, _root, handshake, machine
-from schooner.admin import environments
+from benchmarks.harness import machine
+from benchmarks.harness import pinned as _pinned
+from benchmarks.harness import repo_root as _root
+from benchmarks.hot_path import handshake
 from schooner.frameworks.artifact import open_artifact
 from schooner.frameworks.registry import resolve
 from schooner.runtime import wire
@@ -162,6 +164,8 @@ def available_models(only: set[str] | None) -> list[str]:
 
 def run_framework(name: str, batches: list[int], seconds: float, repeats: int, tmp: Path,
                   server_cpu: int | None) -> list[Row]:  # fmt: skip
+    from schooner.admin import environments  # admin side only: never in a model's environment
+
     module = importlib.import_module(f"benchmarks.framework_models.{name}")
     artifact, input_type_name, make_batch = module.make_artifact(tmp / name)
     input_type = wire.InputType.parse(input_type_name)

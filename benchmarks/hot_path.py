@@ -8,35 +8,47 @@ the driver's own cost is the same whatever the server is. Servers, measured in o
 * ``schooner``  — the container (``python -m schooner.runtime``) with a no-op closure.
 
 Each row is run with plain v3 framing (one frame per input and per output) and with
-Schooner's negotiated packed framing (a whole batch in a constant number of frames). The
-server is pinned to one core and the driver to another (``--server-cpu``/``--driver-cpu``).
+Schooner's negotiated packed framing (a whole batch in a constant number of frames), at
+batch sizes 1, 8 and 64 (100 doubles per input), one and 8 requests in flight. A second
+table sends one 600 KB float32 tensor per request: the container (``SCHOONER_ZERO_COPY=1``,
+so it reads the tensor where ZeroMQ received it) against the echo, which sends the same
+bytes straight back without copying them; it reports GB/s of input. The server is pinned
+to one core and the driver to another (``--server-cpu``/``--load-cpu``).
 
-    python -m benchmarks.hot_path                 # full run, prints the table
-    python -m benchmarks.hot_path --smoke         # a few hundred requests (CI)
-    python -m benchmarks.hot_path --json out.json # raw results too
+    python -m benchmarks hotpath                 # full run, prints the tables
+    python -m benchmarks hotpath --smoke         # a few hundred requests (CI)
+    python -m benchmarks hotpath --json out.json # raw results too
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zmq
 
+from benchmarks.harness import (
+    add_common_args,
+    header,
+    markdown_table,
+    pinned,
+    placement_from,
+    repo_root,
+    write_json,
+)  # fmt: skip
 from schooner.frameworks import closure
 from schooner.runtime import wire
 
 FEATURES = 100  # doubles per input
+TENSOR_BYTES = 600 * 1024  # the large-input rows: one float32 tensor of this size
 
 
 def noop(inputs):  # the model: answers every input with a constant
@@ -63,36 +75,46 @@ def echo_server(port: int) -> None:
 
 def start_echo(port: int, cpu: int | None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "benchmarks.hot_path", "--echo-server", str(port)]
-    return subprocess.Popen(_pinned(cmd, cpu), cwd=_root())
+    return subprocess.Popen(pinned(cmd, cpu), cwd=repo_root())
 
 
-def start_container(port: int, artifact: Path, cpu: int | None) -> subprocess.Popen:
+def start_container(port: int, artifact: Path, cpu: int | None,
+                    input_type: wire.InputType = wire.InputType.DOUBLES,
+                    zero_copy: bool = False) -> subprocess.Popen:  # fmt: skip
     env = dict(
         os.environ,
         CLIPPER_MODEL_NAME="noop",
         CLIPPER_MODEL_VERSION="1",
         CLIPPER_PORT=str(port),
-        CLIPPER_INPUT_TYPE="doubles",
+        CLIPPER_INPUT_TYPE=input_type.clipper_name,
         CLIPPER_MODEL_PATH=str(artifact),
         SCHOONER_READY_FILE="none",
+        SCHOONER_ZERO_COPY="1" if zero_copy else "0",
         SCHOONER_LOG_LEVEL="WARNING",
     )
     cmd = [sys.executable, "-m", "schooner.runtime"]
-    return subprocess.Popen(_pinned(cmd, cpu), env=env, cwd=_root())
+    return subprocess.Popen(pinned(cmd, cpu), env=env, cwd=repo_root())
 
 
-def _pinned(cmd: list[str], cpu: int | None) -> list[str]:
-    if cpu is None or not _has_taskset():
-        return cmd
-    return ["taskset", "-c", str(cpu), *cmd]
+@dataclass(frozen=True)
+class Payload:
+    """What one request carries: ``batch`` inputs of ``features`` values of ``input_type``."""
+
+    batch: int
+    features: int = FEATURES
+    input_type: wire.InputType = wire.InputType.DOUBLES
+
+    @property
+    def input_bytes(self) -> int:
+        return self.batch * self.features * self.input_type.dtype.itemsize  # type: ignore[union-attr]
+
+    @property
+    def tensor(self) -> bool:
+        return self.input_type != wire.InputType.DOUBLES
 
 
-def _has_taskset() -> bool:
-    return subprocess.run(["which", "taskset"], capture_output=True).returncode == 0
-
-
-def _root() -> str:
-    return str(Path(__file__).resolve().parent.parent)
+def tensor_payload() -> Payload:
+    return Payload(1, TENSOR_BYTES // 4, wire.InputType.FLOATS)
 
 
 # --------------------------------------------------------------------------- driver
@@ -107,6 +129,8 @@ class Row:
     batches_per_s: float
     inputs_per_s: float
     runs: list[float]
+    input_bytes: int = 0
+    gb_per_s: float = 0.0
 
 
 def handshake(router: zmq.Socket, server: str, timeout_s: float = 30) -> bytes:
@@ -124,13 +148,14 @@ def handshake(router: zmq.Socket, server: str, timeout_s: float = 30) -> bytes:
     return identity
 
 
-def request_frames(framing: str, batch: int, msg_id: int) -> list[bytes]:
-    x = np.random.default_rng(0).random((batch, FEATURES))
+def request_frames(framing: str, payload: Payload, msg_id: int) -> list[bytes]:
+    dtype = payload.input_type.dtype
+    x = np.random.default_rng(0).random((payload.batch, payload.features)).astype(dtype)
     if framing == "packed":
         return [bytes(f) for f in wire.encode_packed_request(
-            msg_id, wire.InputType.DOUBLES, [FEATURES * 8] * batch, x.tobytes())]  # fmt: skip
+            msg_id, payload.input_type, [x[0].nbytes] * payload.batch, x.tobytes())]  # fmt: skip
     return [bytes(f) for f in wire.encode_predict_request(
-        msg_id, wire.InputType.DOUBLES, [row.tobytes() for row in x])]  # fmt: skip
+        msg_id, payload.input_type, [row.tobytes() for row in x])]  # fmt: skip
 
 
 def drive(router: zmq.Socket, identity: bytes, frames: list[bytes], inflight: int,
@@ -151,28 +176,29 @@ def drive(router: zmq.Socket, identity: bytes, frames: list[bytes], inflight: in
     return time.perf_counter() - start
 
 
-def check_answer(router: zmq.Socket, identity: bytes, framing: str, batch: int) -> None:
-    router.send_multipart([identity, *request_frames(framing, batch, 1)])
+def check_answer(router: zmq.Socket, identity: bytes, framing: str, payload: Payload) -> None:
+    router.send_multipart([identity, *request_frames(framing, payload, 1)])
     _, *frames = router.recv_multipart()
     response = wire.decode_from_container(frames)
     assert isinstance(response, wire.PredictResponse), response
-    assert response.packed == (framing == "packed") and response.texts() == ["0"] * batch
+    assert response.packed == (framing == "packed") and response.texts() == ["0"] * payload.batch
 
 
-def measure(server: str, framing: str, batch: int, inflight: int, count: int, repeats: int,
-            artifact: Path, server_cpu: int | None) -> Row:  # fmt: skip
+def measure(server: str, framing: str, payload: Payload, inflight: int, count: int,
+            repeats: int, artifact: Path, server_cpu: int | None) -> Row:  # fmt: skip
     ctx = zmq.Context.instance()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     proc = (start_echo(port, server_cpu) if server == "echo"
-            else start_container(port, artifact, server_cpu))  # fmt: skip
+            else start_container(port, artifact, server_cpu, payload.input_type,
+                                 zero_copy=payload.tensor))  # fmt: skip
     identity = b""
     try:
         identity = handshake(router, server)
         if server == "schooner":
-            check_answer(router, identity, framing, batch)
-        frames = request_frames(framing, batch, 1)
+            check_answer(router, identity, framing, payload)
+        frames = request_frames(framing, payload, 1)
         drive(router, identity, frames, inflight, max(count // 10, 10))  # warm-up
         runs = [count / drive(router, identity, frames, inflight, count) for _ in range(repeats)]
     finally:
@@ -182,80 +208,94 @@ def measure(server: str, framing: str, batch: int, inflight: int, count: int, re
         proc.wait(timeout=10)
         router.close(linger=0)
     rate = statistics.median(runs)
-    return Row(server, framing, batch, inflight, rate, rate * batch, runs)
+    size = payload.input_bytes
+    return Row(server, framing, payload.batch, inflight, rate, rate * payload.batch, runs,
+               size, rate * size / 1e9)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} cores, {model}; Python {platform.python_version()}, "
-            f"pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, numpy {np.__version__}")  # fmt: skip
-
-
 def table(rows: list[Row]) -> str:
     echo = {(r.framing, r.batch, r.inflight): r for r in rows if r.server == "echo"}
     plain = {(r.batch, r.inflight): r for r in rows if r.server == "schooner" and r.framing == "plain"}
-    lines = [
-        "| server | framing | batch | in flight | batches/s | inputs/s | vs echo (same frames) | vs plain v3 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    out = []
     for r in rows:
         base = echo.get((r.framing, r.batch, r.inflight))
         ratio = f"{r.batches_per_s / base.batches_per_s:.2f}" if base and r.server != "echo" else ""
         p = plain.get((r.batch, r.inflight))
         vs_plain = (f"{r.inputs_per_s / p.inputs_per_s:.2f}x"
                     if p and r.server == "schooner" and r.framing == "packed" else "")  # fmt: skip
-        lines.append(f"| {r.server} | {r.framing} | {r.batch} | {r.inflight} | "
-                     f"{r.batches_per_s:,.0f} | {r.inputs_per_s:,.0f} | {ratio} | {vs_plain} |")  # fmt: skip
-    return "\n".join(lines)
+        out.append([r.server, r.framing, r.batch, r.inflight, f"{r.batches_per_s:,.0f}",
+                    f"{r.inputs_per_s:,.0f}", ratio, vs_plain])  # fmt: skip
+    return markdown_table(["server", "framing", "batch", "in flight", "batches/s", "inputs/s",
+                           "vs echo (same frames)", "vs plain v3"], out, "llrrrrrr")  # fmt: skip
+
+
+def tensor_table(rows: list[Row]) -> str:
+    echo = {(r.framing, r.inflight): r for r in rows if r.server == "echo"}
+    out = []
+    for r in rows:
+        base = echo.get((r.framing, r.inflight))
+        ratio = f"{r.gb_per_s / base.gb_per_s:.2f}" if base and r.server != "echo" else ""
+        out.append([r.server, r.framing, r.inflight, f"{r.input_bytes / 1024:,.0f}",
+                    f"{r.batches_per_s:,.0f}", f"{r.gb_per_s:.2f}", ratio])  # fmt: skip
+    return markdown_table(["server", "framing", "in flight", "input KB", "requests/s",
+                           "input GB/s", "vs zero-copy echo"], out, "llrrrrr")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="a few hundred requests (CI)")
-    parser.add_argument("--count", type=int, default=20000, help="requests per run")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per row (median)")
-    parser.add_argument("--batches", default="1,64")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks hotpath",
+                                     description=__doc__.split("\n\n")[0])  # fmt: skip
+    add_common_args(parser, repeats=3)
+    parser.add_argument("--count", type=int, default=10000, help="requests per run")
+    parser.add_argument("--tensor-count", type=int, default=2000, help="600 KB requests per run")
+    parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--inflight", default="1,8")
-    parser.add_argument("--server-cpu", type=int, default=0)
-    parser.add_argument("--driver-cpu", type=int, default=1)
-    parser.add_argument("--no-pin", action="store_true", help="do not pin to cores")
-    parser.add_argument("--json", help="write raw results to this file")
+    parser.add_argument("--no-tensor", action="store_true", help="skip the 600 KB rows")
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo_server:
         echo_server(args.echo_server)
         return 0
     if args.smoke:
-        args.count, args.repeats = 300, 1
-    server_cpu = None if args.no_pin else args.server_cpu
-    if not args.no_pin and hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:
-        os.sched_setaffinity(0, {args.driver_cpu})
-    pinned = "not pinned" if server_cpu is None else f"server on cpu {args.server_cpu}, driver on cpu {args.driver_cpu}"
+        args.count, args.tensor_count, args.repeats = 300, 100, 1
+    placement = placement_from(args)
+    placement.pin_self()
+    server_cpu = placement.server_cpu
+    rows: list[Row] = []
+    tensor_rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         artifact = closure.save(noop, Path(tmp) / "noop")
-        rows = []
         for batch in map(int, args.batches.split(",")):
             for inflight in map(int, args.inflight.split(",")):
                 for framing in ("plain", "packed"):
                     for server in ("echo", "schooner"):
-                        rows.append(measure(server, framing, batch, inflight, args.count,
-                                            args.repeats, artifact, server_cpu))  # fmt: skip
-    print(f"# hot path: {FEATURES} doubles per input, no-op closure; {machine()}")
-    print(f"# {args.count} requests per run, median of {args.repeats}; {pinned}; "
-          f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
+                        rows.append(measure(server, framing, Payload(batch), inflight,
+                                            args.count, args.repeats, artifact, server_cpu))  # fmt: skip
+        if not args.no_tensor:
+            for inflight in map(int, args.inflight.split(",")):
+                for framing in ("plain", "packed"):
+                    for server in ("echo", "schooner"):
+                        tensor_rows.append(measure(server, framing, tensor_payload(), inflight,
+                                                   args.tensor_count, args.repeats, artifact,
+                                                   server_cpu))  # fmt: skip
+    detail = (f"{FEATURES} doubles per input, no-op closure; {args.count} requests per run "
+              f"({args.tensor_count} of 600 KB), median of {args.repeats}")  # fmt: skip
+    print(header("hot path: the container over RPC v3 vs a raw pyzmq echo", placement, detail))
     print(table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    if tensor_rows:
+        print()
+        print("# one 600 KB float32 tensor per request; the container with SCHOONER_ZERO_COPY=1")
+        print(tensor_table(tensor_rows))
+        best = {r.framing: r for r in tensor_rows if r.server == "schooner" and r.inflight == 1}
+        echo = {r.framing: r for r in tensor_rows if r.server == "echo" and r.inflight == 1}
+        for framing, r in best.items():
+            if framing in echo:
+                ratio = r.gb_per_s / echo[framing].gb_per_s
+                print(f"- 600 KB input, {framing}, 1 in flight: {ratio:.2f}x the zero-copy echo "
+                      f"(target >= 0.7: {'met' if ratio >= 0.7 else 'MISSED'})")  # fmt: skip
+    write_json(args.json, rows + tensor_rows)
     return 0
 
 

@@ -1,14 +1,21 @@
 """Prometheus metrics of the frontend, in a registry of its own.
 
-Labelled children are looked up once and cached, so recording a request costs a dict
-lookup and an increment. ``render`` runs when ``GET /metrics`` is scraped.
+The series recorded for every query and every batch (answers and latency per app, batch
+sizes per model) are plain counters in lists, bucketed with ``bisect`` and turned into
+Prometheus families only when ``GET /metrics`` is scraped (``render``): recording one costs
+a dict lookup and two additions, not prometheus_client's per-bucket Python loop and lock.
+Rarer series (default outputs, rejections, replicas) use prometheus_client directly, with
+their labelled children looked up once and cached. Everything runs on the event loop.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 __all__ = ["FrontendMetrics", "CONTENT_TYPE"]
@@ -21,33 +28,70 @@ _LATENCY_BUCKETS = (
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+class _Histogram:
+    """Observations of one labelled series: a count per bucket (the last is +Inf) and a sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # first bound >= value: "le"
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip((*map(repr, map(float, self.bounds)), "+Inf"), self.counts):
+            total += count
+            out.append((bound, total))
+        return out
+
+
+class _HotSeries:
+    """The per-query and per-batch series, exported at scrape time (a custom collector)."""
+
+    def __init__(self) -> None:
+        self.latency: dict[str, _Histogram] = {}
+        self.batch: dict[str, _Histogram] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        answered = CounterMetricFamily(
+            "schooner_frontend_predictions", "Queries answered, per app", labels=["app"]
+        )
+        latency = HistogramMetricFamily(
+            "schooner_frontend_query_latency_seconds",
+            "From the query's arrival to its answer, per app", labels=["app"],
+        )  # fmt: skip
+        for app, h in self.latency.items():
+            answered.add_metric([app], sum(h.counts))
+            latency.add_metric([app], h.cumulative(), sum_value=h.sum)
+        batch = HistogramMetricFamily(
+            "schooner_frontend_batch_size", "Queries per batch sent to a replica, per model version",
+            labels=["model"],
+        )  # fmt: skip
+        for model, h in self.batch.items():
+            batch.add_metric([model], h.cumulative(), sum_value=h.sum)
+        yield answered
+        yield latency
+        yield batch
+
+
 class FrontendMetrics:
     """Every series the frontend exports. One instance per server."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._requests = Counter(
-            "schooner_frontend_predictions", "Queries answered, per app", ["app"], registry=r
-        )
+        self._hot = _HotSeries()
+        r.register(self._hot)  # type: ignore[arg-type]
         self._defaults = Counter(
             "schooner_frontend_default_outputs",
             "Queries answered with the default output, per app and reason",
             ["app", "reason"],
-            registry=r,
-        )
-        self._latency = Histogram(
-            "schooner_frontend_query_latency_seconds",
-            "From the query's arrival to its answer, per app",
-            ["app"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self._batch = Histogram(
-            "schooner_frontend_batch_size",
-            "Queries per batch sent to a replica, per model version",
-            ["model"],
-            buckets=_BATCH_BUCKETS,
             registry=r,
         )
         self._replicas = Gauge(
@@ -69,18 +113,18 @@ class FrontendMetrics:
 
     def answered(self, app: str, latency_s: float, default_reason: str | None) -> None:
         """One query answered (from the dispatcher, once per query)."""
-        cache = self._cache
-        child = cache.get(("q", app))
-        if child is None:
-            child = cache[("q", app)] = (self._requests.labels(app), self._latency.labels(app))
-        counter, histogram = child
-        counter.inc()
+        histogram = self._hot.latency.get(app)
+        if histogram is None:
+            histogram = self._hot.latency[app] = _Histogram(_LATENCY_BUCKETS)
         histogram.observe(latency_s)
         if default_reason is not None:
             self._child(self._defaults, app, default_reason).inc()  # type: ignore[attr-defined]
 
     def batch(self, model: str, size: int) -> None:
-        self._child(self._batch, model).observe(size)  # type: ignore[attr-defined]
+        histogram = self._hot.batch.get(model)
+        if histogram is None:
+            histogram = self._hot.batch[model] = _Histogram(_BATCH_BUCKETS)
+        histogram.observe(size)
 
     def replicas(self, model: str, count: int) -> None:
         self._child(self._replicas, model).set(count)  # type: ignore[attr-defined]

@@ -16,7 +16,12 @@ import orjson
 
 from schooner.frontend.dispatch import NO_MODEL, Dispatcher, Query
 from schooner.frontend.http import Reply, Request, Router, json_error
-from schooner.frontend.inputs import CONVERTERS, BadInput
+from schooner.frontend.inputs import (
+    CONVERTERS,
+    CONVERTERS_WITHOUT_BOOLEANS,
+    BadInput,
+    may_hold_booleans,
+)
 from schooner.frontend.metrics import CONTENT_TYPE, FrontendMetrics
 from schooner.frontend.state import App, StateStore
 
@@ -91,7 +96,8 @@ class QueryApi:
         if type(body) is not dict:
             self._reject(reply, 400, "invalid request", "the body must be a JSON object")
             return
-        convert = CONVERTERS[app.input_type]
+        table = CONVERTERS if may_hold_booleans(request.body) else CONVERTERS_WITHOUT_BOOLEANS
+        convert = table[app.input_type]
         try:
             if "input" in body:
                 if "input_batch" in body:

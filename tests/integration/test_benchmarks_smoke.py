@@ -38,3 +38,75 @@ def test_frameworks_smoke(tmp_path):
     names = {p.stem for p in (ROOT / "benchmarks" / "framework_models").glob("*.py")} - {"__init__"}
     assert {r["framework"] for r in rows} == names
     assert all(r["in_process_inputs_per_s"] > 0 and r["container_inputs_per_s"] > 0 for r in rows)
+
+
+def _run_suite(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def test_entry_point_names_every_suite():
+    result = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0
+    for suite in ("hotpath", "e2e", "adaptive", "startup", "frameworks"):
+        assert f"``{suite}``" in result.stderr
+    unknown = subprocess.run([sys.executable, "-m", "benchmarks", "nope"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert unknown.returncode == 2 and "unknown suite" in unknown.stderr
+
+
+@pytest.mark.timeout(600)
+def test_e2e_smoke(tmp_path):
+    """Floor and Schooner over HTTP (wrk if installed, else the Python loader)."""
+    pytest.importorskip("torch")
+    out = tmp_path / "e2e.json"
+    result = _run_suite("e2e", "--smoke", "--no-pin", "--models", "noop,mlp", "--json", str(out))
+    assert "| noop | 64 | schooner |" in result.stdout
+    cells = json.loads(out.read_text())["cells"]
+    assert {(c["model"], c["system"], c["concurrency"]) for c in cells} == {
+        (m, s, c) for m in ("noop", "mlp") for s in ("floor", "schooner") for c in (1, 16, 64)}
+    assert all(c["requests_per_s"] > 0 and c["errors"] == 0 for c in cells)
+
+
+@pytest.mark.timeout(600)
+def test_e2e_python_loader_smoke(tmp_path):
+    """The closed-loop fallback that smoke runs use where wrk is not installed."""
+    out = tmp_path / "e2e.json"
+    _run_suite("e2e", "--smoke", "--no-pin", "--loader", "python", "--models", "noop",
+               "--concurrency", "1,16", "--json", str(out))  # fmt: skip
+    cells = json.loads(out.read_text())["cells"]
+    assert len(cells) == 4 and all(c["requests_per_s"] > 0 and c["errors"] == 0 for c in cells)
+
+
+@pytest.mark.timeout(600)
+def test_adaptive_smoke(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "adaptive.json"
+    result = _run_suite("adaptive", "--smoke", "--no-pin", "--models", "mlp", "--json", str(out))
+    assert "| mlp | adaptive |" in result.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["policy"] for r in rows] == ["adaptive", "batch 1", "batch 32"]
+    assert all(r["steps"] and r["steps"][0]["throughput"] > 0 for r in rows)
+
+
+@pytest.mark.timeout(600)
+def test_startup_smoke(tmp_path):
+    out = tmp_path / "startup.json"
+    result = _run_suite("startup", "--smoke", "--no-pin", "--json", str(out))
+    assert "| closure | closure |" in result.stdout
+    (row,) = json.loads(out.read_text())["rows"]
+    assert 0 < row["deploy_to_answer_s"] < 60 and row["idle_rss_mb"] > 5
+
+
+@pytest.mark.timeout(600)
+def test_hotpath_entry_point_smoke(tmp_path):
+    """``python -m benchmarks hotpath`` is the same suite, with the 600 KB tensor rows."""
+    out = tmp_path / "hot.json"
+    result = _run_suite("hotpath", "--smoke", "--no-pin", "--batches", "8", "--inflight", "1",
+                        "--json", str(out))  # fmt: skip
+    assert "| schooner | packed | 1 | 600 |" in result.stdout
+    rows = json.loads(out.read_text())
+    assert {r["batch"] for r in rows} == {8, 1} and all(r["gb_per_s"] > 0 for r in rows)
