@@ -10,7 +10,10 @@ Sizing is AIMD (additive increase, multiplicative decrease), like TCP's congesti
 * a batch that took longer than the latency budget shrinks the size multiplicatively
   (``x decrease``, never below 1);
 * a *full* batch (as large as the current size allowed) that finished within budget grows
-  it by ``increase``; a partial batch says nothing about larger sizes, so it changes nothing.
+  it by ``increase``; a partial batch says nothing about larger sizes, so it changes nothing;
+* while a backlog of at least a full batch is still waiting when such a batch returns, the
+  size grows by a quarter instead (at least ``increase``): under heavy load one slow batch
+  must not leave the size stuck far below what the queue needs until the SLO is lost.
 
 The budget is a fraction of the app's SLO: the rest of the SLO is left for queueing and for
 the HTTP and network hops. A model deployed with a fixed ``batch_size > 0`` is never resized.
@@ -79,14 +82,18 @@ class BatchSizer:
         """``observe`` a batch that started at ``started_at`` and is answered now."""
         self.observe(batch_size, self._clock() - started_at)
 
-    def observe(self, batch_size: int, latency: float) -> None:
-        """Adapt to one answered batch of ``batch_size`` queries that took ``latency`` s."""
+    def observe(self, batch_size: int, latency: float, backlog: int = 0) -> None:
+        """Adapt to one answered batch of ``batch_size`` queries that took ``latency`` s,
+        with ``backlog`` queries still waiting for a batch."""
         if self.fixed:
             return
         if latency > self.budget:
             self._size = max(1.0, min(self._size, float(batch_size)) * self.decrease)
         elif batch_size >= int(self._size):
-            self._size = min(float(self.max_size), self._size + self.increase)
+            step = self.increase
+            if backlog >= batch_size:
+                step = max(step, self._size * 0.25)
+            self._size = min(float(self.max_size), self._size + step)
 
 
 class Expirable(Protocol):

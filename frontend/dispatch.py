@@ -326,7 +326,7 @@ class Dispatcher:
         mq = replica.queue
         now = self._clock()
         queries = batch.queries
-        mq.sizer.observe(len(queries), now - batch.sent_at)
+        mq.sizer.observe(len(queries), now - batch.sent_at, len(mq.queue))
         texts = response.texts()
         if len(texts) != len(queries):
             explanation = (

@@ -50,6 +50,18 @@ def test_a_slow_batch_shrinks_multiplicatively_but_never_below_one() -> None:
     assert sizer.size == 1
 
 
+def test_a_backlog_makes_the_size_recover_faster() -> None:
+    with_backlog, without = BatchSizer(SLO, initial=8), BatchSizer(SLO, initial=8)
+    for _ in range(4):
+        with_backlog.observe(with_backlog.size, 0.001, backlog=100)
+        without.observe(without.size, 0.001, backlog=0)
+    assert without.size == 12  # +1 per full batch
+    assert with_backlog.size == 19  # +25% per full batch: 8 -> 10 -> 12.5 -> 15.6 -> 19.5
+    slow = BatchSizer(SLO, initial=8)
+    slow.observe(8, 0.006, backlog=100)  # over budget: a backlog never stops the decrease
+    assert slow.size == 6
+
+
 def test_size_is_capped() -> None:
     sizer = BatchSizer(SLO, initial=7, max_size=8)
     for _ in range(5):
