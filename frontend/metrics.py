@@ -10,13 +10,14 @@ their labelled children looked up once and cached. Everything runs on the event 
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from schooner.runtime.metrics import BucketHistogram
 
 __all__ = ["FrontendMetrics", "CONTENT_TYPE"]
 
@@ -28,35 +29,12 @@ _LATENCY_BUCKETS = (
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
-class _Histogram:
-    """Observations of one labelled series: a count per bucket (the last is +Inf) and a sum."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1  # first bound >= value: "le"
-        self.sum += value
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        total = 0
-        for bound, count in zip((*map(repr, map(float, self.bounds)), "+Inf"), self.counts):
-            total += count
-            out.append((bound, total))
-        return out
-
-
 class _HotSeries:
     """The per-query and per-batch series, exported at scrape time (a custom collector)."""
 
     def __init__(self) -> None:
-        self.latency: dict[str, _Histogram] = {}
-        self.batch: dict[str, _Histogram] = {}
+        self.latency: dict[str, BucketHistogram] = {}
+        self.batch: dict[str, BucketHistogram] = {}
 
     def collect(self) -> Iterator[Metric]:
         answered = CounterMetricFamily(
@@ -68,13 +46,13 @@ class _HotSeries:
         )  # fmt: skip
         for app, h in self.latency.items():
             answered.add_metric([app], sum(h.counts))
-            latency.add_metric([app], h.cumulative(), sum_value=h.sum)
+            latency.add_metric([app], h.cumulative(), sum_value=h.total)
         batch = HistogramMetricFamily(
             "schooner_frontend_batch_size", "Queries per batch sent to a replica, per model version",
             labels=["model"],
         )  # fmt: skip
         for model, h in self.batch.items():
-            batch.add_metric([model], h.cumulative(), sum_value=h.sum)
+            batch.add_metric([model], h.cumulative(), sum_value=h.total)
         yield answered
         yield latency
         yield batch
@@ -115,7 +93,7 @@ class FrontendMetrics:
         """One query answered (from the dispatcher, once per query)."""
         histogram = self._hot.latency.get(app)
         if histogram is None:
-            histogram = self._hot.latency[app] = _Histogram(_LATENCY_BUCKETS)
+            histogram = self._hot.latency[app] = BucketHistogram(_LATENCY_BUCKETS)
         histogram.observe(latency_s)
         if default_reason is not None:
             self._child(self._defaults, app, default_reason).inc()  # type: ignore[attr-defined]
@@ -123,7 +101,7 @@ class FrontendMetrics:
     def batch(self, model: str, size: int) -> None:
         histogram = self._hot.batch.get(model)
         if histogram is None:
-            histogram = self._hot.batch[model] = _Histogram(_BATCH_BUCKETS)
+            histogram = self._hot.batch[model] = BucketHistogram(_BATCH_BUCKETS)
         histogram.observe(size)
 
     def replicas(self, model: str, count: int) -> None:

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["ContainerMetrics", "MetricsServer"]
+__all__ = ["BucketHistogram", "ContainerMetrics", "MetricsServer"]
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,11 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # fmt: skip
 
 
-class _Histogram:
+class BucketHistogram:
+    """One labelled histogram series as plain numbers: a count per bucket (the last is
+    +Inf), a sum and a count. Observing is a bisect and two additions, with no lock; the
+    Prometheus buckets are built only when scraped. The frontend uses it too."""
+
     __slots__ = ("bounds", "counts", "total", "count")
 
     def __init__(self, bounds: tuple[float, ...]):
@@ -39,17 +43,22 @@ class _Histogram:
         self.count = 0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # first bound >= value: "le"
         self.total += value
         self.count += 1
 
+    def cumulative(self) -> list[tuple[str, float]]:
+        """Prometheus buckets: ``(le, observations <= le)``, ending with ``+Inf``."""
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*(repr(float(b)) for b in self.bounds), "+Inf"), self.counts):
+            running += n
+            out.append((bound, running))
+        return out
+
     def family(self, name: str, doc: str, labels: dict[str, str]) -> HistogramMetricFamily:
         fam = HistogramMetricFamily(name, doc, labels=list(labels))
-        cumulative, buckets = 0, []
-        for bound, n in zip((*self.bounds, float("inf")), self.counts):
-            cumulative += n
-            buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
-        fam.add_metric(list(labels.values()), buckets, self.total)
+        fam.add_metric(list(labels.values()), self.cumulative(), self.total)
         return fam
 
 
@@ -64,8 +73,8 @@ class ContainerMetrics(Collector):
         self.errors = 0  # inputs answered with an error
         self.malformed = 0  # messages that could not be decoded
         self.reconnects = 0
-        self.batch_size = _Histogram(BATCH_BUCKETS)
-        self.predict_latency = _Histogram(LATENCY_BUCKETS)
+        self.batch_size = BucketHistogram(BATCH_BUCKETS)
+        self.predict_latency = BucketHistogram(LATENCY_BUCKETS)
 
     def record_batch(self, requests: int, inputs: int, seconds: float, errors: int) -> None:
         self.requests += requests
