@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -74,6 +76,18 @@ class ClusterLayout:
     @property
     def control_socket(self) -> Path:
         return self.root / "control.sock"
+
+    @property
+    def rpc_socket(self) -> str | None:
+        """The frontend's Unix socket for this cluster's local replicas (RPC v3 without
+        ZeroMQ): on Linux a name in the abstract namespace derived from the cluster
+        directory (no file, nothing stale after a crash), elsewhere ``rpc.sock`` in the
+        directory; None where that path is too long for a socket address."""
+        if sys.platform.startswith("linux"):
+            digest = hashlib.sha256(os.fsencode(self.root.resolve())).hexdigest()[:24]
+            return f"@schooner-rpc-{digest}"
+        path = os.fspath(self.root / "rpc.sock")
+        return path if len(os.fsencode(path)) <= 100 else None
 
     @property
     def state_db(self) -> Path:

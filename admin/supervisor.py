@@ -70,6 +70,8 @@ class Supervisor:
         self.children: dict[str, Child] = {}
         self.shutting_down = False
         argv = frontend_argv if frontend_argv is not None else self._frontend_argv()
+        # Replicas use the local socket only when the frontend listens on it.
+        self._frontend_serves_socket = "--rpc-socket" in argv
         self.children[FRONTEND] = Child(
             ChildSpec(FRONTEND, FRONTEND, argv, layout.frontend_log), self.policy
         )
@@ -84,6 +86,7 @@ class Supervisor:
             "--management-host", s.management_host, "--management-port", str(s.management_port),
             "--rpc-host", s.rpc_host, "--rpc-port", str(s.rpc_port),
             "--state-db", os.fspath(self.layout.state_db),
+            *(["--rpc-socket", self.layout.rpc_socket] if self.layout.rpc_socket else []),
         ]
 
     def _replica_spec(
@@ -99,6 +102,8 @@ class Supervisor:
             "CLIPPER_MODEL_PATH": str(request["model_path"]),
             "SCHOONER_READY_FILE": os.fspath(ready_file),
         }
+        if self.layout.rpc_socket and self._frontend_serves_socket:
+            fixed["SCHOONER_RPC_SOCKET"] = self.layout.rpc_socket
         batch_size = int(request.get("batch_size", -1))
         if batch_size > 0:
             fixed["SCHOONER_MAX_BATCH_SIZE"] = str(batch_size)

@@ -107,8 +107,12 @@ def _wait_for_answer(running: Running, url: str, timeout_s: float) -> None:
 
 
 def start_schooner(model: str, artifact: Path, tmp: Path, cpu: int | None, *, batch_size: int,
-                   slo_micros: int, timeout_s: float = 60.0) -> Running:  # fmt: skip
-    """Frontend + one container serving ``artifact`` (a closure of ``model``)."""
+                   slo_micros: int, timeout_s: float = 60.0, transport: str = "local") -> Running:  # fmt: skip
+    """Frontend + one container serving ``artifact`` (a closure of ``model``).
+
+    ``transport`` is how they talk, as the local manager sets it up: ``local`` (the
+    frontend's Unix socket, the default for replicas on the frontend's machine) or ``zmq``
+    (RPC v3 over ZeroMQ, as a container on another machine, or Clipper's, would)."""
     query, mgmt, rpc = free_port(), free_port(), free_port()
     run_dir = tmp / f"schooner-{model}-{batch_size}-{query}"
     run_dir.mkdir(parents=True)
@@ -116,7 +120,8 @@ def start_schooner(model: str, artifact: Path, tmp: Path, cpu: int | None, *, ba
     frontend = _popen([sys.executable, "-m", "schooner.frontend", "--query-host", "127.0.0.1",
                        "--query-port", str(query), "--management-port", str(mgmt),
                        "--rpc-host", "127.0.0.1", "--rpc-port", str(rpc),
-                       "--state-db", str(run_dir / "state.db"), "--log-level", "WARNING"],
+                       "--state-db", str(run_dir / "state.db"), "--log-level", "WARNING",
+                       *(["--rpc-socket", f"@schooner-bench-{rpc}"] if transport == "local" else [])],
                       cpu, logs[0])  # fmt: skip
     running = Running("schooner", f"http://127.0.0.1:{query}/{APP}/predict", [frontend], logs)
     try:
@@ -132,6 +137,8 @@ def start_schooner(model: str, artifact: Path, tmp: Path, cpu: int | None, *, ba
                    CLIPPER_IP="127.0.0.1", CLIPPER_PORT=str(rpc), CLIPPER_INPUT_TYPE="floats",
                    CLIPPER_MODEL_PATH=str(artifact), SCHOONER_READY_FILE="none",
                    SCHOONER_MAX_BATCH_SIZE=str(max(batch_size, 0)), SCHOONER_LOG_LEVEL="WARNING")  # fmt: skip
+        if transport == "local":
+            env["SCHOONER_RPC_SOCKET"] = f"@schooner-bench-{rpc}"
         running.procs.append(_popen([sys.executable, "-m", "schooner.runtime"], cpu, logs[1], env))
         _wait_for_answer(running, running.url, timeout_s)
     except BaseException:

@@ -30,6 +30,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
     p.add_argument("--management-port", type=int, default=1338)
     p.add_argument("--rpc-host", default="0.0.0.0")
     p.add_argument("--rpc-port", type=int, default=7000)
+    p.add_argument(
+        "--rpc-socket",
+        default=None,
+        help="also serve containers on this machine on a Unix socket (a path, or @name for "
+        "the abstract namespace); a container given it as SCHOONER_RPC_SOCKET uses it",
+    )
     p.add_argument("--state-db", default="schooner-state.db", help="SQLite file of the state")
     p.add_argument("--inflight-per-replica", type=int, default=2, help="batches per replica")
     p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
@@ -50,6 +56,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
         problems.append("--max-body-bytes must be positive")
     if a.replica_timeout <= 0:
         problems.append("--replica-timeout must be positive")
+    if a.rpc_socket is not None and not 0 < len(a.rpc_socket.encode()) <= 107:
+        problems.append("--rpc-socket must be 1 to 107 bytes (the limit of a Unix socket address)")
     if problems:
         p.error("; ".join(problems))
     config = FrontendConfig(
@@ -59,6 +67,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
         management_port=a.management_port,
         rpc_host=a.rpc_host,
         rpc_port=a.rpc_port,
+        rpc_socket=a.rpc_socket,
         state_db=a.state_db,
         inflight_per_replica=a.inflight_per_replica,
         max_body_bytes=a.max_body_bytes,

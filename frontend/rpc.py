@@ -14,7 +14,12 @@ DISCONNECTED event is consumed before the new owner of the fd is recorded. A con
 silent for more than ``silence_timeout`` seconds is dropped as well (``check_silence``, run
 periodically by the server), for peers whose disconnect the monitor cannot see.
 
-Protocol duties (Clipper RPC v3): every heartbeat is answered, KEEP_ALIVE when the sender
+``LocalEndpoint`` serves the same messages on a Unix stream socket, for Schooner containers
+on this machine (``SCHOONER_RPC_SOCKET``): no ZeroMQ I/O threads between the event loop
+and the container, so a batch costs one write and one wake-up each way. Every connection
+is one container; its end is its disconnect, seen at once.
+
+Protocol duties (Clipper RPC v3, the same on both endpoints): every heartbeat is answered, KEEP_ALIVE when the sender
 is registered, REQUEST_CONTAINER_METADATA when not (so containers re-register after a
 frontend restart); NewContainer registers; responses go to the dispatcher. Malformed
 messages are logged with the sender's identity and dropped; nothing a container sends can
@@ -24,7 +29,10 @@ stop this loop.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
@@ -34,9 +42,10 @@ from zmq.utils.monitor import recv_monitor_message
 
 from schooner.runtime import wire
 from schooner.runtime.errors import WireError
+from schooner.runtime.transport import unix_address
 from schooner.runtime.wire import Heartbeat, HeartbeatType, NewContainer, PredictResponse
 
-__all__ = ["RpcEndpoint", "ContainerEvents"]
+__all__ = ["RpcEndpoint", "LocalEndpoint", "ContainerEvents"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +79,77 @@ class _Peer:
         self.warned = False
 
 
-class RpcEndpoint:
+class _Peers:
+    """Who is connected to an endpoint, and the protocol duties towards each of them."""
+
+    def __init__(self, events: ContainerEvents, silence_timeout: float) -> None:
+        self._events = events
+        self._silence_timeout = silence_timeout
+        self._peers: dict[bytes, _Peer] = {}
+
+    def send(self, identity: bytes, frames: Sequence[Any]) -> bool:
+        raise NotImplementedError
+
+    def _message(self, identity: bytes, peer: _Peer, buffers: Sequence[Any]) -> None:
+        """Handle one message (identity already stripped) from a known peer."""
+        try:
+            msg = wire.decode_from_container(buffers)
+        except WireError as exc:
+            level = logging.DEBUG if peer.warned else logging.WARNING
+            peer.warned = True
+            log.log(
+                level, "dropping a malformed message from container %s: %s", identity.hex(), exc
+            )
+            return
+        if type(msg) is PredictResponse:
+            if peer.registered:
+                self._events.on_response(identity, msg)
+            else:
+                log.debug("dropping a response from unregistered container %s", identity.hex())
+        elif type(msg) is Heartbeat:
+            self.send(identity, _KEEP_ALIVE if peer.registered else _SEND_METADATA)
+        elif type(msg) is NewContainer:
+            if peer.registered:
+                log.debug("container %s registered again; ignored", identity.hex())
+                return
+            peer.registered = True
+            self._events.add_replica(identity, msg)
+
+    def _forget(self, identity: bytes, reason: str) -> None:
+        peer = self._peers.pop(identity, None)
+        if peer is None:
+            return
+        self._forgotten(identity, peer)
+        if peer.registered:
+            self._events.remove_replica(identity, reason)
+        else:
+            log.debug("unregistered container %s forgotten: %s", identity.hex(), reason)
+
+    def _forgotten(self, identity: bytes, peer: _Peer) -> None:
+        """Subclasses release what they hold for ``peer``."""
+
+    def unregister(self, identity: bytes) -> None:
+        """Treat ``identity`` as unknown again: its next heartbeat asks for its metadata."""
+        peer = self._peers.get(identity)
+        if peer is not None:
+            peer.registered = False
+
+    def owns(self, identity: bytes) -> bool:
+        return identity in self._peers
+
+    def check_silence(self) -> None:
+        """Drop containers silent for longer than ``silence_timeout`` (the server calls this
+        every 10 s)."""
+        cutoff = time.monotonic() - self._silence_timeout
+        for identity in [i for i, p in self._peers.items() if p.last_seen < cutoff]:
+            self._forget(identity, f"it was silent for more than {self._silence_timeout:g} s")
+
+    @property
+    def connected(self) -> int:
+        return len(self._peers)
+
+
+class RpcEndpoint(_Peers):
     """Bound ROUTER socket plus its monitor. ``start`` hooks it into the running loop."""
 
     def __init__(
@@ -80,14 +159,12 @@ class RpcEndpoint:
         *,
         silence_timeout: float = 30.0,
     ) -> None:
-        self._events = events
-        self._silence_timeout = silence_timeout
+        super().__init__(events, silence_timeout)
         self._sock: zmq.Socket[Any] = context.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._monitor: zmq.Socket[Any] = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._monitor.setsockopt(zmq.LINGER, 0)
-        self._peers: dict[bytes, _Peer] = {}
         self._fd_owner: dict[int, bytes] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_scheduled = False
@@ -171,28 +248,7 @@ class RpcEndpoint:
             peer = self._admit(identity, fd, now)
         else:
             peer.last_seen = now
-        try:
-            msg = wire.decode_from_container([f.buffer for f in frames[1:]])
-        except WireError as exc:
-            level = logging.DEBUG if peer.warned else logging.WARNING
-            peer.warned = True
-            log.log(
-                level, "dropping a malformed message from container %s: %s", identity.hex(), exc
-            )
-            return
-        if type(msg) is PredictResponse:
-            if peer.registered:
-                self._events.on_response(identity, msg)
-            else:
-                log.debug("dropping a response from unregistered container %s", identity.hex())
-        elif type(msg) is Heartbeat:
-            self.send(identity, _KEEP_ALIVE if peer.registered else _SEND_METADATA)
-        elif type(msg) is NewContainer:
-            if peer.registered:
-                log.debug("container %s registered again; ignored", identity.hex())
-                return
-            peer.registered = True
-            self._events.add_replica(identity, msg)
+        self._message(identity, peer, [f.buffer for f in frames[1:]])
 
     @staticmethod
     def _source_fd(frame: zmq.Frame) -> int:
@@ -236,32 +292,112 @@ class RpcEndpoint:
                 if owner is not None:
                     self._forget(owner, "it disconnected")
 
-    def _forget(self, identity: bytes, reason: str) -> None:
-        peer = self._peers.pop(identity, None)
-        if peer is None:
-            return
+    def _forgotten(self, identity: bytes, peer: _Peer) -> None:
         if self._fd_owner.get(peer.fd) == identity:
             del self._fd_owner[peer.fd]
-        if peer.registered:
-            self._events.remove_replica(identity, reason)
-        else:
-            log.debug("unregistered container %s forgotten: %s", identity.hex(), reason)
 
-    def unregister(self, identity: bytes) -> None:
-        """Treat ``identity`` as unknown again: its next heartbeat asks for its metadata."""
+
+class _LocalConnection(asyncio.Protocol):
+    """One container on the local socket."""
+
+    __slots__ = ("_endpoint", "identity", "transport", "_reader")
+
+    def __init__(self, endpoint: LocalEndpoint, identity: bytes) -> None:
+        self._endpoint = endpoint
+        self.identity = identity
+        self.transport: asyncio.Transport | None = None
+        self._reader = wire.StreamReader()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._endpoint._connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._reader.feed(data)
+        except WireError as exc:
+            log.warning("closing local container connection %s: %s", self.identity.hex(), exc)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if messages:
+            self._endpoint._received(self.identity, messages)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._endpoint._forget(self.identity, "it disconnected")
+
+
+class LocalEndpoint(_Peers):
+    """A Unix stream socket for Schooner containers on this machine (stream framing).
+
+    ``path`` is a file path, or ``@name`` for Linux's abstract namespace (nothing on disk,
+    nothing left behind by a crash).
+    """
+
+    def __init__(self, events: ContainerEvents, *, silence_timeout: float = 30.0) -> None:
+        super().__init__(events, silence_timeout)
+        self._connections: dict[bytes, _LocalConnection] = {}
+        self._ids = itertools.count(1)
+        self._server: asyncio.AbstractServer | None = None
+        self.path = ""
+
+    async def start(self, loop: asyncio.AbstractEventLoop, path: str) -> None:
+        """Listen at ``path`` (a stale socket file left there is replaced)."""
+        address = unix_address(path)
+        if isinstance(address, str) and os.path.exists(address):
+            os.unlink(address)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(address)
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        self._server = await loop.create_unix_server(self._accept, sock=sock)
+        self.path = path
+
+    def _accept(self) -> _LocalConnection:
+        return _LocalConnection(self, b"local-%d" % next(self._ids))
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for connection in list(self._connections.values()):
+            if connection.transport is not None:
+                connection.transport.close()
+        if self.path and not self.path.startswith("@"):
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    # ----------------------------------------------------------------- connections
+
+    def _connected(self, connection: _LocalConnection) -> None:
+        self._connections[connection.identity] = connection
+        self._peers[connection.identity] = _Peer(-1, time.monotonic())
+
+    def _received(self, identity: bytes, messages: list[list[memoryview]]) -> None:
         peer = self._peers.get(identity)
-        if peer is not None:
-            peer.registered = False
+        if peer is None:
+            return
+        peer.last_seen = time.monotonic()
+        for frames in messages:
+            try:
+                self._message(identity, peer, frames)
+            except Exception:
+                log.exception("failed to handle a message from a container")
 
-    def check_silence(self) -> None:
-        """Drop containers silent for longer than ``silence_timeout`` (the server calls this
-        every 10 s)."""
-        cutoff = time.monotonic() - self._silence_timeout
-        for identity in [i for i, p in self._peers.items() if p.last_seen < cutoff]:
-            self._forget(identity, f"it was silent for more than {self._silence_timeout:g} s")
+    def _forgotten(self, identity: bytes, peer: _Peer) -> None:
+        connection = self._connections.pop(identity, None)
+        if connection is not None and connection.transport is not None:
+            connection.transport.close()  # silent, or dropped by the dispatcher
 
-    # ----------------------------------------------------------------- introspection
-
-    @property
-    def connected(self) -> int:
-        return len(self._peers)
+    def send(self, identity: bytes, frames: Sequence[Any]) -> bool:
+        connection = self._connections.get(identity)
+        if connection is None or connection.transport is None:
+            return False
+        connection.transport.write(wire.stream_header(frames) + b"".join(frames))
+        return True

@@ -1,7 +1,7 @@
 """The frontend process assembled: state, dispatcher, RPC endpoint, two HTTP servers.
 
-``Frontend.run`` is the whole life of the process: load the state, bind the ROUTER, the
-management port and the query port, log "frontend ready", then serve until ``stop`` is
+``Frontend.run`` is the whole life of the process: load the state, bind the ROUTER (and
+the local Unix socket for containers on this machine, when configured), the management port and the query port, log "frontend ready", then serve until ``stop`` is
 called (SIGTERM or SIGINT in ``run_until_signal``), and close everything in reverse order.
 """
 
@@ -20,7 +20,7 @@ from schooner.frontend.dispatch import Dispatcher
 from schooner.frontend.management_api import ManagementApi
 from schooner.frontend.metrics import FrontendMetrics
 from schooner.frontend.query_api import QueryApi
-from schooner.frontend.rpc import RpcEndpoint
+from schooner.frontend.rpc import LocalEndpoint, RpcEndpoint
 from schooner.frontend.state import StateStore
 
 __all__ = ["FrontendConfig", "Frontend"]
@@ -39,6 +39,7 @@ class FrontendConfig:
     management_port: int = 1338
     rpc_host: str = "0.0.0.0"
     rpc_port: int = 7000
+    rpc_socket: str | None = None  # a Unix socket for local containers (``@name``: abstract)
     state_db: str = "schooner-state.db"
     inflight_per_replica: int = 2
     max_body_bytes: int = 16 * 1024 * 1024
@@ -54,6 +55,7 @@ class Frontend:
         self.state: StateStore | None = None
         self.dispatcher: Dispatcher | None = None
         self.rpc: RpcEndpoint | None = None
+        self.local: LocalEndpoint | None = None
         self._context: zmq.Context[Any] | None = None
         self._servers: list[asyncio.Server] = []
         self._ready = False
@@ -85,6 +87,11 @@ class Frontend:
         )
         self.ports["rpc"] = self.rpc.bind(cfg.rpc_host, cfg.rpc_port)
         self.rpc.start(loop)
+        if cfg.rpc_socket is not None:
+            self.local = LocalEndpoint(
+                self._require_dispatcher(), silence_timeout=cfg.replica_timeout_s
+            )
+            await self.local.start(loop, cfg.rpc_socket)
 
         management = ManagementApi(self.state, self._require_dispatcher(), self.metrics)
         queries = QueryApi(self.state, self._require_dispatcher(), self.metrics, self.is_ready)
@@ -103,9 +110,10 @@ class Frontend:
         self._housekeeping = loop.call_later(HOUSEKEEPING_S, self._housekeep)
         self._ready = True
         log.info(
-            "frontend ready: query port %d, management port %d, rpc port %d, state %s "
+            "frontend ready: query port %d, management port %d, rpc port %d%s, state %s "
             "(%d apps, %d models)",
-            self.ports["query"], self.ports["management"], self.ports["rpc"], cfg.state_db,
+            self.ports["query"], self.ports["management"], self.ports["rpc"],
+            f" and socket {cfg.rpc_socket}" if cfg.rpc_socket else "", cfg.state_db,
             len(self.state.apps), len(self.state.models),
         )  # fmt: skip
 
@@ -114,14 +122,22 @@ class Frontend:
         assert self.state is not None
 
         def send(identity: bytes, frames: Any) -> bool:
+            local = self.local
+            if local is not None and local.owns(identity):
+                return local.send(identity, frames)
             assert self.rpc is not None
             return self.rpc.send(identity, frames)
+
+        def unreachable(identity: bytes) -> None:
+            for endpoint in (self.local, self.rpc):
+                if endpoint is not None and endpoint.owns(identity):
+                    endpoint.unregister(identity)
 
         dispatcher = Dispatcher(
             send, self.metrics, inflight_per_replica=self.config.inflight_per_replica
         )
         dispatcher.on_pending = self._arm_sweep
-        dispatcher.on_unreachable = lambda identity: self.rpc and self.rpc.unregister(identity)
+        dispatcher.on_unreachable = unreachable
         for model in self.state.models.values():
             dispatcher.configure_model(model.key, model.batch_size)
         self.dispatcher = dispatcher
@@ -156,6 +172,8 @@ class Frontend:
         self._housekeeping = self._loop.call_later(HOUSEKEEPING_S, self._housekeep)
         try:
             self.rpc.check_silence()
+            if self.local is not None:
+                self.local.check_silence()
             self._require_dispatcher().reap_stale_batches()
         except Exception:
             log.exception("housekeeping failed")
@@ -175,6 +193,9 @@ class Frontend:
             except TimeoutError:
                 pass  # idle keep-alive connections; the process is exiting anyway
         self._servers.clear()
+        if self.local is not None:
+            self.local.close()
+            self.local = None
         if self.rpc is not None:
             self.rpc.close()
             self.rpc = None

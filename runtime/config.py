@@ -24,6 +24,9 @@ SCHOONER_SESSION_TIMEOUT       30                           silence (s) before r
 SCHOONER_FRAMEWORK             (from the artifact)          override the manifest's framework
 SCHOONER_ZERO_COPY             0                            receive frames without copying
                                                             (pays off for inputs of ~64 KB+)
+SCHOONER_RPC_SOCKET            (unset: ZeroMQ to CLIPPER_*) the frontend's local Unix socket
+                                                            (``@name``: abstract namespace);
+                                                            replaces CLIPPER_IP/CLIPPER_PORT
 SCHOONER_LOG_LEVEL             INFO                         logging level
 =============================  ===========================  ==================================
 """
@@ -64,10 +67,14 @@ class ContainerConfig:
     session_timeout: float = 30.0
     framework: str | None = None
     zero_copy: bool = False
+    rpc_socket: str | None = None
     log_level: str = "INFO"
 
     @property
     def frontend_address(self) -> str:
+        """Where the frontend is: its Unix socket if one is given, else its ZeroMQ port."""
+        if self.rpc_socket is not None:
+            return f"unix:{self.rpc_socket}"
         return f"tcp://{self.frontend_host}:{self.frontend_port}"
 
     @classmethod
@@ -109,6 +116,7 @@ class ContainerConfig:
             session_timeout=get("SCHOONER_SESSION_TIMEOUT", _positive_float, 30.0),
             framework=get("SCHOONER_FRAMEWORK", str, None),
             zero_copy=get("SCHOONER_ZERO_COPY", _bool, False),
+            rpc_socket=get("SCHOONER_RPC_SOCKET", _socket_path, None),
             log_level=get("SCHOONER_LOG_LEVEL", _log_level, "INFO"),
         )
         if config.session_timeout <= config.heartbeat_interval:
@@ -119,6 +127,13 @@ class ContainerConfig:
         if problems:
             raise ConfigError(problems)
         return config
+
+
+def _socket_path(raw: str) -> str:
+    limit = 107  # sun_path holds 108 bytes, the terminating NUL (or the abstract prefix) included
+    if len(raw.encode()) > limit:
+        raise ValueError(f"a Unix socket address is at most {limit} bytes")
+    return raw
 
 
 def _port(raw: str) -> int:

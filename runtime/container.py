@@ -1,7 +1,9 @@
-"""The model container's loop: one ZeroMQ DEALER session after another.
+"""The model container's loop: one session with the frontend after another.
 
-A session opens a fresh DEALER (so the frontend sees a new replica), says hello with a
-heartbeat and then, until the frontend has been silent for ``session_timeout``:
+A session opens a fresh channel (``schooner.runtime.transport``: a ZeroMQ DEALER to a
+Clipper-compatible frontend, or the local Unix socket of a Schooner frontend on the same
+machine), so the frontend sees a new replica, says hello with a heartbeat and then, until
+the frontend has been silent for ``session_timeout`` or has closed the connection:
 
 1. waits for messages; when idle for ``heartbeat_interval`` it sends a heartbeat;
 2. drains everything queued (up to the max batch size): heartbeat replies are answered
@@ -9,7 +11,7 @@ heartbeat and then, until the frontend has been silent for ``session_timeout``:
 3. predicts the collected requests as one batch, checks N outputs for N inputs, and sends
    one response per request.
 
-The socket belongs to this loop. While ``predict`` runs, the loop lends it to a small
+The channel belongs to this loop. While ``predict`` runs, the loop lends it to a small
 heartbeat thread through a lock (a full memory barrier, which is how ZeroMQ allows a
 socket to change threads), so a prediction that takes minutes does not get the container
 dropped. A batch that fails is answered with one error output per input; the loop goes on.
@@ -32,6 +34,7 @@ from schooner.runtime import wire
 from schooner.runtime.config import ContainerConfig
 from schooner.runtime.errors import PredictionError, WireError
 from schooner.runtime.metrics import ContainerMetrics
+from schooner.runtime.transport import Channel, ChannelClosed, SocketChannel, ZmqChannel
 
 __all__ = ["Container"]
 
@@ -55,14 +58,12 @@ class Container:
         self.framework = framework
         self.metrics = metrics
         self._clock = clock
-        self._context: zmq.Context[Any] = zmq.Context.instance()
-        self._socket: zmq.Socket[bytes] | None = None
+        self._context: zmq.Context[Any] | None = None
+        self._socket: Channel | None = None
         self._socket_lock = threading.Lock()  # held by the loop except while predicting
         self._predicting_since: float | None = None
         self._last_sent = 0.0
-        # Received frames as bytes (one memcpy, cheapest for small messages) or as zero-copy
-        # zmq.Frame buffers (large tensors). SCHOONER_ZERO_COPY picks; see config.
-        self._copy = not config.zero_copy
+        self._connect_delay = 0.0
         self._stopped = threading.Event()
         self._hello = wire.encode_new_container(
             config.model_name, config.model_version, config.input_type,
@@ -90,26 +91,44 @@ class Container:
 
     # ------------------------------------------------------------------ one session
 
+    def _open(self) -> Channel | None:
+        """A new channel to the frontend, or None (after a pause) if it cannot be reached."""
+        cfg = self.config
+        timeout = min(cfg.heartbeat_interval, 1.0)
+        if cfg.rpc_socket is None:
+            if self._context is None:
+                self._context = zmq.Context.instance()
+            # Received frames as bytes (one memcpy, cheapest for small messages) or as
+            # zero-copy buffers (large tensors): SCHOONER_ZERO_COPY picks; see config.
+            return ZmqChannel(self._context, cfg.frontend_address, timeout, not cfg.zero_copy)
+        try:
+            channel = SocketChannel(cfg.rpc_socket, timeout)
+        except ChannelClosed as exc:
+            # The frontend is not listening (yet, or any more): retry with a growing pause,
+            # as ZeroMQ's reconnection would.
+            self._connect_delay = min(max(self._connect_delay * 2, 0.05), 1.0)
+            log.debug("%s; retrying in %.2f s", exc, self._connect_delay)
+            self._stopped.wait(self._connect_delay)
+            return None
+        self._connect_delay = 0.0
+        return channel
+
     def _session(self) -> None:
         cfg = self.config
-        sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        # Block in recv (one wake-up per message, as cheap as a raw echo), but never longer
-        # than a second, so a stop request or a due heartbeat is noticed promptly.
-        sock.setsockopt(zmq.RCVTIMEO, int(min(cfg.heartbeat_interval, 1.0) * 1000))
-        sock.connect(cfg.frontend_address)
+        channel = self._open()
+        if channel is None:
+            return
         max_inputs = cfg.max_batch_size or 1 << 62
-        recv, events = sock.recv_multipart, sock.get
+        recv, ready = channel.recv, channel.ready
         with self._socket_lock:
-            self._socket = sock
-            self._send(wire.encode_heartbeat())
-            last_heard = self._clock()
-            log.info("session open: %s", cfg.frontend_address)
+            self._socket = channel
             try:
+                self._send(wire.encode_heartbeat())
+                last_heard = self._clock()
+                log.info("session open: %s", cfg.frontend_address)
                 while not self._stopped.is_set():
-                    try:
-                        frames = recv(copy=self._copy)
-                    except zmq.Again:
+                    frames = recv()
+                    if frames is None:
                         now = self._clock()
                         if now - last_heard > cfg.session_timeout:
                             self.metrics.reconnects += 1
@@ -127,24 +146,29 @@ class Container:
                         if request is not None:
                             requests.append(request)
                             n_inputs += len(request.sizes)
-                        if n_inputs >= max_inputs or not events(zmq.EVENTS) & zmq.POLLIN:
+                        if n_inputs >= max_inputs or not ready():
                             break
-                        frames = recv(zmq.NOBLOCK, copy=self._copy)
+                        next_frames = recv()
+                        if next_frames is None:
+                            break
+                        frames = next_frames
                     if requests:
                         self._serve(requests)
+            except ChannelClosed as exc:
+                self.metrics.reconnects += 1
+                log.warning("lost the frontend (%s): reconnecting", exc)
+                self._stopped.wait(0.05)
             finally:
                 self._socket = None
-                sock.close(linger=0)
+                channel.close()
 
     def _send(self, frames: Sequence[wire.Buffer]) -> None:
         assert self._socket is not None
-        self._socket.send_multipart(frames, copy=False)
+        self._socket.send(frames)
         self._last_sent = self._clock()
 
     def _read(self, frames: list[Any]) -> wire.PredictRequest | None:
         """Decode one message; answer heartbeat replies here; return prediction requests."""
-        if not self._copy:
-            frames = [f.buffer for f in frames]
         try:
             message = wire.decode_from_frontend(frames)
         except WireError as exc:
@@ -272,6 +296,8 @@ class Container:
                     self._send(wire.encode_heartbeat())
                     log.debug("heartbeat sent during a predict running for %.1f s",
                               self._clock() - since)  # fmt: skip
+            except ChannelClosed:
+                pass  # the loop finds out when the predict returns
             finally:
                 self._socket_lock.release()
 

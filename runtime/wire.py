@@ -24,6 +24,15 @@ v3 peer never receives one:
 
 Both move a whole batch in a constant number of frames, so the payload can be a
 zero-copy view of one buffer.
+
+Schooner extension, "stream framing" (the local transport)
+----------------------------------------------------------
+Between a frontend and a Schooner container on the same machine the same messages can
+travel over a Unix stream socket instead of ZeroMQ (no I/O threads between the two
+processes: one write and one wake-up per message). A stream carries no frame boundaries,
+so each message is written as ``u32 n | u32 len_0 .. len_{n-1} | frame_0 .. frame_{n-1}``
+(little endian, the frames exactly as a DEALER would see them). ``stream_header`` writes
+that prefix; ``StreamReader`` cuts a received byte stream back into messages.
 """
 
 from __future__ import annotations
@@ -59,6 +68,8 @@ __all__ = [
     "encode_packed_response",
     "decode_from_frontend",
     "decode_from_container",
+    "stream_header",
+    "StreamReader",
 ]
 
 RPC_VERSION = 3
@@ -474,3 +485,71 @@ def _decode_packed_response(frames: Sequence[Buffer]) -> PredictResponse:
     if sum(lengths) != len(payload):
         raise WireError("packed payload length does not match the header")
     return PredictResponse(msg_id, lengths, payload=payload, status=status)
+
+
+# --------------------------------------------------------------------------- stream framing
+
+STREAM_MAX_FRAMES = 1 << 20
+STREAM_MAX_BYTES = 1 << 31
+
+
+def _nbytes(frame: Buffer) -> int:
+    return frame.nbytes if type(frame) is memoryview else len(frame)
+
+
+def stream_header(frames: Sequence[Buffer]) -> bytes:
+    """The prefix that delimits one message on a stream; write it, then the frames."""
+    n = len(frames)
+    return struct.pack(f"<{n + 1}I", n, *[_nbytes(f) for f in frames])
+
+
+class StreamReader:
+    """Cuts a byte stream into messages (lists of frames, zero-copy views of the input).
+
+    ``feed`` takes whatever the socket returned and gives back every message completed by
+    it; a partial message is kept until the rest arrives. A prefix that cannot be valid
+    (too many frames, a message over 2 GiB) raises WireError: the stream is out of step
+    and the connection must be closed.
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as a message."""
+        return len(self._buf)
+
+    def feed(self, data: Buffer) -> list[list[memoryview]]:
+        if self._buf:
+            self._buf += data
+            view = memoryview(bytes(self._buf))
+        else:
+            view = memoryview(data).cast("B")
+        out: list[list[memoryview]] = []
+        pos, end = 0, len(view)
+        unpack = _U32.unpack_from
+        while end - pos >= 4:
+            (n,) = unpack(view, pos)
+            if n > STREAM_MAX_FRAMES:
+                raise WireError(f"stream message of {n} frames: out of step")
+            head = 4 + 4 * n
+            if end - pos < head:
+                break
+            sizes = struct.unpack_from(f"<{n}I", view, pos + 4)
+            total = head + sum(sizes)
+            if total > STREAM_MAX_BYTES:
+                raise WireError(f"stream message of {total} bytes: out of step")
+            if end - pos < total:
+                break
+            at = pos + head
+            frames = []
+            for size in sizes:
+                frames.append(view[at : at + size])
+                at += size
+            out.append(frames)
+            pos += total
+        self._buf = bytearray(view[pos:]) if pos < end else bytearray()
+        return out

@@ -303,6 +303,7 @@ class FrontendProcess:
     rpc_port: int
     state_db: Path
     host: str = "127.0.0.1"
+    rpc_socket: str | None = None  # the local Unix socket, when started with one
 
     @property
     def query_url(self) -> str:
@@ -351,10 +352,12 @@ StartFrontend = Callable[..., FrontendProcess]
 
 @pytest.fixture
 def start_frontend(spawn: Spawn, tmp_path: Path) -> StartFrontend:
-    """``start_frontend(state_db=None, extra_args=(), ready_timeout=30) -> FrontendProcess``.
+    """``start_frontend(state_db=None, extra_args=(), ready_timeout=30, local_socket=False)
+    -> FrontendProcess``.
 
-    Binds all three sockets to free ports on 127.0.0.1, waits for "frontend ready" in the
-    log and for GET /ready to answer 200.
+    Binds all three sockets to free ports on 127.0.0.1 (and, with ``local_socket``, a Unix
+    socket in the abstract namespace for local containers), waits for "frontend ready" in
+    the log and for GET /ready to answer 200.
     """
 
     def _start(
@@ -364,9 +367,13 @@ def start_frontend(spawn: Spawn, tmp_path: Path) -> StartFrontend:
         ready_timeout: float = 30.0,
         name: str = "frontend",
         log_level: str = "DEBUG",
+        local_socket: bool = False,
     ) -> FrontendProcess:
         query, management, rpc = free_port(), free_port(), free_port()
         db = state_db or tmp_path / f"{name}-state.db"
+        socket_name = f"@schooner-test-{os.getpid()}-{rpc}" if local_socket else None
+        if socket_name:
+            extra_args = [*extra_args, "--rpc-socket", socket_name]
         argv = [
             sys.executable, "-m", "schooner.frontend",
             "--query-host", "127.0.0.1", "--query-port", str(query),
@@ -375,7 +382,7 @@ def start_frontend(spawn: Spawn, tmp_path: Path) -> StartFrontend:
             "--state-db", str(db), "--log-level", log_level, *extra_args,
         ]  # fmt: skip
         proc = spawn(name, argv)
-        frontend = FrontendProcess(proc, query, management, rpc, db)
+        frontend = FrontendProcess(proc, query, management, rpc, db, rpc_socket=socket_name)
         proc.wait_for_log("frontend ready", timeout=ready_timeout)
         proc.wait_until(
             lambda: get_json(frontend.query_url + "/ready", timeout=2)[0] == 200,

@@ -1,4 +1,9 @@
-"""The real frontend and real containers, as separate processes, queried over HTTP."""
+"""The real frontend and real containers, as separate processes, queried over HTTP.
+
+Every test runs over both transports between frontend and containers: RPC v3 on ZeroMQ
+(``zmq``, as with Clipper's containers or a container on another machine) and the
+frontend's local Unix socket (``local``, what the local manager uses on one machine).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,19 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(params=["zmq", "local"])
+def start_frontend(request, start_frontend):
+    """The conftest's ``start_frontend``, with the local socket for the ``local`` runs."""
+    local = request.param == "local"
+    return lambda **kwargs: start_frontend(local_socket=local, **kwargs)
+
+
 def deploy(frontend, start_container, artifact, *, app="app", model="m", version="1",
            slo=2_000_000, default="-1", link=True, batch_size=-1, replicas=1, **env):  # fmt: skip
-    """Register app/model/link through the management API and start replica processes."""
+    """Register app/model/link through the management API and start replica processes
+    (on the frontend's local socket when it has one)."""
+    if frontend.rpc_socket:
+        env = {"SCHOONER_RPC_SOCKET": frontend.rpc_socket, **env}
     if app and not any(a == app for a in frontend.admin("get_all_applications", {"verbose": False})):
         frontend.admin("add_app", {"name": app, "input_type": "doubles", "default_output": default,
                                    "latency_slo_micros": slo})  # fmt: skip
