@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     placement = placement_from(args)
     placement.pin_self()
     policies = args.policies.split(",")
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        parser.error(f"unknown policies {unknown}; choose from {', '.join(POLICIES)}")
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="schooner-adaptive-") as tmp_name:
         tmp = Path(tmp_name)

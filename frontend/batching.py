@@ -8,7 +8,10 @@ reports the batch's latency back through ``BatchSizer.observe`` when the answer 
 Sizing is AIMD (additive increase, multiplicative decrease), like TCP's congestion window:
 
 * a batch that took longer than the latency budget shrinks the size multiplicatively
-  (``x decrease``, never below 1);
+  (``x decrease``, never below 1) -- if it was nearly full (at least ``decrease`` x the
+  size): a small batch that was slow was slowed by something else (a pause of the
+  process, a busy core), and cutting the size to a fraction of it would leave batches too
+  small to keep up with the load, which makes every batch slower still;
 * a *full* batch (as large as the current size allowed) that finished within budget grows
   it by ``increase``; a partial batch says nothing about larger sizes, so it changes nothing;
 * while a backlog of at least a full batch is still waiting when such a batch returns, the
@@ -16,7 +19,9 @@ Sizing is AIMD (additive increase, multiplicative decrease), like TCP's congesti
   must not leave the size stuck far below what the queue needs until the SLO is lost.
 
 The budget is a fraction of the app's SLO: the rest of the SLO is left for queueing and for
-the HTTP and network hops. A model deployed with a fixed ``batch_size > 0`` is never resized.
+the HTTP and network hops. The latency the dispatcher reports is the batch's service time
+on its replica: from when it was sent, or from when the batch ahead of it on the same
+replica was answered (waiting behind another batch is queueing, not the cost of the size). A model deployed with a fixed ``batch_size > 0`` is never resized.
 There is no waiting for a batch to fill: whatever is queued when a replica has room is sent.
 """
 
@@ -88,7 +93,8 @@ class BatchSizer:
         if self.fixed:
             return
         if latency > self.budget:
-            self._size = max(1.0, min(self._size, float(batch_size)) * self.decrease)
+            if batch_size >= self._size * self.decrease:
+                self._size = max(1.0, min(self._size, float(batch_size)) * self.decrease)
         elif batch_size >= int(self._size):
             step = self.increase
             if backlog >= batch_size:

@@ -85,7 +85,7 @@ class Replica:
 
     __slots__ = (
         "identity", "queue", "replica_id", "input_type", "capabilities", "packed",
-        "connected_at", "inflight",
+        "connected_at", "inflight", "last_answer",
     )  # fmt: skip
 
     def __init__(
@@ -99,6 +99,15 @@ class Replica:
         self.packed = bool(info.capabilities & CAP_PACKED)
         self.connected_at = time.time()
         self.inflight: dict[int, Batch] = {}
+        self.last_answer = 0.0  # when its latest response arrived (clock of the dispatcher)
+
+    def service_time(self, batch: Batch, now: float) -> float:
+        """How long ``batch`` took on this replica, answered ``now``: from when it was sent
+        or, if another batch was ahead of it there, from when that one was answered. The
+        time spent waiting behind another batch says nothing about this batch's size."""
+        started = batch.sent_at if batch.sent_at > self.last_answer else self.last_answer
+        self.last_answer = now
+        return now - started
 
     def describe(self) -> dict[str, object]:
         name, version = self.queue.key
@@ -326,7 +335,7 @@ class Dispatcher:
         mq = replica.queue
         now = self._clock()
         queries = batch.queries
-        mq.sizer.observe(len(queries), now - batch.sent_at, len(mq.queue))
+        mq.sizer.observe(len(queries), replica.service_time(batch, now), len(mq.queue))
         texts = response.texts()
         if len(texts) != len(queries):
             explanation = (

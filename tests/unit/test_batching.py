@@ -62,6 +62,14 @@ def test_a_backlog_makes_the_size_recover_faster() -> None:
     assert slow.size == 6
 
 
+def test_only_a_slow_nearly_full_batch_shrinks_the_size() -> None:
+    sizer = BatchSizer(SLO, initial=40)
+    sizer.observe(10, 0.006)  # slow, but a quarter of the size: not the size's fault
+    assert sizer.size == 40
+    sizer.observe(30, 0.006)  # slow at 3/4 of the size: shrink below what was slow
+    assert sizer.size == 22  # 30 * 0.75
+
+
 def test_size_is_capped() -> None:
     sizer = BatchSizer(SLO, initial=7, max_size=8)
     for _ in range(5):

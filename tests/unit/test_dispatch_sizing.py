@@ -1,0 +1,75 @@
+"""What the dispatcher tells the batch sizer: each batch's service time on its replica."""
+
+from __future__ import annotations
+
+import struct
+
+from schooner.frontend.dispatch import Dispatcher, Query
+from schooner.frontend.metrics import FrontendMetrics
+from schooner.runtime import wire
+from schooner.runtime.wire import InputType, NewContainer, PredictResponse
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingSizer:
+    """Stands in for the BatchSizer: records what ``observe`` is told."""
+
+    size = 4
+    fixed = 0
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, float]] = []
+
+    def observe(self, batch_size: int, latency: float, backlog: int = 0) -> None:
+        self.seen.append((batch_size, round(latency, 6)))
+
+    def set_slo(self, slo: int) -> None:
+        pass
+
+
+def test_waiting_behind_another_batch_is_not_service_time() -> None:
+    clock = Clock()
+    sent: list[int] = []
+
+    def send(identity: bytes, frames) -> bool:
+        sent.append(struct.unpack("<I", bytes(frames[3]))[0])  # the msg_id frame
+        return True
+
+    dispatcher = Dispatcher(send, FrontendMetrics(), inflight_per_replica=2, clock=clock)
+    key = ("m", "1")
+    mq = dispatcher.queue(key, 1_000_000)
+    sizer = mq.sizer = RecordingSizer()  # type: ignore[assignment]
+    dispatcher.add_replica(b"r", NewContainer("m", "1", InputType.DOUBLES, wire.CAP_PACKED))
+    answered: list[Query] = []
+
+    def submit(n: int) -> None:
+        qs = [Query(i, "app", b"\0" * 8, clock.now, 1_000_000, answered.append) for i in range(n)]
+        dispatcher.submit(qs, key, 1_000_000)
+
+    submit(2)  # t=100.000: batch 1 (2 queries) goes at once
+    clock.now += 0.001
+    submit(3)  # t=100.001: batch 2 (3 queries) goes to the replica's second slot
+    assert len(sent) == 2
+
+    def respond(msg_id: int, n: int) -> None:
+        dispatcher.on_response(b"r", PredictResponse(struct.pack("<I", msg_id), (1,) * n,
+                                                     payload=b"1" * n, status=bytes(n)))  # fmt: skip
+
+    clock.now = 100.004
+    respond(sent[0], 2)  # 4 ms after it was sent
+    clock.now = 100.006
+    respond(sent[1], 3)  # sent at 100.001 but behind batch 1 until 100.004: 2 ms of its own
+    assert sizer.seen == [(2, 0.004), (3, 0.002)]
+    clock.now = 100.010
+    submit(1)
+    clock.now = 100.011
+    respond(sent[2], 1)  # an idle replica: from when it was sent
+    assert sizer.seen[-1] == (1, 0.001)
+    assert len(answered) == 6
