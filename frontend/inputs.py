@@ -19,7 +19,18 @@ from collections.abc import Callable
 from schooner.runtime.errors import SchoonerError
 from schooner.runtime.wire import InputType
 
-__all__ = ["BadInput", "CONVERTERS", "CONVERTERS_WITHOUT_BOOLEANS", "may_hold_booleans", "convert"]
+__all__ = [
+    "BadInput", "CONVERTERS", "CONVERTERS_WITHOUT_BOOLEANS", "FAST_CODES", "fast_single_input",
+    "may_hold_booleans", "convert",
+]  # fmt: skip
+
+try:  # the optional C shortcut (frontend/_fastpath.c); the same results when it answers
+    from schooner.frontend._fastpath import parse_input as fast_single_input
+except ImportError:  # built without a C compiler: every body takes the general path
+    fast_single_input = None
+
+# Input types the shortcut handles, with its code for each.
+FAST_CODES = {InputType.DOUBLES: "d", InputType.FLOATS: "f", InputType.INTS: "i"}
 
 _NUMBER_TYPES = {int, float}
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1

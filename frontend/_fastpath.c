@@ -1,0 +1,194 @@
+/* The query path's common case in one pass: a body of exactly {"input": [numbers]}
+ * straight to the wire bytes of the input (float64, float32 or int32, little endian).
+ *
+ * It is only a shortcut. Anything it does not recognise -- another shape or another key,
+ * a token that is not a plain JSON number, an empty array, a value out of range, a number
+ * with a fraction for an int input -- makes it return None, and the caller takes the
+ * general path (orjson + frontend/inputs.py), which defines the results and words every
+ * error. Where it does answer, it answers what that path would: numbers are converted
+ * with CPython's own correctly rounded string-to-double, float32 by the same C cast that
+ * struct.pack('f') uses, with the same overflow rule.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_TOKEN 64 /* longer number tokens are left to the general path */
+
+static inline const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+
+/* One JSON number token starting at p: its end, or NULL if it is not one. Also returns
+ * whether it is integral (neither fraction nor exponent) and, when the token is exact in
+ * Clinger's fast path (a significand up to 2^53 and a power of ten up to 22), its double:
+ * one correctly rounded multiplication or division of two exact doubles, the same double
+ * any correct parser gives. *exact = 0 means: convert the token the slow, general way. */
+static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                               1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                               1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+static const char *scan_number(const char *p, const char *end, int *integral, int *exact,
+                               double *value) {
+    const char *q = p;
+    int negative = 0, digits = 0;
+    uint64_t mantissa = 0;
+    long exp10 = 0;
+    *integral = 1;
+    *exact = 1;
+    if (q < end && *q == '-') { negative = 1; q++; }
+    if (q >= end) return NULL;
+    if (*q == '0') {
+        q++;
+    } else if (*q >= '1' && *q <= '9') {
+        while (q < end && *q >= '0' && *q <= '9') {
+            if (digits < 19) mantissa = mantissa * 10 + (uint64_t)(*q - '0');
+            else *exact = 0;
+            digits++;
+            q++;
+        }
+    } else {
+        return NULL;
+    }
+    if (q < end && *q == '.') {
+        *integral = 0;
+        q++;
+        if (q >= end || *q < '0' || *q > '9') return NULL;
+        while (q < end && *q >= '0' && *q <= '9') {
+            if (mantissa || *q != '0') digits++; /* leading zeros are not significant */
+            if (digits <= 19) { mantissa = mantissa * 10 + (uint64_t)(*q - '0'); exp10--; }
+            else *exact = 0;
+            q++;
+        }
+    }
+    if (q < end && (*q == 'e' || *q == 'E')) {
+        *integral = 0;
+        q++;
+        int eneg = 0;
+        long e = 0;
+        if (q < end && (*q == '+' || *q == '-')) { eneg = *q == '-'; q++; }
+        if (q >= end || *q < '0' || *q > '9') return NULL;
+        while (q < end && *q >= '0' && *q <= '9') {
+            if (e < 100000) e = e * 10 + (*q - '0');
+            q++;
+        }
+        exp10 += eneg ? -e : e;
+    }
+    if (*exact && mantissa <= (UINT64_C(1) << 53) && exp10 >= -22 && exp10 <= 22) {
+        double m = (double)mantissa;
+        double v = exp10 < 0 ? m / POW10[-exp10] : m * POW10[exp10];
+        /* An integer token is an int to JSON: "-0" is 0, not -0.0. */
+        *value = negative && !(*integral && mantissa == 0) ? -v : v;
+    } else {
+        *exact = 0;
+    }
+    return q;
+}
+
+/* parse_input(body: bytes, code: str) -> bytes | None; code is "d", "f" or "i". */
+static PyObject *parse_input(PyObject *self, PyObject *args) {
+    Py_buffer body;
+    int code;
+    if (!PyArg_ParseTuple(args, "y*C", &body, &code)) return NULL;
+    if (code != 'd' && code != 'f' && code != 'i') {
+        PyBuffer_Release(&body);
+        PyErr_SetString(PyExc_ValueError, "code must be 'd', 'f' or 'i'");
+        return NULL;
+    }
+    const char *p = body.buf, *end = p + body.len;
+    const size_t item = code == 'd' ? 8 : 4;
+    PyObject *out = NULL;
+    char token[MAX_TOKEN + 1];
+    Py_ssize_t n = 0;
+
+    p = skip_ws(p, end);
+    if (p >= end || *p++ != '{') goto fallback;
+    p = skip_ws(p, end);
+    if (end - p < 7 || memcmp(p, "\"input\"", 7) != 0) goto fallback;
+    p = skip_ws(p + 7, end);
+    if (p >= end || *p++ != ':') goto fallback;
+    p = skip_ws(p, end);
+    if (p >= end || *p++ != '[') goto fallback;
+
+    /* At most one number per two bytes of what is left. */
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(((end - p) / 2 + 1) * item));
+    if (out == NULL) goto error;
+    unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(out);
+
+    for (;;) {
+        p = skip_ws(p, end);
+        int integral, exact;
+        double v;
+        const char *q = scan_number(p, end, &integral, &exact, &v);
+        if (q == NULL || q - p > MAX_TOKEN) goto fallback;
+        size_t len = (size_t)(q - p);
+        if (code == 'i' || !exact) {
+            memcpy(token, p, len);
+            token[len] = '\0';
+        }
+        if (code == 'i') {
+            if (!integral || len > 11) goto fallback;
+            long long v = strtoll(token, NULL, 10);
+            if (v < INT32_MIN || v > INT32_MAX) goto fallback;
+            int32_t w = (int32_t)v;
+            memcpy(dst + n * item, &w, 4);
+        } else {
+            /* orjson refuses integers beyond 64 bits (the general path's 400): leave
+             * long integer tokens to it. */
+            if (integral && len > 18) goto fallback;
+            if (!exact) { /* CPython's correctly rounded conversion, ~10x slower */
+                char *stop = NULL;
+                v = PyOS_string_to_double(token, &stop, NULL);
+                if (v == -1.0 && PyErr_Occurred()) goto error;
+                if (stop != token + len) goto fallback;
+                if (integral && v == 0.0) v = 0.0; /* "-0" is the int 0 */
+            }
+            if (!isfinite(v)) goto fallback;
+            if (code == 'd') {
+                memcpy(dst + n * item, &v, 8);
+            } else {
+                float f = (float)v;
+                if (isinf(f)) goto fallback; /* struct.pack('f') refuses it: an error */
+                memcpy(dst + n * item, &f, 4);
+            }
+        }
+        n++;
+        p = skip_ws(q, end);
+        if (p >= end) goto fallback;
+        if (*p == ',') { p++; continue; }
+        if (*p == ']') { p++; break; }
+        goto fallback;
+    }
+    p = skip_ws(p, end);
+    if (p >= end || *p++ != '}') goto fallback;
+    if (skip_ws(p, end) != end) goto fallback;
+    PyBuffer_Release(&body);
+    if (_PyBytes_Resize(&out, (Py_ssize_t)(n * item)) < 0) return NULL;
+    return out;
+
+fallback:
+    PyBuffer_Release(&body);
+    Py_XDECREF(out);
+    Py_RETURN_NONE;
+error:
+    PyBuffer_Release(&body);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"parse_input", parse_input, METH_VARARGS,
+     "parse_input(body, code) -> bytes | None: the wire bytes of a body that is exactly "
+     "{\"input\": [numbers]} ('d' float64, 'f' float32, 'i' int32), or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fastpath",
+    "The query path's common case in C (see frontend/_fastpath.c).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void) { return PyModule_Create(&module); }
