@@ -7,7 +7,9 @@ load cpu) keeps 1, 16 and 64 connections busy. Systems:
 * ``floor``: a bare asyncio protocol on uvloop (``benchmarks.floor``); with the MLP it runs
   the model inline on each request, unbatched;
 * ``schooner``: frontend + one container, the model deployed with ``batch_size`` =
-  ``--max-batch`` (Schooner never waits for a batch to fill);
+  ``--max-batch`` (Schooner never waits for a batch to fill), talking over the frontend's
+  local Unix socket as the local manager sets them up; ``schooner-zmq``: the same over
+  RPC v3 on ZeroMQ (Clipper's transport, as for a container on another machine);
 * ``litserve`` (``LitAPI(max_batch_size, batch_timeout)``, one worker, fast queue) and ``ray``
   (``@serve.batch(max_batch_size, batch_wait_timeout_s)``, one replica): the same max batch
   size and the same wait budget (``--batch-wait-ms``, default 0 like Schooner's), in their
@@ -60,7 +62,7 @@ from benchmarks.systems import (
 
 __all__ = ["main"]
 
-SYSTEMS = ("floor", "schooner", *PEERS)
+SYSTEMS = ("floor", "schooner", "schooner-zmq", *PEERS)
 Loader = Callable[[str, int, float, "int | None", Path], dict[str, float]]
 
 
@@ -153,8 +155,9 @@ def start(system: str, model: str, artifact: Path, tmp: Path, placement: Placeme
     cpu = placement.server_cpu
     if system == "floor":
         return start_floor(model, tmp, cpu)
-    if system == "schooner":
-        return start_schooner(model, artifact, tmp, cpu, batch_size=args.max_batch,
+    if system in ("schooner", "schooner-zmq"):
+        transport = "zmq" if system == "schooner-zmq" else "local"
+        return start_schooner(model, artifact, tmp, cpu, batch_size=args.max_batch, transport=transport,
                               slo_micros=args.slo_ms * 1000)  # fmt: skip
     return start_peer(system, args.peer_python, model, tmp, cpu, max_batch=args.max_batch,
                       wait_s=args.batch_wait_ms / 1000)  # fmt: skip

@@ -114,6 +114,8 @@ def start_schooner(model: str, artifact: Path, tmp: Path, cpu: int | None, *, ba
     frontend's Unix socket, the default for replicas on the frontend's machine) or ``zmq``
     (RPC v3 over ZeroMQ, as a container on another machine, or Clipper's, would)."""
     query, mgmt, rpc = free_port(), free_port(), free_port()
+    if transport not in ("local", "zmq"):
+        raise ValueError(f"transport must be 'local' or 'zmq', not {transport!r}")
     run_dir = tmp / f"schooner-{model}-{batch_size}-{query}"
     run_dir.mkdir(parents=True)
     logs = [run_dir / "frontend.log", run_dir / "container.log"]
@@ -123,7 +125,8 @@ def start_schooner(model: str, artifact: Path, tmp: Path, cpu: int | None, *, ba
                        "--state-db", str(run_dir / "state.db"), "--log-level", "WARNING",
                        *(["--rpc-socket", f"@schooner-bench-{rpc}"] if transport == "local" else [])],
                       cpu, logs[0])  # fmt: skip
-    running = Running("schooner", f"http://127.0.0.1:{query}/{APP}/predict", [frontend], logs)
+    name = "schooner" if transport == "local" else f"schooner-{transport}"
+    running = Running(name, f"http://127.0.0.1:{query}/{APP}/predict", [frontend], logs)
     try:
         admin = f"http://127.0.0.1:{mgmt}/admin"
         wait_for_http(f"{admin}/ping", timeout_s, frontend)

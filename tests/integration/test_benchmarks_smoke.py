@@ -60,14 +60,17 @@ def test_entry_point_names_every_suite():
 
 @pytest.mark.timeout(600)
 def test_e2e_smoke(tmp_path):
-    """Floor and Schooner over HTTP (wrk if installed, else the Python loader)."""
+    """Floor and Schooner (on its local socket and on ZeroMQ) over HTTP (wrk if installed,
+    else the Python loader)."""
     pytest.importorskip("torch")
     out = tmp_path / "e2e.json"
     result = _run_suite("e2e", "--smoke", "--no-pin", "--models", "noop,mlp", "--json", str(out))
     assert "| noop | 64 | schooner |" in result.stdout
+    assert "| noop | 64 | schooner-zmq |" in result.stdout
     cells = json.loads(out.read_text())["cells"]
     assert {(c["model"], c["system"], c["concurrency"]) for c in cells} == {
-        (m, s, c) for m in ("noop", "mlp") for s in ("floor", "schooner") for c in (1, 16, 64)}
+        (m, s, c) for m in ("noop", "mlp") for s in ("floor", "schooner", "schooner-zmq")
+        for c in (1, 16, 64)}  # fmt: skip
     assert all(c["requests_per_s"] > 0 and c["errors"] == 0 for c in cells)
 
 
@@ -76,7 +79,7 @@ def test_e2e_python_loader_smoke(tmp_path):
     """The closed-loop fallback that smoke runs use where wrk is not installed."""
     out = tmp_path / "e2e.json"
     _run_suite("e2e", "--smoke", "--no-pin", "--loader", "python", "--models", "noop",
-               "--concurrency", "1,16", "--json", str(out))  # fmt: skip
+               "--systems", "floor,schooner", "--concurrency", "1,16", "--json", str(out))  # fmt: skip
     cells = json.loads(out.read_text())["cells"]
     assert len(cells) == 4 and all(c["requests_per_s"] > 0 and c["errors"] == 0 for c in cells)
 
