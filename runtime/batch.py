@@ -34,6 +34,8 @@ def items_of(request: PredictRequest) -> list[Buffer]:
 
 
 def _check_sizes(sizes: Sequence[int], itemsize: int, input_type: InputType) -> None:
+    if not any([size % itemsize for size in sizes]):
+        return
     for i, size in enumerate(sizes):
         if size % itemsize:
             raise PredictionError(
@@ -88,6 +90,10 @@ def encode_outputs(outputs: Any, n: int) -> list[bytes]:
         )
     if len(outputs) != n:
         raise PredictionError(f"predict returned {len(outputs)} outputs for {n} inputs")
+    try:  # every output a str (or a subclass): one C-level call each
+        return [str.encode(out, "utf-8", "surrogatepass") for out in outputs]
+    except TypeError:
+        pass  # something else among them: say which
     encoded = []
     for i, out in enumerate(outputs):
         if not isinstance(out, str):
