@@ -34,6 +34,7 @@ import logging
 import os
 import socket
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
@@ -79,7 +80,7 @@ class _Peer:
         self.warned = False
 
 
-class _Peers:
+class _Peers(ABC):
     """Who is connected to an endpoint, and the protocol duties towards each of them."""
 
     def __init__(self, events: ContainerEvents, silence_timeout: float) -> None:
@@ -87,8 +88,9 @@ class _Peers:
         self._silence_timeout = silence_timeout
         self._peers: dict[bytes, _Peer] = {}
 
+    @abstractmethod
     def send(self, identity: bytes, frames: Sequence[Any]) -> bool:
-        raise NotImplementedError
+        """Send one message to ``identity``; False if it cannot be reached."""
 
     def _message(self, identity: bytes, peer: _Peer, buffers: Sequence[Any]) -> None:
         """Handle one message (identity already stripped) from a known peer."""
@@ -125,8 +127,9 @@ class _Peers:
         else:
             log.debug("unregistered container %s forgotten: %s", identity.hex(), reason)
 
+    @abstractmethod
     def _forgotten(self, identity: bytes, peer: _Peer) -> None:
-        """Subclasses release what they hold for ``peer``."""
+        """Release what the endpoint holds for ``peer`` (its fd, its connection)."""
 
     def unregister(self, identity: bytes) -> None:
         """Treat ``identity`` as unknown again: its next heartbeat asks for its metadata."""
