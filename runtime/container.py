@@ -119,7 +119,7 @@ class Container:
         if channel is None:
             return
         max_inputs = cfg.max_batch_size or 1 << 62
-        recv, ready = channel.recv, channel.ready
+        recv, ready, timeouts = channel.recv, channel.ready, channel.timeouts
         with self._socket_lock:
             self._socket = channel
             try:
@@ -127,8 +127,9 @@ class Container:
                 last_heard = self._clock()
                 log.info("session open: %s", cfg.frontend_address)
                 while not self._stopped.is_set():
-                    frames = recv()
-                    if frames is None:
+                    try:
+                        frames = recv()
+                    except timeouts:
                         now = self._clock()
                         if now - last_heard > cfg.session_timeout:
                             self.metrics.reconnects += 1
@@ -146,12 +147,9 @@ class Container:
                         if request is not None:
                             requests.append(request)
                             n_inputs += len(request.sizes)
-                        if n_inputs >= max_inputs or not ready():
+                        if n_inputs >= max_inputs or not ready() & 1:  # 1: POLLIN
                             break
-                        next_frames = recv()
-                        if next_frames is None:
-                            break
-                        frames = next_frames
+                        frames = recv()
                     if requests:
                         self._serve(requests)
             except ChannelClosed as exc:
