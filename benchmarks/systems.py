@@ -89,13 +89,22 @@ def _popen(cmd: list[str], cpu: int | None, log: Path, env: dict[str, str] | Non
                                 stderr=subprocess.STDOUT, start_new_session=new_session)  # fmt: skip
 
 
-def _wait_for_answer(running: Running, url: str, timeout_s: float) -> None:
-    """Until the system answers a real (not default) prediction."""
+def _answering(running: Running, timeout_s: float) -> Running:
+    """``running`` once it answers a real (not default) prediction; stopped if it does not."""
+    try:
+        _wait_for_answer(running, timeout_s)
+    except BaseException:
+        running.stop()
+        raise
+    return running
+
+
+def _wait_for_answer(running: Running, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     body = json.loads(models.body())
     while True:
         try:
-            answer = wait_for_http(url, max(deadline - time.monotonic(), 1), body=body)
+            answer = wait_for_http(running.url, max(deadline - time.monotonic(), 1), body=body)
         except RuntimeError as exc:
             raise RuntimeError(f"{running.name} did not answer: {exc}\n{running.log_tail()}") from None
         if not (isinstance(answer, dict) and answer.get("default")):
@@ -119,11 +128,12 @@ def start_schooner(model: str, artifact: Path, tmp: Path, cpu: int | None, *, ba
     run_dir = tmp / f"schooner-{model}-{batch_size}-{query}"
     run_dir.mkdir(parents=True)
     logs = [run_dir / "frontend.log", run_dir / "container.log"]
+    local_socket = f"@schooner-bench-{rpc}" if transport == "local" else None
     frontend = _popen([sys.executable, "-m", "schooner.frontend", "--query-host", "127.0.0.1",
                        "--query-port", str(query), "--management-port", str(mgmt),
                        "--rpc-host", "127.0.0.1", "--rpc-port", str(rpc),
                        "--state-db", str(run_dir / "state.db"), "--log-level", "WARNING",
-                       *(["--rpc-socket", f"@schooner-bench-{rpc}"] if transport == "local" else [])],
+                       *(["--rpc-socket", local_socket] if local_socket else [])],
                       cpu, logs[0])  # fmt: skip
     name = "schooner" if transport == "local" else f"schooner-{transport}"
     running = Running(name, f"http://127.0.0.1:{query}/{APP}/predict", [frontend], logs)
@@ -140,27 +150,20 @@ def start_schooner(model: str, artifact: Path, tmp: Path, cpu: int | None, *, ba
                    CLIPPER_IP="127.0.0.1", CLIPPER_PORT=str(rpc), CLIPPER_INPUT_TYPE="floats",
                    CLIPPER_MODEL_PATH=str(artifact), SCHOONER_READY_FILE="none",
                    SCHOONER_MAX_BATCH_SIZE=str(max(batch_size, 0)), SCHOONER_LOG_LEVEL="WARNING")  # fmt: skip
-        if transport == "local":
-            env["SCHOONER_RPC_SOCKET"] = f"@schooner-bench-{rpc}"
+        if local_socket:
+            env["SCHOONER_RPC_SOCKET"] = local_socket
         running.procs.append(_popen([sys.executable, "-m", "schooner.runtime"], cpu, logs[1], env))
-        _wait_for_answer(running, running.url, timeout_s)
     except BaseException:
         running.stop()
         raise
-    return running
+    return _answering(running, timeout_s)
 
 
 def start_floor(model: str, tmp: Path, cpu: int | None, timeout_s: float = 60.0) -> Running:
     port = free_port()
     log = tmp / f"floor-{model}-{port}.log"
     proc = _popen([sys.executable, "-m", "benchmarks.floor", str(port), model], cpu, log)
-    running = Running("floor", f"http://127.0.0.1:{port}/predict", [proc], [log])
-    try:
-        _wait_for_answer(running, running.url, timeout_s)
-    except BaseException:
-        running.stop()
-        raise
-    return running
+    return _answering(Running("floor", f"http://127.0.0.1:{port}/predict", [proc], [log]), timeout_s)
 
 
 def start_peer(kind: str, python: str, model: str, tmp: Path, cpu: int | None, *,
@@ -171,10 +174,4 @@ def start_peer(kind: str, python: str, model: str, tmp: Path, cpu: int | None, *
     proc = _popen([python, "-m", f"benchmarks.peers.{kind}", str(port), model, str(max_batch),
                    str(wait_s)], cpu, log, dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
                   new_session=True)  # fmt: skip
-    running = Running(kind, f"http://127.0.0.1:{port}/predict", [proc], [log])
-    try:
-        _wait_for_answer(running, running.url, timeout_s)
-    except BaseException:
-        running.stop()
-        raise
-    return running
+    return _answering(Running(kind, f"http://127.0.0.1:{port}/predict", [proc], [log]), timeout_s)

@@ -19,11 +19,11 @@ on this machine (``SCHOONER_RPC_SOCKET``): no ZeroMQ I/O threads between the eve
 and the container, so a batch costs one write and one wake-up each way. Every connection
 is one container; its end is its disconnect, seen at once.
 
-Protocol duties (Clipper RPC v3, the same on both endpoints): every heartbeat is answered, KEEP_ALIVE when the sender
-is registered, REQUEST_CONTAINER_METADATA when not (so containers re-register after a
-frontend restart); NewContainer registers; responses go to the dispatcher. Malformed
-messages are logged with the sender's identity and dropped; nothing a container sends can
-stop this loop.
+Protocol duties (Clipper RPC v3, the same on both endpoints): every heartbeat is answered,
+KEEP_ALIVE when the sender is registered, REQUEST_CONTAINER_METADATA when not (so
+containers re-register after a frontend restart); NewContainer registers; responses go to
+the dispatcher. Malformed messages are logged with the sender's identity and dropped;
+nothing a container sends can stop this loop.
 """
 
 from __future__ import annotations
@@ -402,5 +402,5 @@ class LocalEndpoint(_Peers):
         connection = self._connections.get(identity)
         if connection is None or connection.transport is None:
             return False
-        connection.transport.write(wire.stream_header(frames) + b"".join(frames))
+        connection.transport.writelines([wire.stream_header(frames), *frames])  # one writev
         return True

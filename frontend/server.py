@@ -1,8 +1,9 @@
 """The frontend process assembled: state, dispatcher, RPC endpoint, two HTTP servers.
 
 ``Frontend.run`` is the whole life of the process: load the state, bind the ROUTER (and
-the local Unix socket for containers on this machine, when configured), the management port and the query port, log "frontend ready", then serve until ``stop`` is
-called (SIGTERM or SIGINT in ``run_until_signal``), and close everything in reverse order.
+the local Unix socket for containers on this machine, when configured), the management
+port and the query port, log "frontend ready", then serve until ``stop`` is called
+(SIGTERM or SIGINT in ``run_until_signal``), and close everything in reverse order.
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ class SocketChannel:
 
     def send(self, frames: Sequence[wire.Buffer]) -> None:
         try:
-            self._sock.sendall(wire.stream_header(frames) + b"".join(frames))
+            self._sock.sendall(b"".join([wire.stream_header(frames), *frames]))
         except OSError as exc:
             raise ChannelClosed(str(exc)) from None
 

@@ -507,15 +507,17 @@ class StreamReader:
     """Cuts a byte stream into messages (lists of frames, zero-copy views of the input).
 
     ``feed`` takes whatever the socket returned and gives back every message completed by
-    it; a partial message is kept until the rest arrives. A prefix that cannot be valid
-    (too many frames, a message over 2 GiB) raises WireError: the stream is out of step
-    and the connection must be closed.
+    it; a partial message is kept until the rest arrives. While it is incomplete, further
+    chunks are only appended (a large tensor arriving in many chunks is copied once, not
+    once per chunk). A prefix that cannot be valid (too many frames, a message over 2 GiB)
+    raises WireError: the stream is out of step and the connection must be closed.
     """
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_buf", "_need")
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._need = 0  # bytes the buffer must hold before the pending message can be cut
 
     @property
     def buffered(self) -> int:
@@ -525,24 +527,30 @@ class StreamReader:
     def feed(self, data: Buffer) -> list[list[memoryview]]:
         if self._buf:
             self._buf += data
+            if len(self._buf) < self._need:
+                return []
             view = memoryview(bytes(self._buf))
         else:
             view = memoryview(data).cast("B")
         out: list[list[memoryview]] = []
         pos, end = 0, len(view)
         unpack = _U32.unpack_from
-        while end - pos >= 4:
+        while True:
+            left = end - pos
+            if left < 4:
+                need = 4
+                break
             (n,) = unpack(view, pos)
             if n > STREAM_MAX_FRAMES:
                 raise WireError(f"stream message of {n} frames: out of step")
-            head = 4 + 4 * n
-            if end - pos < head:
+            need = head = 4 + 4 * n
+            if left < head:
                 break
             sizes = struct.unpack_from(f"<{n}I", view, pos + 4)
-            total = head + sum(sizes)
+            need = total = head + sum(sizes)
             if total > STREAM_MAX_BYTES:
                 raise WireError(f"stream message of {total} bytes: out of step")
-            if end - pos < total:
+            if left < total:
                 break
             at = pos + head
             frames = []
@@ -551,5 +559,8 @@ class StreamReader:
                 at += size
             out.append(frames)
             pos += total
-        self._buf = bytearray(view[pos:]) if pos < end else bytearray()
+        if pos < end:
+            self._buf, self._need = bytearray(view[pos:]), need
+        else:
+            self._buf, self._need = bytearray(), 0
         return out

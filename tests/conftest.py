@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -481,17 +482,24 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     environments cache (``SCHOONER_ENVS``), which is shared by every test run on this
     machine so that an environment is built once.
     """
+    with local_cluster("frameworks", home=tmp_path_factory.mktemp("home"),
+                       deploy_timeout_s=240.0, grace_s=5.0) as conn:  # fmt: skip
+        yield conn
+
+
+@contextmanager
+def local_cluster(name: str, *, home: Path | None = None, **options: Any) -> Iterator[Any]:
+    """A started local cluster named ``name`` on free ports (``home``: its SCHOONER_HOME,
+    None for the environment's); ``options`` go to LocalContainerManager. Stopped on exit."""
     from schooner.admin import ClipperConnection, LocalContainerManager
 
-    home = tmp_path_factory.mktemp("home")
     manager = LocalContainerManager(
-        cluster_name="frameworks",
+        cluster_name=name,
         clipper_query_port=free_port(),
         clipper_management_port=free_port(),
         clipper_rpc_port=free_port(),
         schooner_home=home,
-        deploy_timeout_s=240.0,
-        grace_s=5.0,
+        **options,
     )
     conn = ClipperConnection(manager)
     try:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import local_cluster
 from serving import outputs, predict
 
-from schooner.admin import ClipperConnection, ClipperException, LocalContainerManager
+from schooner.admin import ClipperConnection, ClipperException
 from schooner.admin.deployers import pyspark as spark_deployer
-from schooner.admin.processes import free_port
 from schooner.frameworks import pyspark as spark_framework
 
 pytest.importorskip("pyspark")
@@ -119,22 +119,9 @@ def test_cuda_replica_is_refused_with_the_reason(spark, training, tmp_path_facto
     """Spark runs on the CPU only: a replica configured for CUDA exits at start and says so."""
     from pyspark.ml.classification import LogisticRegression
 
-    manager = LocalContainerManager(
-        cluster_name="frameworks-pyspark-cuda",
-        clipper_query_port=free_port(),
-        clipper_management_port=free_port(),
-        clipper_rpc_port=free_port(),
-        schooner_home=tmp_path_factory.mktemp("home"),
-        deploy_timeout_s=120.0,
-        grace_s=5.0,
-        device="cuda",
-    )
-    conn = ClipperConnection(manager)
-    try:
-        conn.start_clipper()
+    with local_cluster("frameworks-pyspark-cuda", home=tmp_path_factory.mktemp("home"),
+                       deploy_timeout_s=120.0, grace_s=5.0, device="cuda") as conn:  # fmt: skip
         model = LogisticRegression(maxIter=2).fit(training)
         with pytest.raises(ClipperException, match=r"(?s)exited with code 2.*cpu only"):
             spark_deployer.deploy_pyspark_model(conn, "spark-cuda", 1, "doubles",
                                                 probabilities, model, None)  # fmt: skip
-    finally:
-        conn.stop_all()

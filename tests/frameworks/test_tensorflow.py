@@ -10,11 +10,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import local_cluster
 from serving import outputs, predict
 
-from schooner.admin import ClipperConnection, LocalContainerManager
+from schooner.admin import ClipperConnection
 from schooner.admin.deployers import tensorflow as tf_deployer
-from schooner.admin.processes import free_port
 
 tf = pytest.importorskip("tensorflow")
 
@@ -141,19 +141,8 @@ def test_keras_on_cuda(tmp_path_factory):
     """A replica configured for CUDA serves from the GPU (needs TensorFlow built with CUDA)."""
     if not tf.config.list_physical_devices("GPU"):
         pytest.skip("this TensorFlow sees no GPU (tensorflow-cpu): install tensorflow[and-cuda]")
-    manager = LocalContainerManager(
-        cluster_name="frameworks-cuda",
-        clipper_query_port=free_port(),
-        clipper_management_port=free_port(),
-        clipper_rpc_port=free_port(),
-        schooner_home=tmp_path_factory.mktemp("home"),
-        deploy_timeout_s=240.0,
-        grace_s=5.0,
-        device="cuda",
-    )
-    conn = ClipperConnection(manager)
-    try:
-        conn.start_clipper()
+    with local_cluster("frameworks-cuda", home=tmp_path_factory.mktemp("home"),
+                       deploy_timeout_s=240.0, grace_s=5.0, device="cuda") as conn:  # fmt: skip
         model = keras_mlp(1.0)
 
         def on_gpu(model, inputs):
@@ -162,5 +151,3 @@ def test_keras_on_cuda(tmp_path_factory):
 
         tf_deployer.create_endpoint(conn, "tf-cuda", "doubles", on_gpu, model)
         np.testing.assert_allclose(served(conn, "tf-cuda", X), model(X).numpy(), rtol=1e-4, atol=1e-5)
-    finally:
-        conn.stop_all()

@@ -11,6 +11,8 @@ import pytest
 
 requests = pytest.importorskip("requests")
 
+from conftest import local_cluster  # noqa: E402
+
 from schooner.admin import ClipperConnection, ClipperException, LocalContainerManager  # noqa: E402
 from schooner.admin.deployers import python as python_deployer  # noqa: E402
 from schooner.admin.processes import free_port, is_alive  # noqa: E402
@@ -25,20 +27,8 @@ def add_one(xs):
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):
     monkeypatch.setenv("SCHOONER_HOME", str(tmp_path / "home"))
-    manager = LocalContainerManager(
-        cluster_name="itest",
-        clipper_query_port=free_port(),
-        clipper_management_port=free_port(),
-        clipper_rpc_port=free_port(),
-        deploy_timeout_s=60.0,
-        grace_s=3.0,
-    )
-    conn = ClipperConnection(manager)
-    try:
-        conn.start_clipper()
+    with local_cluster("itest", deploy_timeout_s=60.0, grace_s=3.0) as conn:
         yield conn
-    finally:
-        conn.stop_all()
 
 
 def _predict(conn: ClipperConnection, app: str, x: list[float]) -> dict:

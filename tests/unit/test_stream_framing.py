@@ -60,6 +60,18 @@ def test_a_partial_message_waits_for_the_rest():
     assert as_bytes(reader.feed(data[-1:])) == [frames]
 
 
+def test_a_large_message_in_many_small_chunks():
+    frames = [b"", bytes(range(256)) * 4096, b"tail"]  # a 1 MiB frame
+    data = wire.stream_header(frames) + b"".join(frames)
+    reader = wire.StreamReader()
+    got = []
+    for pos in range(0, len(data), 1000):
+        got += as_bytes(reader.feed(data[pos : pos + 1000]))
+        if pos + 1000 < len(data):
+            assert got == [] and reader.buffered == pos + 1000
+    assert got == [frames] and reader.buffered == 0
+
+
 def test_a_prefix_out_of_step_is_an_error():
     with pytest.raises(WireError, match="frames"):
         wire.StreamReader().feed(b"\xff\xff\xff\xff")
