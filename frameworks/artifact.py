@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -60,6 +61,9 @@ class Artifact:
 
     path: Path
     manifest: Mapping[str, Any] = field(repr=False)
+    #: what this opening of the artifact tracks the classes it unpickles under: the pickles
+    #: of one load share classes, and share none with the loading process or another load
+    load_id: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False, compare=False)
 
     @property
     def framework(self) -> str:

@@ -9,11 +9,25 @@ and not the standard library — are pickled by value with it (cloudpickle's
 ``register_pickle_by_value``), so the container needs only the installed packages named
 in ``pkgs_to_install``. Pickled code runs only on the Python minor version it was made
 with; the manifest records it and the container refuses a mismatch with a clear message.
+
+**Loading never touches the loading process's own classes.** cloudpickle tracks every class
+it pickles by value under an id and, when a pickle holding that id is loaded in the same
+process, hands back the *live* class and overwrites its methods with the unpickled copies.
+In a notebook that deploys a model and then loads the artifact (or a process that loads two
+artifacts pickled from the same session), that silently rebinds the user's class to copies
+whose code no longer points at its source file (cloudpickle 3.1.3 marks it
+``<dynamic-code>``; ``torch.jit.script`` and ``inspect.getsource`` then fail) and whose
+globals are a snapshot. :class:`ArtifactUnpickler` therefore tracks the classes it rebuilds
+under ids of its own load: the pickles of one artifact load (``func.pkl``, PyTorch's
+``model.pkl``) share their classes with each other and with nothing else.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
+import io
+import pickle
 import sys
 import sysconfig
 import types
@@ -25,7 +39,15 @@ from schooner.frameworks.artifact import Artifact, check_python, package_version
 from schooner.frameworks.base import Batch, Framework
 from schooner.runtime.errors import ArtifactError, IncompatibleArtifact
 
-__all__ = ["FUNC_FILE", "save", "dump_func", "load_func", "ClosureFramework", "local_modules"]
+__all__ = [
+    "FUNC_FILE",
+    "save",
+    "dump_func",
+    "load_func",
+    "ArtifactUnpickler",
+    "ClosureFramework",
+    "local_modules",
+]
 
 FUNC_FILE = "func.pkl"
 NAME = "closure"
@@ -89,7 +111,7 @@ def load_func(artifact: Artifact) -> Callable[..., Any]:
         )
     data = artifact.file(FUNC_FILE).read_bytes()
     try:
-        func = cloudpickle.loads(data)
+        func = ArtifactUnpickler(io.BytesIO(data), artifact.load_id).load()
     except Exception as exc:  # unpickling is the boundary where foreign errors convert
         raise IncompatibleArtifact(
             f"cannot unpickle {artifact.path / FUNC_FILE} ({type(exc).__name__}: {exc}); "
@@ -101,6 +123,44 @@ def load_func(artifact: Artifact) -> Callable[..., Any]:
     if not callable(func):
         raise ArtifactError(f"{artifact.path / FUNC_FILE} does not hold a callable")
     return func  # type: ignore[no-any-return]
+
+
+# cloudpickle's reconstructors that look a class up by its tracker id (and then overwrite
+# the class they found): (module, name) as they appear in a pickle.
+_TRACKING_RECONSTRUCTORS = frozenset(
+    ("cloudpickle.cloudpickle", name)
+    for name in ("_make_skeleton_class", "_make_skeleton_enum", "_make_typevar")
+)
+
+
+class ArtifactUnpickler(pickle.Unpickler):
+    """Unpickles a cloudpickle written by a deployer, tracking the classes it rebuilds
+    under ``namespace`` (see the module docstring), never under the ids of live classes.
+
+    Pickles that share a namespace share their by-value classes, as one process would.
+    """
+
+    def __init__(self, file: io.BytesIO, namespace: str) -> None:
+        super().__init__(file)
+        self.namespace = namespace
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)
+        if (module, name) not in _TRACKING_RECONSTRUCTORS:
+            return found
+        parameters = inspect.signature(found).parameters
+        if "class_tracker_id" not in parameters:  # a cloudpickle that tracks differently
+            return found
+        namespace = self.namespace
+
+        def reconstruct(*args: Any, **kwargs: Any) -> Any:
+            bound = inspect.signature(found).bind(*args, **kwargs)
+            tracker_id = bound.arguments.get("class_tracker_id")
+            if tracker_id is not None:
+                bound.arguments["class_tracker_id"] = f"schooner:{namespace}:{tracker_id}"
+            return found(*bound.args, **bound.kwargs)
+
+        return reconstruct
 
 
 class ClosureFramework(Framework):

@@ -63,7 +63,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import pickle
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -329,7 +328,7 @@ class PyTorchFramework(Framework):
         }
         made: dict[tuple[str, str], Any] = {}
 
-        class StructureUnpickler(pickle.Unpickler):
+        class StructureUnpickler(closure.ArtifactUnpickler):
             def persistent_load(self, pid: Any) -> Any:
                 where, key, is_parameter, requires_grad = pid
                 if (where, key) not in made:
@@ -342,7 +341,9 @@ class PyTorchFramework(Framework):
 
         target = self.artifact.file(MODULE_FILE)
         try:
-            model = StructureUnpickler(io.BytesIO(target.read_bytes())).load()
+            model = StructureUnpickler(
+                io.BytesIO(target.read_bytes()), self.artifact.load_id
+            ).load()
         except Exception as exc:  # unpickling is the boundary where foreign errors convert
             raise IncompatibleArtifact(
                 f"cannot unpickle {target} ({type(exc).__name__}: {exc}); it was made with "

@@ -64,6 +64,45 @@ def test_local_modules_are_pickled_by_value(tmp_path, monkeypatch):
     assert out.stdout.strip() == "['6.0']"
 
 
+def test_loading_in_process_leaves_the_live_classes_alone(tmp_path, monkeypatch):
+    """A notebook deploys, then loads the artifact (or a process loads two artifacts of one
+    module): the user's own class keeps its methods, source and globals."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "scorer.py").write_text(textwrap.dedent("""
+        import enum
+        OFFSET = 1.0
+        class Kind(enum.Enum):
+            SUM = "sum"
+        class Scorer:
+            kind = Kind.SUM
+            def score(self, x):
+                return float(sum(x)) + OFFSET
+    """))
+    monkeypatch.syspath_prepend(str(src))
+    import inspect
+
+    import scorer
+
+    def predict(xs, cls=scorer.Scorer):
+        return [str(cls().score(x)) for x in xs]
+
+    live_method = scorer.Scorer.score
+    first = closure.save(predict, tmp_path / "first")
+    second = closure.save(predict, tmp_path / "second")
+    a, b = load(first), load(second)
+    assert a.predict([[1.0, 2.0]]) == b.predict([[1.0, 2.0]]) == ["4.0"]
+    assert scorer.Scorer.score is live_method
+    assert scorer.Scorer.score.__code__.co_filename == str(src / "scorer.py")
+    assert "OFFSET" in inspect.getsource(scorer.Scorer)
+    scorer.OFFSET = 10.0  # the live module's globals still drive the live class
+    assert scorer.Scorer().score([1.0]) == 11.0
+    assert a.predict([[1.0]]) == ["2.0"]  # the artifact keeps the value it was saved with
+    # each load has its own copy of the class: loading the second did not rebind the first
+    classes = [a.func.__defaults__[0], b.func.__defaults__[0], scorer.Scorer]
+    assert len({id(c) for c in classes}) == 3
+
+
 def _edit_manifest(path, **changes):
     manifest = json.loads((path / MANIFEST_NAME).read_text())
     for key, value in changes.items():
