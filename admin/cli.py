@@ -19,14 +19,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from schooner.admin.connection import ClipperConnection
-from schooner.admin.local import LocalContainerManager
+from schooner.admin.local import DEFAULT_CLUSTER, LocalContainerManager
 from schooner.admin.processes import log_tail
 from schooner.runtime.errors import ClipperException
 
 __all__ = ["main", "build_parser"]
-
-DEFAULT_CLUSTER = "default-cluster"
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -63,17 +60,25 @@ def main(argv: list[str] | None = None) -> int:
         manager = LocalContainerManager(cluster_name=args.cluster)
         if args.command == "logs":
             return _logs(manager, args.component, args.lines, args.follow, out)
+        if args.command == "stop":
+            running, left = manager.is_running(), manager.layout.root.exists()
+            if running:
+                manager.connect()
+            manager.stop_all()  # also removes what a crashed run left behind
+            if running:
+                out.write(f"cluster {args.cluster!r} stopped; its state is removed\n")
+            elif left:
+                out.write(f"cluster {args.cluster!r} was not running; removed what it left "
+                          f"in {manager.layout.root}\n")
+            else:
+                out.write(f"no cluster {args.cluster!r} is running; nothing to stop\n")
+            return 0
         if not manager.is_running():
             sys.stderr.write(
                 f"no cluster {args.cluster!r} is running; start it with: "
                 f"schooner start{_cluster_flag(args.cluster)}\n"
             )
-            return 1 if args.command == "status" else 0
-        if args.command == "stop":
-            manager.connect()
-            manager.stop_all()
-            out.write(f"cluster {args.cluster!r} stopped\n")
-            return 0
+            return 1
         return _status(manager, out)
     except ClipperException as exc:
         sys.stderr.write(f"error: {exc}\n")

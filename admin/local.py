@@ -35,6 +35,7 @@ __all__ = ["LocalContainerManager"]
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.1
+DEFAULT_CLUSTER = "default-cluster"
 ENVIRONMENT_FILE = "environment.json"  # written into each artifact by build_model
 _FAILED_STATES = (ChildState.BACKOFF, ChildState.CONFIG_ERROR)
 
@@ -53,7 +54,7 @@ class LocalContainerManager(ContainerManager):
 
     def __init__(
         self,
-        cluster_name: str = "default-cluster",
+        cluster_name: str = DEFAULT_CLUSTER,
         clipper_query_port: int = 1337,
         clipper_management_port: int = 1338,
         clipper_rpc_port: int = 7000,
@@ -147,6 +148,12 @@ class LocalContainerManager(ContainerManager):
                 "pick others with LocalContainerManager(clipper_query_port=..., "
                 "clipper_management_port=..., clipper_rpc_port=...)"
             )
+        if self.layout.state_db.exists():
+            logger.warning(
+                "cluster %r was not stopped with stop_all() (a crash or a reboot?): it starts "
+                "with the apps and models it had; stop_all() or `schooner stop%s` removes them",
+                self.cluster_name, _cluster_flag(self.cluster_name),
+            )
         self.layout.create()
         self.layout.write_settings(s)
         self._launch_supervisor()
@@ -228,12 +235,15 @@ class LocalContainerManager(ContainerManager):
             )
 
     def stop_all(self, graceful: bool = True) -> None:
-        """Stop replicas, then the frontend, then the supervisor; leaves no process behind.
+        """Stop replicas, then the frontend, then the supervisor, and remove the cluster:
+        its state (apps, models, links), artifacts and logs. The next ``start_clipper``
+        starts empty, as Clipper's does; only a frontend or supervisor that crashes keeps
+        its state. Leaves no process behind.
 
         Graceful: each child gets SIGTERM and ``grace_s`` to exit before SIGKILL; if the
         supervisor is still there after that, its whole process group is killed.
         Not graceful: the process group is killed at once. Stopping a cluster that is not
-        running does nothing.
+        running removes what a crashed run left.
         """
         pid = self.layout.read_pid()
         if graceful:
@@ -251,8 +261,12 @@ class LocalContainerManager(ContainerManager):
             deadline = time.monotonic() + 5.0
             while is_alive(pid) and time.monotonic() < deadline:
                 time.sleep(_POLL_S)
-        self.layout.control_socket.unlink(missing_ok=True)
-        self.layout.pid_file.unlink(missing_ok=True)
+        if pid is not None and is_alive(pid):
+            raise ClipperException(
+                f"cluster {self.cluster_name!r}: the supervisor (pid {pid}) survived SIGKILL; "
+                f"its files in {self.layout.root} are kept"
+            )
+        shutil.rmtree(self.layout.root, ignore_errors=True)
 
     # ------------------------------------------------------------------ models
 
@@ -470,6 +484,10 @@ class LocalContainerManager(ContainerManager):
             shutil.copyfile(log, destination)
             copied.append(os.fspath(destination))
         return copied
+
+
+def _cluster_flag(cluster_name: str) -> str:
+    return "" if cluster_name == DEFAULT_CLUSTER else f" --cluster {cluster_name}"
 
 
 def _fingerprint(replica: dict[str, Any]) -> tuple[Any, ...]:

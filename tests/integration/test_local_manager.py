@@ -146,3 +146,50 @@ def test_start_fails_with_the_frontend_log_when_it_dies(tmp_path, monkeypatch):
         assert not manager.is_running()
     finally:
         conn.stop_all()
+
+
+def test_stop_all_removes_the_cluster_so_the_same_script_runs_again(tmp_path, monkeypatch):
+    """Clipper's stop_all removes the whole cluster: a script that ends with it runs again."""
+    monkeypatch.setenv("SCHOONER_HOME", str(tmp_path / "home"))
+    for _ in range(2):
+        with local_cluster("rerun", grace_s=3.0) as conn:
+            assert conn.get_all_apps() == []
+            python_deployer.create_endpoint(conn, "adder", "doubles", add_one)
+            assert _predict(conn, "adder", [1.0])["output"] == 2.0
+            root = Path(conn.cm.layout.root)
+        assert not root.exists()
+
+
+def test_a_crashed_cluster_keeps_its_state_and_a_running_one_refuses_a_second_start(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("SCHOONER_HOME", str(tmp_path / "home"))
+    with local_cluster("crashy", grace_s=3.0) as conn:
+        conn.register_application("kept", "doubles", "None", 100000)
+        same = ClipperConnection(LocalContainerManager("crashy"))
+        with pytest.raises(ClipperException, match="already running"):
+            same.start_clipper()
+        # The whole cluster dies at once (kill -9 of every process, as a reboot would).
+        manager = conn.cm
+        pids = _cluster_pids(manager)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        assert _wait(lambda: not [pid for pid in pids if is_alive(pid)])
+        assert not manager.is_running()
+        caplog.set_level("WARNING", logger="schooner.admin.local")
+        conn.start_clipper()
+        assert conn.get_all_apps() == ["kept"]
+        assert "was not stopped with stop_all()" in caplog.text
+    assert not Path(manager.layout.root).exists()
+
+
+def test_schooner_stop_removes_what_a_crashed_run_left(tmp_path, monkeypatch, capsys):
+    from schooner.admin import cli
+
+    monkeypatch.setenv("SCHOONER_HOME", str(tmp_path / "home"))
+    manager = LocalContainerManager("leftover")
+    manager.layout.create()
+    manager.layout.state_db.write_bytes(b"")  # what a killed frontend leaves
+    assert cli.main(["stop", "--cluster", "leftover"]) == 0
+    assert "was not running; removed what it left in" in capsys.readouterr().out
+    assert not Path(manager.layout.root).exists()

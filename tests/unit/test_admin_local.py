@@ -93,7 +93,7 @@ def test_cli_status_of_a_stopped_cluster(capsys):
     assert "no cluster 'x' is running; start it with: schooner start --cluster x" in \
         capsys.readouterr().err
     assert cli.main(["stop"]) == 0
-    assert "schooner start\n" in capsys.readouterr().err
+    assert "no cluster 'default-cluster' is running; nothing to stop" in capsys.readouterr().out
 
 
 def test_cli_logs(capsys):
