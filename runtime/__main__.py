@@ -1,7 +1,9 @@
 """``schooner-container`` / ``python -m schooner.runtime``: the container entry point.
 
-Exit codes: 0 after SIGTERM or SIGINT, 2 for bad configuration, 3 when the artifact or its
-framework cannot be loaded (a supervisor should not restart those in a tight loop).
+Exit codes: 0 after SIGTERM or SIGINT, 2 for bad configuration (including a metrics port
+that cannot be bound, or a frontend socket that can never be reached), 3 when the artifact or
+its framework cannot be loaded (a supervisor should not restart those in a tight loop). Each
+is reported as one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ def main() -> int:
     metrics = ContainerMetrics(config.model_name, config.model_version)
     server = None
     if config.metrics_port is not None:
-        server = MetricsServer(metrics, config.metrics_host, config.metrics_port).start()
+        try:
+            server = MetricsServer(metrics, config.metrics_host, config.metrics_port).start()
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return EXIT_CONFIG
         log.info("metrics and health on http://%s:%d", config.metrics_host, server.port)
     framework: Framework | None = None
     try:
@@ -55,6 +61,8 @@ def main() -> int:
     except SchoonerError as exc:
         if framework is not None:
             framework.close()
+        if server is not None:
+            server.close()
         if isinstance(exc, ConfigError):
             log.error("%s", exc)
             return EXIT_CONFIG
@@ -74,6 +82,9 @@ def main() -> int:
              artifact.path, config.frontend_address)  # fmt: skip
     try:
         container.run()
+    except ConfigError as exc:  # the frontend's address can never be reached
+        log.error("%s", exc)
+        return EXIT_CONFIG
     finally:
         framework.close()
         if config.ready_file is not None:

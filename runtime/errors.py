@@ -39,7 +39,10 @@ class ConfigError(SchoonerError):
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
-        super().__init__("invalid configuration:\n  - " + "\n  - ".join(self.problems))
+        if len(self.problems) == 1:  # one problem, one line
+            super().__init__(f"invalid configuration: {self.problems[0]}")
+        else:
+            super().__init__("invalid configuration:\n  - " + "\n  - ".join(self.problems))
 
 
 class WireError(SchoonerError, ValueError):

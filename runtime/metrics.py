@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from schooner.runtime.errors import ConfigError
+
 __all__ = ["BucketHistogram", "ContainerMetrics", "MetricsServer"]
 
 log = logging.getLogger(__name__)
@@ -137,7 +139,13 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 log.debug("metrics http: " + format, *args)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:  # a port in use, an address not on this machine, no permission
+            raise ConfigError([
+                f"SCHOONER_METRICS_HOST={host} SCHOONER_METRICS_PORT={port}: cannot listen "
+                f"there ({exc.strerror or exc}); pick another port, or 0 for any free one"
+            ]) from None
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(

@@ -19,6 +19,7 @@ frame of ours between the loop and libzmq: the hot path stays as short as a raw 
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 from collections.abc import Sequence
@@ -28,10 +29,13 @@ from typing import Any, Protocol
 import zmq
 
 from schooner.runtime import wire
+from schooner.runtime.errors import ConfigError
 
 __all__ = ["Channel", "ChannelClosed", "ZmqChannel", "SocketChannel", "unix_address"]
 
 _RECV_CHUNK = 1 << 20
+# connect() errors that mean "no frontend listens there yet (or any more)": retried
+_NOT_LISTENING = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
 
 
 class ChannelClosed(ConnectionError):
@@ -94,7 +98,11 @@ class SocketChannel:
             sock.connect(unix_address(path))
         except OSError as exc:
             sock.close()
-            raise ChannelClosed(f"cannot connect to {path}: {exc}") from None
+            if exc.errno in _NOT_LISTENING:
+                raise ChannelClosed(f"cannot connect to {path}: {exc}") from None
+            raise ConfigError([  # no permission, not a socket, ...: retrying cannot help
+                f"SCHOONER_RPC_SOCKET={path}: cannot connect ({exc.strerror or exc})"
+            ]) from None
         # Blocking, with a kernel receive timeout: one system call per recv (a Python-level
         # timeout would poll before every recv).
         seconds = max(timeout, 0.001)
