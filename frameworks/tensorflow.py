@@ -10,6 +10,9 @@ Artifact files (besides the manifest and requirements, see :mod:`.artifact`)::
                                   a checkpoint directory the user gave)
         saved_model.pb, variables/, assets/
                                   "saved_model": a SavedModel directory, copied as given
+                                  (or written from a ``tf.Module``); ``saved_model_api``
+                                  says which API loads it, "v1" with the ``tags`` of the
+                                  meta graph to load, or "v2"
         frozen_graph.pb           "frozen_graph": a GraphDef with its variables as constants
         model.keras               "keras": a Keras 3 model (``model.save``), or a given
                                   ``.keras``/``.h5`` file (kept under its own suffix)
@@ -23,8 +26,11 @@ as ``func(model, inputs)`` like Clipper's TensorFlow container (``func(sess, inp
 a ``tf.compat.v1.Session`` (or Interactive-)   checkpoint      a new Session on the restored
                                                                graph: ``sess.run("y:0", ...)``
 a directory holding ``*.meta`` + checkpoint    checkpoint      the same
-a directory holding ``saved_model.pb``         saved_model     what ``tf.saved_model.load``
-                                                               returns (call it or use
+a SavedModel directory written by TF1's        saved_model     a Session on a new graph with
+``SavedModelBuilder`` (``saved_model.pb``)                     the chosen meta graph loaded:
+                                                               ``sess.run("y:0", ...)``
+a SavedModel directory written by              saved_model     what ``tf.saved_model.load``
+``tf.saved_model.save`` (TF2)                                  returns (call it or use
                                                                ``.signatures``)
 a ``tf.Module`` (not Keras)                    saved_model     the same (saved with
                                                                ``tf.saved_model.save``)
@@ -37,6 +43,15 @@ a ``keras.Model`` or a ``.keras``/``.h5`` file keras           the Keras model
 Like Clipper (which told a Session from a path with ``isinstance(x, Session)``), a Session
 is recognised by type, anything else by what the path holds. Each output of ``func`` is
 turned into ``str`` (Clipper's container did the same), so returning numbers is fine.
+
+SavedModels: ``tf.saved_model.save`` writes one meta graph holding the TF2 object graph;
+TF1's ``SavedModelBuilder`` (Clipper's way) writes meta graphs without one, made from a
+Session, so they are loaded into a Session with ``tf.compat.v1.saved_model.loader.load``
+(``tf.saved_model.load`` would wrap them in an object with no ``run``). Of a TF1
+SavedModel's meta graphs, the one tagged just "serve" is loaded, else the smallest tag set
+holding "serve", else the first (the log says which). ``save`` decides this and records
+it in the manifest; an artifact saved before the manifest did is told apart from its
+``saved_model.pb`` at load.
 
 Versions: the manifest records ``tensorflow`` and ``keras`` as installed when saving, and,
 for a SavedModel or Keras file given as a path, the version that wrote it. TensorFlow
@@ -86,6 +101,8 @@ CHECKPOINT_PREFIX = "model.ckpt"
 FROZEN_GRAPH_FILE = "frozen_graph.pb"
 KERAS_FILE = "model.keras"
 KINDS = ("checkpoint", "saved_model", "frozen_graph", "keras")
+SAVED_MODEL_APIS = ("v1", "v2")
+SERVING_TAG = "serve"  # tf.saved_model.SERVING, named here so importing needs no TensorFlow
 
 # --------------------------------------------------------------------------- saving
 
@@ -134,7 +151,8 @@ def _save_model(tf: Any, model: Any, target: Path) -> dict[str, Any]:
         return {"kind": "keras", "file": KERAS_FILE, "source": "keras.Model", "made_with": {}}
     if isinstance(model, tf.Module):
         tf.saved_model.save(model, str(target))
-        return {"kind": "saved_model", "file": ".", "source": "tf.Module", "made_with": {}}
+        return {"kind": "saved_model", "file": ".", "source": "tf.Module", "made_with": {},
+                "saved_model_api": "v2"}  # fmt: skip
     if isinstance(model, str | Path):
         return _copy_path(tf, Path(model), target)
     raise TypeError(
@@ -169,11 +187,13 @@ def _copy_path(tf: Any, source: Path, target: Path) -> dict[str, Any]:
         raise ArtifactError(f"TensorFlow model {source} does not exist")
     if source.is_dir():
         if (source / "saved_model.pb").is_file() or (source / "saved_model.pbtxt").is_file():
+            proto = _read_saved_model(source)
+            api = _saved_model_api(proto, source)
             shutil.copytree(source, target, dirs_exist_ok=True)
-            made = _saved_model_tf_version(source)
+            made = _saved_model_tf_version(proto)
             return {
                 "kind": "saved_model", "file": ".", "source": str(source),
-                "made_with": {"tensorflow": made} if made else {},
+                "made_with": {"tensorflow": made} if made else {}, **api,
             }  # fmt: skip
         prefix = _checkpoint_prefix(tf, source)
         if prefix is not None:
@@ -217,18 +237,60 @@ def _checkpoint_prefix(tf: Any, directory: Path) -> Path | None:
     return metas[-1].with_suffix("") if metas else None
 
 
-def _saved_model_tf_version(directory: Path) -> str | None:
-    """The TensorFlow version recorded in a SavedModel's meta graphs (the newest one)."""
+def _read_saved_model(directory: Path) -> Any:
+    """The ``SavedModel`` proto of a SavedModel directory (``saved_model.pb``, or its text
+    form ``saved_model.pbtxt``, the file TensorFlow's loaders read); ArtifactError if it is
+    missing, damaged or holds no meta graph."""
+    from google.protobuf import message, text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
-    pb = directory / "saved_model.pb"
-    if not pb.is_file():
-        return None
+    file = directory / "saved_model.pb"
+    if not file.is_file() and (directory / "saved_model.pbtxt").is_file():
+        file = directory / "saved_model.pbtxt"
     proto = saved_model_pb2.SavedModel()
     try:
-        proto.ParseFromString(pb.read_bytes())
-    except Exception:  # a damaged file fails later, at load, with TensorFlow's own message
-        return None
+        if file.suffix == ".pbtxt":
+            text_format.Parse(file.read_text(encoding="utf-8"), proto)
+        else:
+            proto.ParseFromString(file.read_bytes())
+    except FileNotFoundError:
+        raise ArtifactError(f"{directory} holds no saved_model.pb") from None
+    except (OSError, UnicodeDecodeError, message.Error, text_format.Error) as exc:
+        raise ArtifactError(f"{file} is not a readable SavedModel: {exc}") from exc
+    if not proto.meta_graphs:
+        raise ArtifactError(f"{file} is not a usable SavedModel: it holds no meta graph")
+    return proto
+
+
+def _saved_model_api(proto: Any, directory: Path) -> dict[str, Any]:
+    """How to load a SavedModel, as the manifest records it: ``{"saved_model_api": "v2"}``
+    for one written by ``tf.saved_model.save``, else ``"v1"`` and the tags to load."""
+    # TensorFlow's own test (tf.saved_model.load): one meta graph holding an object graph.
+    # The v1 builder writes none, and an empty one has no object to restore either.
+    (first, *others) = proto.meta_graphs
+    if not others and first.HasField("object_graph_def") and first.object_graph_def.nodes:
+        return {"saved_model_api": "v2"}
+    return {"saved_model_api": "v1", "tags": _v1_tags(proto, directory)}
+
+
+def _v1_tags(proto: Any, directory: Path) -> list[str]:
+    """The tag set of the meta graph to load from a TF1 SavedModel (see the module docstring)."""
+    tag_sets = [list(m.meta_info_def.tags) for m in proto.meta_graphs]
+    serving = [tags for tags in tag_sets if SERVING_TAG in tags]
+    if serving:
+        tags = min(serving, key=len)  # the first of the smallest: ["serve"] when there is one
+        log.info("%s: a TensorFlow 1 SavedModel; loading its meta graph tagged %s (tag sets: "
+                 "%s)", directory, tags, tag_sets)  # fmt: skip
+    else:
+        tags = tag_sets[0]
+        log.info("%s: a TensorFlow 1 SavedModel with no %r tag set; loading its first "
+                 "meta graph, tagged %s (tag sets: %s)", directory, SERVING_TAG, tags,
+                 tag_sets)  # fmt: skip
+    return tags
+
+
+def _saved_model_tf_version(proto: Any) -> str | None:
+    """The TensorFlow version recorded in a SavedModel's meta graphs (the newest one)."""
     versions = [m.meta_info_def.tensorflow_version for m in proto.meta_graphs]
     versions = [v for v in versions if v]
     return max(versions, key=_major_minor) if versions else None
@@ -285,8 +347,7 @@ class TensorFlowFramework(Framework):
             location = self.artifact.file(f"{MODEL_DIR}/{file}")
             self.model = self._load_keras(tf, location, info)
         elif kind == "saved_model":
-            with self._placed(tf):
-                self.model = tf.saved_model.load(str(self.artifact.file(MODEL_DIR)))
+            self.model = self._load_saved_model(tf, self.artifact.file(MODEL_DIR), info)
         elif kind == "frozen_graph":
             self.model = self._load_frozen_graph(tf, self.artifact.file(f"{MODEL_DIR}/{file}"))
         else:  # checkpoint: ``file`` is the prefix of its files
@@ -380,6 +441,37 @@ class TensorFlowFramework(Framework):
             if variables:
                 self.artifact.file(f"{MODEL_DIR}/{prefix.name}.index")
                 saver.restore(sess, str(prefix))
+        return sess
+
+    def _load_saved_model(self, tf: Any, directory: Path, info: dict[str, Any]) -> Any:
+        # Read even when the manifest says how to load it: a damaged file is then an
+        # ArtifactError rather than TensorFlow's OSError, and the recorded tags are checked.
+        proto = _read_saved_model(directory)
+        api = info.get("saved_model_api")
+        if api not in SAVED_MODEL_APIS:  # saved before the manifest recorded it
+            how = _saved_model_api(proto, directory)
+            api, tags = how["saved_model_api"], how.get("tags")
+            log.info("%s: the manifest does not say which SavedModel API wrote it; its "
+                     "saved_model.pb says %s", self.artifact.path, api)  # fmt: skip
+        else:
+            tags = info.get("tags")
+        if api == "v2":
+            with self._placed(tf):
+                return tf.saved_model.load(str(directory))
+        if tags is None:
+            tags = _v1_tags(proto, directory)
+        tag_sets = [sorted(m.meta_info_def.tags) for m in proto.meta_graphs]
+        if not isinstance(tags, list) or sorted(map(str, tags)) not in tag_sets:
+            raise ArtifactError(
+                f"{self.artifact.path}: the manifest's SavedModel tags {tags!r} name none of "
+                f"the meta graphs in its saved_model.pb (tag sets: {tag_sets})"
+            )
+        graph = tf.Graph()
+        sess = self._session(tf, graph)
+        with graph.as_default(), self._placed(tf):
+            tf.compat.v1.saved_model.loader.load(
+                sess, [str(t) for t in tags], str(directory), clear_devices=True
+            )
         return sess
 
     def _load_frozen_graph(self, tf: Any, file: Path) -> Any:

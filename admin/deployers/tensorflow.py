@@ -10,10 +10,12 @@ by ``schooner.frameworks.tensorflow.save`` (its docstring lists the forms and fi
 ``func`` is called as ``func(model, inputs)`` and returns one output per input (each is
 passed through ``str``):
 
-* a Session, a checkpoint directory or a frozen graph: ``model`` is a
+* a Session, a checkpoint directory, a frozen graph, or a SavedModel directory written by
+  TensorFlow 1's ``SavedModelBuilder`` (from a Session): ``model`` is a
   ``tf.compat.v1.Session`` on the restored graph, as in Clipper (``func(sess, inputs)``),
   e.g. ``sess.run("y:0", feed_dict={"x:0": inputs})``;
-* a SavedModel directory or a ``tf.Module``: what ``tf.saved_model.load`` returns;
+* a SavedModel directory written by ``tf.saved_model.save``, or a ``tf.Module``: what
+  ``tf.saved_model.load`` returns;
 * a Keras model or file: the loaded ``keras.Model``, e.g. ``model.predict_on_batch(inputs)``
   (Keras's compiled predict step; ``model(inputs)`` runs the layers eagerly, several
   times slower on small batches).

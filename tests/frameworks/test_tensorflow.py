@@ -1,4 +1,4 @@
-"""TensorFlow through the local manager: a v1 Session, a frozen graph, a SavedModel and Keras.
+"""TensorFlow through the local manager: a v1 Session, a frozen graph, SavedModels and Keras.
 
 Each model is built here, deployed with ``schooner.admin.deployers.tensorflow``, queried
 over HTTP, and its answers compared with the same model's predictions in this process.
@@ -117,6 +117,23 @@ def test_saved_model_directory(cluster, tmp_path):
     inputs = X.astype(np.float32)
     expected = model(tf.constant(inputs)).numpy()
     np.testing.assert_allclose(served(cluster, "tf-saved", inputs), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_v1_saved_model_builder_directory(cluster, tmp_path):
+    """Clipper's deploy_tensorflow_models.py, third way: a TF1 builder's SavedModel as a path,
+    served to ``func(sess, inputs)`` as a Session."""
+    sess = build_graph(as_constants=False)
+    export_dir = tmp_path / "builder"
+    with sess.graph.as_default():
+        builder = tf.compat.v1.saved_model.builder.SavedModelBuilder(str(export_dir))
+        builder.add_meta_graph_and_variables(sess, [tf.compat.v1.saved_model.tag_constants.SERVING])
+        builder.save()
+    tf_deployer.create_endpoint(cluster, "tf-builder", "doubles", session_predict, str(export_dir))
+    expected = sess.run("y:0", feed_dict={"x:0": X})
+    np.testing.assert_allclose(served(cluster, "tf-builder", X), expected, rtol=1e-5, atol=1e-6)
+    for row, want in zip(X, expected, strict=True):
+        single = predict(cluster, "tf-builder", {"input": row.tolist()})["output"]
+        np.testing.assert_allclose(single, want, rtol=1e-5, atol=1e-6)
 
 
 def test_keras_new_version_and_rollback(cluster, tmp_path):

@@ -158,16 +158,118 @@ def test_saved_model_directory(tf, tmp_path):
     tf.saved_model.save(Affine.make(tf), str(tmp_path / "sm"))
     path = tff.save(saved_model_func(), tmp_path / "sm", tmp_path / "a")
     section = read_manifest(path)["tensorflow"]
-    assert section["kind"] == "saved_model"
+    assert section["kind"] == "saved_model" and section["saved_model_api"] == "v2"
     assert section["made_with"] == {"tensorflow": tf.__version__}
     assert (path / "tfmodel" / "saved_model.pb").is_file()
-    np.testing.assert_allclose(rows(load(path).predict(X)), EXPECTED, rtol=1e-6)
+    fw = load(path)
+    assert not isinstance(fw.model, tf.compat.v1.Session)
+    assert list(fw.model.signatures) == ["serving_default"]  # the TF2 object, as saved
+    np.testing.assert_allclose(rows(fw.predict(X)), EXPECTED, rtol=1e-6)
 
 
 def test_tf_module_object(tf, tmp_path):
     path = tff.save(saved_model_func(), Affine.make(tf), tmp_path / "a")
-    assert read_manifest(path)["tensorflow"]["kind"] == "saved_model"
+    section = read_manifest(path)["tensorflow"]
+    assert section["kind"] == "saved_model" and section["saved_model_api"] == "v2"
     np.testing.assert_allclose(rows(load(path).predict(X)), EXPECTED, rtol=1e-6)
+
+
+# A SavedModel written by TensorFlow 1's builder, as in Clipper's deploy_tensorflow_models.py.
+V1_W = np.array([[1.5, -2.0, 0.5], [0.25, 1.0, -1.0]])
+V1_B = np.array([0.1, 0.2, -0.3])
+V1_X = np.random.default_rng(1).random((5, 2))
+V1_EXPECTED = V1_X @ V1_W + V1_B
+
+
+def make_v1_saved_model(tf, export_dir, *tag_sets):
+    """A SavedModelBuilder directory with one meta graph per tag set (default: SERVING)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float64, [None, 2], name="x")
+        w = tf.Variable(V1_W, name="w")
+        b = tf.constant(V1_B)
+        tf.identity(tf.matmul(x, w) + b, name="y")
+        init = tf.compat.v1.global_variables_initializer()
+    with tf.compat.v1.Session(graph=graph) as sess, graph.as_default():
+        sess.run(init)
+        builder = tf.compat.v1.saved_model.builder.SavedModelBuilder(str(export_dir))
+        first, *others = tag_sets or ([tf.compat.v1.saved_model.tag_constants.SERVING],)
+        builder.add_meta_graph_and_variables(sess, first)
+        for tags in others:
+            builder.add_meta_graph(tags)
+        builder.save()
+    return export_dir
+
+
+def test_v1_saved_model_is_served_to_a_session(tf, tmp_path):
+    export = make_v1_saved_model(tf, tmp_path / "export")
+    path = tff.save(session_func(), export, tmp_path / "a")
+    section = read_manifest(path)["tensorflow"]
+    assert section["kind"] == "saved_model"
+    assert section["saved_model_api"] == "v1" and section["tags"] == ["serve"]
+    assert section["made_with"] == {"tensorflow": tf.__version__}
+    fw = load(path)
+    assert isinstance(fw.model, tf.compat.v1.Session)
+    np.testing.assert_allclose(rows(fw.predict(V1_X)), V1_EXPECTED, rtol=1e-12)
+
+
+def test_v1_saved_model_with_a_custom_tag_only(tf, tmp_path, caplog):
+    export = make_v1_saved_model(tf, tmp_path / "export", ["my-tag"])
+    with caplog.at_level("INFO", logger=tff.__name__):
+        path = tff.save(session_func(), export, tmp_path / "a")
+    assert read_manifest(path)["tensorflow"]["tags"] == ["my-tag"]
+    assert "no 'serve' tag set" in caplog.text
+    np.testing.assert_allclose(rows(load(path).predict(V1_X)), V1_EXPECTED, rtol=1e-12)
+
+
+def test_v1_saved_model_prefers_the_serving_meta_graph(tf, tmp_path):
+    export = make_v1_saved_model(tf, tmp_path / "export", ["train"], ["serve", "gpu"], ["serve"])
+    path = tff.save(session_func(), export, tmp_path / "a")
+    assert read_manifest(path)["tensorflow"]["tags"] == ["serve"]
+    np.testing.assert_allclose(rows(load(path).predict(V1_X)), V1_EXPECTED, rtol=1e-12)
+
+
+def _drop_api(path):
+    """Make ``path`` look saved before the manifest recorded the SavedModel API."""
+    manifest = json.loads((path / MANIFEST_NAME).read_text())
+    for key in ("saved_model_api", "tags"):
+        manifest["tensorflow"].pop(key, None)
+    (path / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+def test_saved_models_from_older_manifests_are_told_apart_by_their_file(tf, tmp_path):
+    v1 = tff.save(session_func(), make_v1_saved_model(tf, tmp_path / "export"), tmp_path / "v1")
+    v2 = tff.save(saved_model_func(), Affine.make(tf), tmp_path / "v2")
+    _drop_api(v1)
+    _drop_api(v2)
+    fw = load(v1)
+    assert isinstance(fw.model, tf.compat.v1.Session)
+    np.testing.assert_allclose(rows(fw.predict(V1_X)), V1_EXPECTED, rtol=1e-12)
+    fw = load(v2)
+    assert not isinstance(fw.model, tf.compat.v1.Session)
+    np.testing.assert_allclose(rows(fw.predict(X)), EXPECTED, rtol=1e-6)
+
+
+def test_v1_tags_that_name_no_meta_graph(tf, tmp_path):
+    path = tff.save(session_func(), make_v1_saved_model(tf, tmp_path / "export"), tmp_path / "a")
+    _edit(path, "tensorflow", "tags", ["train"])
+    with pytest.raises(ArtifactError, match=r"tags \['train'\] name none.*\[\['serve'\]\]"):
+        load(path)
+
+
+def test_damaged_saved_model(tf, tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "saved_model.pb").write_bytes(b"\xff\xff not a SavedModel")
+    with pytest.raises(ArtifactError, match=r"saved_model\.pb is not a readable SavedModel"):
+        tff.save(session_func(), tmp_path / "bad", tmp_path / "a")
+    # damaged after saving, in a manifest that records the API and in one that does not
+    path = tff.save(session_func(), make_v1_saved_model(tf, tmp_path / "export"), tmp_path / "b")
+    (path / "tfmodel" / "saved_model.pb").write_bytes(b"\xff\xff not a SavedModel")
+    with pytest.raises(ArtifactError, match=r"saved_model\.pb is not a readable SavedModel"):
+        load(path)
+    _drop_api(path)
+    with pytest.raises(ArtifactError, match=r"saved_model\.pb is not a readable SavedModel"):
+        load(path)
 
 
 def test_keras_model_and_file(tf, tmp_path):
