@@ -5,11 +5,11 @@ replicas need; the local container manager honours the same file, so "base image
 one thing for Docker and for local processes. For each model it picks:
 
 * the **current interpreter** (the one deploying), when it can load the model: it meets
-  what the framework ``requires`` (e.g. ``numpy<2`` and ``mxnet>=1.9,<2`` for MXNet) and
+  what the framework ``requires`` (e.g. ``numpy<1.24`` and ``mxnet>=1.9,<2`` for MXNet) and
   every ``pkgs_to_install`` entry; or
 * an **isolated environment**: a virtualenv built once from exactly those requirements and
   cached under ``$SCHOONER_ENVS`` (default ``~/.cache/schooner/envs``), keyed by their hash.
-  MXNet, which needs numpy < 2, always ends up here.
+  MXNet, which needs numpy < 1.24, always ends up here.
 
 ``mode="current"`` or ``"isolated"`` forces one or the other. Packages are installed
 while the environment is built (from ``build_model``), never when a replica starts.

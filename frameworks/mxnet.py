@@ -17,7 +17,7 @@ What ``save`` accepts as ``mxnet_model``:
 * a Gluon ``HybridBlock``, hybridized and run once: saved with ``export(prefix, 0)``;
 * an existing checkpoint: ``(prefix, epoch)``, or a prefix alone for epoch 0. Its two files
   are copied and **MXNet is not imported**, so a model trained elsewhere can be deployed
-  from an environment without MXNet (MXNet 1.9.1 needs numpy < 2 and cannot be installed
+  from an environment without MXNet (MXNet 1.9.1 needs numpy < 1.24 and cannot be installed
   beside most of today's libraries).
 
 ``mxnet_data_shapes`` takes Clipper's forms: a list of ``DataDesc`` (or ``(name, shape)``
@@ -38,7 +38,7 @@ Versions: MXNet loads checkpoints written by older releases (it upgrades the sym
 but promises nothing the other way, so loading refuses (IncompatibleArtifact) a checkpoint
 made by another major version or a newer minor one than the installed MXNet.
 
-Numpy: the replicas run with numpy < 2 while the function is usually pickled under numpy 2,
+Numpy: the replicas run with numpy 1.23 while the function is usually pickled under numpy 2,
 whose pickles name ``numpy._core``. While ``func.pkl`` is unpickled under numpy 1, that name
 is aliased to ``numpy.core`` (what numpy 1.26 itself added for the same reason), so a
 function that captured arrays still loads.
@@ -219,7 +219,7 @@ class MXNetFramework(Framework):
     base_image = NAME
     #: what an interpreter needs to load an MXNet artifact (the local manager builds an
     #: environment from ``base_images/mxnet/requirements.txt`` when this one lacks it)
-    requires = ("mxnet>=1.9,<2", "numpy<2")
+    requires = ("mxnet>=1.9,<2", "numpy<1.24")  # np.bool & co. went in 1.24
 
     def load(self) -> None:
         mx = _import_mxnet()
@@ -293,7 +293,7 @@ def _import_mxnet() -> Any:
     except Exception as exc:  # e.g. mxnet 1.9 under numpy 2: AttributeError on np.bool
         raise FrameworkError(
             f"mxnet {package_version('mxnet')} failed to import ({type(exc).__name__}: {exc}); "
-            f"MXNet 1.9 needs numpy<2 and this environment has numpy {package_version('numpy')}: "
+            f"MXNet 1.9 needs numpy<1.24 and this environment has numpy {package_version('numpy')}: "
             "run MXNet models in the environment of base image 'mxnet' "
             "(base_images/mxnet/requirements.txt), as the local manager does"
         ) from exc

@@ -5,7 +5,7 @@ The model is saved with ``schooner.frameworks.mxnet.save`` (``save_checkpoint(pr
 plus the data shapes it is bound with at load) and the function is called as
 ``func(model, inputs)`` with the bound ``mx.mod.Module``; it returns one output per input.
 
-MXNet 1.9.1 needs numpy < 2, so its replicas run in an environment of their own, built
+MXNet 1.9.1 needs numpy < 1.24, so its replicas run in an environment of their own, built
 from ``base_images/mxnet/requirements.txt`` (the local manager does that by itself). Deploy
 either from an environment where MXNet is importable, passing the Module (or a hybridized
 Gluon ``HybridBlock``), or from any environment, passing an existing checkpoint as

@@ -47,7 +47,7 @@ def test_isolated_when_something_is_unmet(monkeypatch):
     env = environments.resolve("python", ["surely-not-installed-pkg==1.0"])
     assert env.isolated and env.python == "/envs/x/bin/python"
     assert built and built[0][1][-1] == "surely-not-installed-pkg==1.0"
-    # what the framework needs counts too (MXNet needs numpy < 2)
+    # what the framework needs counts too (MXNet needs numpy < 1.24)
     env = environments.resolve("python", needs=["numpy<1"])
     assert env.isolated and len(built) == 2
     assert environments.resolve("python", needs=["numpy>=1"]).python == sys.executable

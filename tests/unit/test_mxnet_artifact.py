@@ -1,6 +1,6 @@
 """The MXNet artifact: saving, loading, predicting and refusing.
 
-MXNet 1.9.1 needs numpy < 2, so it cannot be imported here: what needs no MXNet (the data
+MXNet 1.9.1 needs numpy < 1.24, so it cannot be imported here: what needs no MXNet (the data
 shapes, copying a checkpoint, MissingExtra) runs in-process, the rest in the environment
 the local manager runs MXNet replicas with (built once from base_images/mxnet/), by running
 a script there that prints JSON.
@@ -136,7 +136,7 @@ def test_an_mxnet_that_cannot_import_under_numpy_2_says_why(tmp_path, monkeypatc
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise AttributeError(\"module 'numpy' has no attribute 'bool'\")\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    with pytest.raises(FrameworkError, match=r"needs numpy<2 .* base image 'mxnet'"):
+    with pytest.raises(FrameworkError, match=r"needs numpy<1.24 .* base image 'mxnet'"):
         fmx._import_mxnet()
 
 
