@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Environments the tests build (MXNet's, the [mxnet] extra's) live in this checkout's ignored
+# .schooner-envs/ unless SCHOONER_ENVS says otherwise, so two checkouts (two CI runs) never
+# share one: an environment links the Schooner packages of the checkout that last used it.
+os.environ.setdefault("SCHOONER_ENVS", str(Path(__file__).resolve().parents[1] / ".schooner-envs"))
+
 # Ports handed out in this session, so two fixtures never get the same one.
 _handed_out: set[int] = set()
 
@@ -98,13 +103,62 @@ def _cuda_available() -> bool:
     return result.returncode == 0 and "GPU" in result.stdout
 
 
+# What each framework's GPU tests need besides a device: its distributions (the first found
+# is reported), a probe that prints something only for a CUDA build, and what to install.
+_CUDA_BUILDS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "torch": (("torch",), "import torch; print(torch.version.cuda or '')",
+              "is a CPU-only build: install PyPI's torch, the CUDA build"),
+    "onnxruntime": (("onnxruntime-gpu", "onnxruntime"),
+                    "import onnxruntime as o; "
+                    "print('CUDAExecutionProvider' in o.get_available_providers() or '')",
+                    "has no CUDAExecutionProvider: install onnxruntime-gpu"),
+    "tensorflow": (("tensorflow", "tensorflow-cpu"),
+                   "import tensorflow as tf; print(tf.test.is_built_with_cuda() or '')",
+                   "is built without CUDA: install tensorflow[and-cuda]"),
+}
+
+
+def _cuda_build_missing(library: str) -> str | None:
+    """Why ``library`` cannot use CUDA here (None when it can), asked in a child process so
+    that collecting tests imports no framework."""
+    from importlib import metadata
+
+    dists, probe, missing = _CUDA_BUILDS[library]
+    found = []
+    for dist in dists:
+        try:
+            found.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    if not found:
+        return f"{library} is not installed (README: \"GPU tests\")"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    if done.returncode == 0 and done.stdout.strip():
+        return None
+    return f"{found[0]} {missing} (README: \"GPU tests\")"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``gpu`` tests run only where a CUDA device is visible."""
+    """``gpu`` tests run only where a CUDA device is visible, and ``gpu("torch")`` (etc.)
+    ones only where that library is a CUDA build; each skip says exactly what is missing."""
     gpu_items = [item for item in items if "gpu" in item.keywords]
-    if gpu_items and not _cuda_available():
+    if not gpu_items:
+        return
+    if not _cuda_available():
         skip = pytest.mark.skip(reason="needs a CUDA device (nvidia-smi finds none)")
         for item in gpu_items:
             item.add_marker(skip)
+        return
+    reasons: dict[str, str | None] = {}
+    for item in gpu_items:
+        marker = item.get_closest_marker("gpu")
+        for library in marker.args if marker else ():
+            if library not in reasons:
+                reasons[library] = _cuda_build_missing(library)
+            if reasons[library]:
+                item.add_marker(pytest.mark.skip(reason=reasons[library]))
+                break
 
 
 # --------------------------------------------------------------------------- child processes
@@ -479,8 +533,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One running cluster (supervisor, frontend) per test module; stopped at the end.
 
     ``SCHOONER_HOME`` points into the module's temporary directory, except for the
-    environments cache (``SCHOONER_ENVS``), which is shared by every test run on this
-    machine so that an environment is built once.
+    environments cache (``SCHOONER_ENVS``, this checkout's ``.schooner-envs/`` by default),
+    which is kept between test runs so that an environment is built once.
     """
     with local_cluster("frameworks", home=tmp_path_factory.mktemp("home"),
                        deploy_timeout_s=240.0, grace_s=5.0) as conn:  # fmt: skip

@@ -120,10 +120,8 @@ def test_caffe2_backend_is_refused_with_the_supported_one_named(cluster):
     assert "onnx-caffe2" not in cluster.get_all_apps()  # refused before anything was made
 
 
-@pytest.mark.gpu
+@pytest.mark.gpu("onnxruntime")
 def test_cuda_replica_answers_equal_torch(cluster):
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu")
     model = mlp(3)
     manager = cluster.cm
     manager.device = "cuda:0"

@@ -120,7 +120,7 @@ def test_cuda_without_a_gpu_stops_the_container_with_a_config_error(tmp_path, sp
     assert not (tmp_path / "ready").exists()
 
 
-@pytest.mark.gpu
+@pytest.mark.gpu("torch")
 def test_cuda_replica_answers_equal_torch(cluster):
     model = TinyNet(3)
     manager = cluster.cm

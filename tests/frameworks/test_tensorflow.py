@@ -153,11 +153,9 @@ def test_keras_new_version_and_rollback(cluster, tmp_path):
     np.testing.assert_allclose(served(cluster, "tf-keras", X), expected_v1, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.gpu
+@pytest.mark.gpu("tensorflow")
 def test_keras_on_cuda(tmp_path_factory):
     """A replica configured for CUDA serves from the GPU (needs TensorFlow built with CUDA)."""
-    if not tf.config.list_physical_devices("GPU"):
-        pytest.skip("this TensorFlow sees no GPU (tensorflow-cpu): install tensorflow[and-cuda]")
     with local_cluster("frameworks-cuda", home=tmp_path_factory.mktemp("home"),
                        deploy_timeout_s=240.0, grace_s=5.0, device="cuda") as conn:  # fmt: skip
         model = keras_mlp(1.0)

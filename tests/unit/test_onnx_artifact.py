@@ -169,10 +169,8 @@ def test_cuda_without_the_cuda_provider_is_a_config_error(mlp_artifact):
         load(path, "cuda:1")
 
 
-@pytest.mark.gpu
+@pytest.mark.gpu("onnxruntime")
 def test_cuda_device_runs_on_the_cuda_provider(mlp_artifact):
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu")
     model, path = mlp_artifact
     fw = load(path, "cuda:0")
     assert fw.runner.session.get_providers()[0] == "CUDAExecutionProvider"

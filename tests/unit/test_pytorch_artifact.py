@@ -262,7 +262,7 @@ def test_a_missing_torch_names_the_extra(tmp_path, model, monkeypatch):
         pytorch.save(rows, model, tmp_path / "b")
 
 
-@pytest.mark.gpu
+@pytest.mark.gpu("torch")
 @pytest.mark.parametrize("kind", ["eager", "torchscript", "export"])
 def test_cuda_places_the_model_and_its_batches_on_the_device(tmp_path, model, x, kind):
     model.eval()
