@@ -1,6 +1,6 @@
 """MXNet models deployed through the local manager, in the environment it builds for them.
 
-MXNet 1.9.1 needs numpy < 2 and cannot be imported here, so, as a user of this environment
+MXNet 1.9.1 needs numpy < 1.24 and cannot be imported here, so, as a user of this environment
 would, the tests build the models with the interpreter of the MXNet environment (the one
 the local manager runs MXNet replicas with, built once from base_images/mxnet/), which
 writes each checkpoint and the model's predictions for the test inputs; the tests deploy
