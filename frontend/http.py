@@ -11,7 +11,9 @@ connection is closed. Routing is exact ``(method, path)`` pairs plus one pattern
 ``/<name>/<suffix>``, for ``POST /<app>/predict``.
 
 A handler is ``handler(request, reply)`` and must call ``reply(status, body)`` exactly
-once, now or later. It runs on the event loop, so it must not block.
+once, now or later (``reply(status, body, content_type, headers)``: ``headers`` are extra
+header lines, CRLF-terminated bytes). It runs on the event loop, so it must not block.
+Besides exact paths and the pattern, a prefix route (``/v2/...``) takes every path below it.
 """
 
 from __future__ import annotations
@@ -39,17 +41,22 @@ MAX_PIPELINE = 256
 class Request:
     """One parsed request. ``param`` is the ``<name>`` of a pattern route, else None."""
 
-    __slots__ = ("method", "path", "query", "body", "param")
+    __slots__ = ("method", "path", "query", "body", "param", "header_length")
 
-    def __init__(self, method: str, path: str, query: str, body: bytes) -> None:
+    def __init__(
+        self, method: str, path: str, query: str, body: bytes, header_length: int | None = None
+    ) -> None:
         self.method = method
         self.path = path
         self.query = query
         self.body = body
         self.param: str | None = None
+        # ``Inference-Header-Content-Length`` (Triton's binary tensor extension), if sent
+        self.header_length = header_length
 
 
-Reply = Callable[..., None]  # reply(status: int, body: bytes, content_type: bytes = JSON)
+# reply(status: int, body: bytes, content_type: bytes = JSON, headers: bytes = b"")
+Reply = Callable[..., None]
 Handler = Callable[[Request, Reply], None]
 
 
@@ -76,9 +83,11 @@ def _head(status: int, content_type: bytes, close: bool) -> bytes:
     return head
 
 
-def render(status: int, body: bytes, content_type: bytes = JSON, close: bool = False) -> bytes:
-    """A complete response as one bytes object."""
-    return b"%s%d\r\n\r\n%s" % (_head(status, content_type, close), len(body), body)
+def render(
+    status: int, body: bytes, content_type: bytes = JSON, close: bool = False, headers: bytes = b""
+) -> bytes:
+    """A complete response as one bytes object (``headers``: extra CRLF-terminated lines)."""
+    return b"%s%d\r\n%s\r\n%s" % (_head(status, content_type, close), len(body), headers, body)
 
 
 class Router:
@@ -87,6 +96,7 @@ class Router:
     def __init__(self) -> None:
         self._exact: dict[tuple[str, str], Handler] = {}
         self._pattern: dict[tuple[str, str], Handler] = {}
+        self._prefixes: list[tuple[str, Handler]] = []
         self._paths: set[str] = set()
         self._suffixes: set[str] = set()
 
@@ -99,8 +109,17 @@ class Router:
         self._pattern[(method, suffix)] = handler
         self._suffixes.add(suffix)
 
+    def add_prefix(self, prefix: str, handler: Handler) -> None:
+        """Route every method and path under ``prefix`` (``"/v2"``: ``/v2`` and ``/v2/...``)
+        to ``handler``, which answers 404/405 for what it does not serve itself."""
+        self._prefixes.append((prefix, handler))
+
     def dispatch(self, request: Request, reply: Reply) -> None:
         path = request.path
+        for prefix, prefixed in self._prefixes:
+            if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+                prefixed(request, reply)
+                return
         handler = self._exact.get((request.method, path))
         known = path in self._paths
         if handler is None:
@@ -135,7 +154,7 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_router", "_max_body", "_parser", "_transport", "_url", "_body", "_body_len",
-        "_slots", "_broken", "_paused", "_too_large", "_expect",
+        "_slots", "_broken", "_paused", "_too_large", "_expect", "_header_length",
     )  # fmt: skip
 
     def __init__(self, router: Router, max_body_bytes: int) -> None:
@@ -151,6 +170,7 @@ class HttpProtocol(asyncio.Protocol):
         self._paused = False
         self._too_large = False
         self._expect = False
+        self._header_length: int | None = None
 
     # ----------------------------------------------------------------- transport events
 
@@ -181,6 +201,7 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._body = []
         self._body_len = 0
+        self._header_length = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -194,6 +215,8 @@ class HttpProtocol(asyncio.Protocol):
                 pass  # httptools itself rejects a malformed Content-Length
         elif len(name) == 6 and name.lower() == b"expect":
             self._expect = value.lower() == b"100-continue"
+        elif len(name) == 31 and name.lower() == b"inference-header-content-length":
+            self._header_length = int(value) if value.isdigit() and len(value) < 12 else -1
         if self._too_large:
             raise httptools.HttpParserError("body too large")
 
@@ -219,7 +242,9 @@ class HttpProtocol(asyncio.Protocol):
         else:
             path, query = url.decode("latin-1"), ""
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        request = Request(parser.get_method().decode("ascii"), path, query, body)
+        request = Request(
+            parser.get_method().decode("ascii"), path, query, body, self._header_length
+        )
         slot = _Slot()
         slot.close = not parser.should_keep_alive()
         self._slots.append(slot)
@@ -227,10 +252,10 @@ class HttpProtocol(asyncio.Protocol):
             self._paused = True
             self._transport.pause_reading()
 
-        def reply(status: int, body: bytes, content_type: bytes = JSON) -> None:
+        def reply(status: int, body: bytes, content_type: bytes = JSON, headers: bytes = b"") -> None:
             if slot.data is not None or self._transport is None:
                 return
-            slot.data = render(status, body, content_type, slot.close)
+            slot.data = render(status, body, content_type, slot.close, headers)
             self._flush()
 
         try:

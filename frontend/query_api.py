@@ -137,26 +137,45 @@ class QueryApi:
     ) -> None:
         """Queue the request's inputs (or answer them with the default when no model is
         there to ask)."""
+        if batch:
+            group = _BatchReply(app, len(inputs), reply)
+            queries = self.make_queries(app, inputs, group.add)
+            group.first_id = queries[0].id  # ids of one request are consecutive
+        else:
+            queries = self.make_queries(app, inputs, _single_reply(app, reply))
+        self.dispatch(app, queries, key)
+
+    def make_queries(
+        self, app: App, inputs: list[bytes], on_done: Callable[[Query], None]
+    ) -> list[Query]:
+        """One query per input, with consecutive ids; ``on_done`` is called once for each.
+
+        With :meth:`dispatch`, the one path into the dispatcher for every request API
+        (Clipper's here, the Open Inference Protocol's in ``schooner.frontend.oip``)."""
         now = time.monotonic()
         ids = self._ids
         slo = app.latency_slo_micros
         name = app.name
-        if batch:
-            group = _BatchReply(app, len(inputs), reply)
-            queries = [Query(next(ids), name, data, now, slo, group.add) for data in inputs]
-            group.first_id = queries[0].id  # ids of one request are consecutive
-        else:
-            queries = [Query(next(ids), name, inputs[0], now, slo, _single_reply(app, reply))]
+        return [Query(next(ids), name, data, now, slo, on_done) for data in inputs]
+
+    def dispatch(self, app: App, queries: list[Query], key: tuple[str, str] | None) -> None:
+        """Hand ``queries`` to model version ``key``, or answer them with the app's default
+        output at once when it has no model to ask (``key`` None)."""
         if key is None:
             explanation = (
-                f"no model is linked to app {name!r}"
+                f"no model is linked to app {app.name!r}"
                 if app.linked_model is None
-                else f"model {app.linked_model!r} linked to app {name!r} has no version"
+                else f"model {app.linked_model!r} linked to app {app.name!r} has no version"
             )
             for q in queries:
                 self._dispatcher.answer_default(q, NO_MODEL, explanation)
             return
-        self._dispatcher.submit(queries, key, slo)
+        self._dispatcher.submit(queries, key, app.latency_slo_micros)
+
+    def model_version(self, app: App, version: object) -> tuple[str, str] | None:
+        """The model version a query of ``app`` goes to (``version`` pins one); None when the
+        app has none to offer; BadInput for a version the linked model does not have."""
+        return self._model_version(app, version)
 
     def _model_version(self, app: App, version: object) -> tuple[str, str] | None:
         """The model version a query goes to, or None when the app has none to offer."""

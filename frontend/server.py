@@ -20,6 +20,7 @@ from schooner.frontend import http
 from schooner.frontend.dispatch import Dispatcher
 from schooner.frontend.management_api import ManagementApi
 from schooner.frontend.metrics import FrontendMetrics
+from schooner.frontend.oip import OipApi
 from schooner.frontend.query_api import QueryApi
 from schooner.frontend.rpc import LocalEndpoint, RpcEndpoint
 from schooner.frontend.state import StateStore
@@ -96,6 +97,8 @@ class Frontend:
 
         management = ManagementApi(self.state, self._require_dispatcher(), self.metrics)
         queries = QueryApi(self.state, self._require_dispatcher(), self.metrics, self.is_ready)
+        oip = OipApi(self.state, self._require_dispatcher(), queries, self.is_ready,
+                     _schooner_version())  # fmt: skip
         max_body = cfg.max_body_bytes
         mgmt_server = await http.serve(
             management.routes(http.Router()), cfg.management_host, cfg.management_port,
@@ -103,8 +106,9 @@ class Frontend:
         )  # fmt: skip
         self._servers.append(mgmt_server)
         query_server = await http.serve(
-            queries.routes(http.Router()), cfg.query_host, cfg.query_port, max_body_bytes=max_body
-        )
+            oip.routes(queries.routes(http.Router())), cfg.query_host, cfg.query_port,
+            max_body_bytes=max_body,
+        )  # fmt: skip
         self._servers.append(query_server)
         self.ports["management"] = mgmt_server.sockets[0].getsockname()[1]
         self.ports["query"] = query_server.sockets[0].getsockname()[1]
@@ -207,6 +211,15 @@ class Frontend:
             self.state.close()
             self.state = None
         log.info("frontend stopped")
+
+
+def _schooner_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("schooner")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 async def run_until_signal(config: FrontendConfig) -> None:
