@@ -9,8 +9,13 @@
 """
 
 from schooner.admin.connection import ClipperConnection
-from schooner.admin.container_manager import ContainerManager
-from schooner.admin.local import LocalContainerManager
+from schooner.admin.managers.base import ContainerManager
+from schooner.admin.managers.local import LocalContainerManager
 from schooner.runtime.errors import ClipperException
 
-__all__ = ["ClipperConnection", "ContainerManager", "LocalContainerManager", "ClipperException"]
+__all__ = [
+    "ClipperConnection",
+    "ContainerManager",
+    "LocalContainerManager",
+    "ClipperException",
+]

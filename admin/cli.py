@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from schooner.admin.connection import ClipperConnection
-from schooner.admin.local import DEFAULT_CLUSTER, LocalContainerManager
-from schooner.admin.processes import log_tail
+from schooner.admin.managers.local import DEFAULT_CLUSTER, LocalContainerManager
+from schooner.admin.managers.local.processes import log_tail
+from schooner.runtime.config import DEFAULT_MANAGEMENT_PORT, DEFAULT_QUERY_PORT, DEFAULT_RPC_PORT
 from schooner.runtime.errors import ClipperException
 
 __all__ = ["main", "build_parser"]
@@ -37,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     start = command("start", "start a local cluster (frontend under a supervisor)")
-    start.add_argument("--query-port", type=int, default=1337)
-    start.add_argument("--management-port", type=int, default=1338)
-    start.add_argument("--rpc-port", type=int, default=7000)
+    start.add_argument("--query-port", type=int, default=DEFAULT_QUERY_PORT)
+    start.add_argument("--management-port", type=int, default=DEFAULT_MANAGEMENT_PORT)
+    start.add_argument("--rpc-port", type=int, default=DEFAULT_RPC_PORT)
     command("stop", "stop every process of a local cluster")
     command("status", "show the frontend, apps, models and replicas of a cluster")
     logs = command("logs", "print a component's log")

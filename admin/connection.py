@@ -19,8 +19,8 @@ import logging
 import re
 from typing import Any
 
-from schooner.admin.container_manager import CONTAINERLESS_MODEL_IMAGE, ContainerManager
 from schooner.admin.management import ManagementClient, ManagementError
+from schooner.admin.managers.base import CONTAINERLESS_MODEL_IMAGE, ContainerManager
 from schooner.runtime.errors import ClipperException
 from schooner.runtime.wire import InputType
 

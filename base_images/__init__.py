@@ -1,7 +1,9 @@
-"""Base images: one folder per framework, each a ``Dockerfile`` and its ``requirements.txt``.
+"""Base images: one folder per framework, each a ``Dockerfile`` and its ``requirements.txt``;
+``frontend/`` is the image of the query frontend (``FRONTEND``), ``debian/`` the script that
+builds the Python base locally. ``schooner.admin.packaging`` writes their build contexts.
 
 The same requirements define the Python environment that the local container manager
-runs a replica with when the current interpreter cannot (``schooner.admin.environments``),
+runs a replica with when the current interpreter cannot (``schooner.admin.managers.local.environments``),
 so "base image" means one thing everywhere. ``runtime.txt`` holds what the container
 runtime itself needs; each image's requirements include it with ``-r ../runtime.txt``.
 """
@@ -11,7 +13,9 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["names", "folder", "requirements", "dockerfile"]
+__all__ = ["names", "model_images", "folder", "requirements", "dockerfile", "FRONTEND"]
+
+FRONTEND = "frontend"
 
 
 def _root() -> Path:
@@ -21,6 +25,11 @@ def _root() -> Path:
 def names() -> list[str]:
     """Every base image defined here (folders holding a Dockerfile)."""
     return sorted(p.name for p in _root().iterdir() if (p / "Dockerfile").is_file())
+
+
+def model_images() -> list[str]:
+    """The base images of model containers (every image but the frontend's)."""
+    return [name for name in names() if name != FRONTEND]
 
 
 def folder(name: str) -> Path:

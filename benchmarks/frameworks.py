@@ -164,7 +164,9 @@ def available_models(only: set[str] | None) -> list[str]:
 
 def run_framework(name: str, batches: list[int], seconds: float, repeats: int, tmp: Path,
                   server_cpu: int | None) -> list[Row]:  # fmt: skip
-    from schooner.admin import environments  # admin side only: never in a model's environment
+    from schooner.admin.managers.local import (
+        environments,  # admin side only: never in a model's environment
+    )
 
     module = importlib.import_module(f"benchmarks.framework_models.{name}")
     artifact, input_type_name, make_batch = module.make_artifact(tmp / name)

@@ -143,7 +143,7 @@ def measure(conn: Any, manager: Any, cand: Candidate, name: str, idle_s: float,
 
 def _prepare_environment(conn: Any, cand: Candidate) -> str:
     """Build (once) the environment the replicas of this artifact run in; its python."""
-    from schooner.admin import environments
+    from schooner.admin.managers.local import environments
     from schooner.frameworks.artifact import open_artifact
     from schooner.frameworks.registry import resolve
 

@@ -17,15 +17,12 @@ from types import FrameType
 from schooner.frameworks.artifact import open_artifact
 from schooner.frameworks.base import Framework
 from schooner.frameworks.registry import resolve
-from schooner.runtime.config import ContainerConfig
+from schooner.runtime.config import EXIT_ARTIFACT, EXIT_CONFIG, ContainerConfig
 from schooner.runtime.container import Container
 from schooner.runtime.errors import ConfigError, SchoonerError
 from schooner.runtime.metrics import ContainerMetrics, MetricsServer
 
 log = logging.getLogger("schooner.runtime")
-
-EXIT_CONFIG = 2
-EXIT_ARTIFACT = 3
 
 
 def main() -> int:

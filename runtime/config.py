@@ -33,29 +33,54 @@ SCHOONER_LOG_LEVEL             INFO                         logging level
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 from schooner.runtime.errors import ConfigError
 from schooner.runtime.wire import InputType
 
-__all__ = ["ContainerConfig"]
+__all__ = [
+    "ContainerConfig",
+    "DEFAULT_QUERY_PORT",
+    "DEFAULT_MANAGEMENT_PORT",
+    "DEFAULT_RPC_PORT",
+    "EXIT_CONFIG",
+    "EXIT_ARTIFACT",
+    "UNIX_SOCKET_PATH_LIMIT",
+]
 
-T = TypeVar("T")
-_DEFAULT_READY_FILE: Path | None = Path("/model_is_ready.check")
+# A cluster's well-known ports (Clipper's): the query API, the management API, and the RPC
+# port containers register on. Every manager, the CLI and the container default to these.
+DEFAULT_QUERY_PORT = 1337
+DEFAULT_MANAGEMENT_PORT = 1338
+DEFAULT_RPC_PORT = 7000
+
+# The container's exit codes besides 0: restarting will not fix either, so supervisors back
+# off (the local supervisor's RestartPolicy) and deploys report them.
+EXIT_CONFIG = 2  # bad configuration: a variable, a port that cannot be bound, a socket
+EXIT_ARTIFACT = 3  # the artifact or its framework cannot be loaded
+
+# sun_path holds 108 bytes, the terminating NUL (or the abstract namespace's prefix) included.
+UNIX_SOCKET_PATH_LIMIT = 107
+
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
 class ContainerConfig:
+    """What one replica is told: ``from_env`` parses it, ``to_env`` writes it (the replica
+    contract every container manager starts a replica with)."""
+
     model_name: str
     model_version: str
     frontend_host: str = "127.0.0.1"
-    frontend_port: int = 7000
+    frontend_port: int = DEFAULT_RPC_PORT
     input_type: InputType = InputType.DOUBLES
     model_path: Path = Path("/model")
     device: str = "cpu"
@@ -81,44 +106,19 @@ class ContainerConfig:
     def from_env(cls, env: Mapping[str, str]) -> ContainerConfig:
         """Parse ``env`` (normally ``os.environ``); raise ConfigError listing every problem."""
         problems: list[str] = []
-
-        def get(name: str, parse: Callable[[str], T], default: T) -> T:
+        values: dict[str, Any] = {}
+        for name, (field, parse) in _VARIABLES.items():
             raw = env.get(name)
             if raw is None or raw.strip() == "":
-                return default
+                if field in _REQUIRED:
+                    problems.append(f"{name} is required")
+                    values[field] = ""
+                continue
             try:
-                return parse(raw.strip())
+                values[field] = parse(raw.strip())
             except (ValueError, TypeError) as exc:
                 problems.append(f"{name}={raw!r}: {exc}")
-                return default
-
-        def required(name: str) -> str:
-            raw = env.get(name, "").strip()
-            if not raw:
-                problems.append(f"{name} is required")
-            return raw
-
-        name = required("CLIPPER_MODEL_NAME")
-        version = required("CLIPPER_MODEL_VERSION")
-        config = cls(
-            model_name=name,
-            model_version=version,
-            frontend_host=get("CLIPPER_IP", str, "127.0.0.1"),
-            frontend_port=get("CLIPPER_PORT", _port, 7000),
-            input_type=get("CLIPPER_INPUT_TYPE", InputType.parse, InputType.DOUBLES),
-            model_path=get("CLIPPER_MODEL_PATH", Path, Path("/model")),
-            device=get("SCHOONER_DEVICE", _device, "cpu"),
-            max_batch_size=get("SCHOONER_MAX_BATCH_SIZE", _non_negative_int, 0),
-            metrics_port=get("SCHOONER_METRICS_PORT", _metrics_port, None),
-            metrics_host=get("SCHOONER_METRICS_HOST", str, "0.0.0.0"),
-            ready_file=get("SCHOONER_READY_FILE", _optional_path, _DEFAULT_READY_FILE),
-            heartbeat_interval=get("SCHOONER_HEARTBEAT_INTERVAL", _positive_float, 5.0),
-            session_timeout=get("SCHOONER_SESSION_TIMEOUT", _positive_float, 30.0),
-            framework=get("SCHOONER_FRAMEWORK", str, None),
-            zero_copy=get("SCHOONER_ZERO_COPY", _bool, False),
-            rpc_socket=get("SCHOONER_RPC_SOCKET", _socket_path, None),
-            log_level=get("SCHOONER_LOG_LEVEL", _log_level, "INFO"),
-        )
+        config = cls(**values)
         if config.session_timeout <= config.heartbeat_interval:
             problems.append(
                 f"SCHOONER_SESSION_TIMEOUT ({config.session_timeout}) must exceed "
@@ -128,11 +128,33 @@ class ContainerConfig:
             raise ConfigError(problems)
         return config
 
+    def to_env(self) -> dict[str, str]:
+        """The variables that make ``from_env`` return this config: the model's name and
+        version, and every other setting that is not its default. Managers start replicas
+        with these (a process's environment, ``docker run -e``, a pod's ``env``)."""
+        env = {}
+        for name, (field, _parse) in _VARIABLES.items():
+            value = getattr(self, field)
+            if field in _REQUIRED or value != _DEFAULTS[field]:
+                env[name] = _format(value)
+        return env
+
+
+def _format(value: object) -> str:
+    if isinstance(value, InputType):
+        return value.clipper_name
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if value is None:
+        return "none"  # only the ready file is optional and not off by default
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
 
 def _socket_path(raw: str) -> str:
-    limit = 107  # sun_path holds 108 bytes, the terminating NUL (or the abstract prefix) included
-    if len(raw.encode()) > limit:
-        raise ValueError(f"a Unix socket address is at most {limit} bytes")
+    if len(raw.encode()) > UNIX_SOCKET_PATH_LIMIT:
+        raise ValueError(f"a Unix socket address is at most {UNIX_SOCKET_PATH_LIMIT} bytes")
     return raw
 
 
@@ -189,3 +211,27 @@ def _log_level(raw: str) -> str:
     if not isinstance(logging.getLevelName(level), int):
         raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
     return level
+
+
+# Every variable a container reads, in one table: its name, the field it sets, its parser.
+_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "CLIPPER_MODEL_NAME": ("model_name", str),
+    "CLIPPER_MODEL_VERSION": ("model_version", str),
+    "CLIPPER_IP": ("frontend_host", str),
+    "CLIPPER_PORT": ("frontend_port", _port),
+    "CLIPPER_INPUT_TYPE": ("input_type", InputType.parse),
+    "CLIPPER_MODEL_PATH": ("model_path", Path),
+    "SCHOONER_DEVICE": ("device", _device),
+    "SCHOONER_MAX_BATCH_SIZE": ("max_batch_size", _non_negative_int),
+    "SCHOONER_METRICS_PORT": ("metrics_port", _metrics_port),
+    "SCHOONER_METRICS_HOST": ("metrics_host", str),
+    "SCHOONER_READY_FILE": ("ready_file", _optional_path),
+    "SCHOONER_HEARTBEAT_INTERVAL": ("heartbeat_interval", _positive_float),
+    "SCHOONER_SESSION_TIMEOUT": ("session_timeout", _positive_float),
+    "SCHOONER_FRAMEWORK": ("framework", str),
+    "SCHOONER_ZERO_COPY": ("zero_copy", _bool),
+    "SCHOONER_RPC_SOCKET": ("rpc_socket", _socket_path),
+    "SCHOONER_LOG_LEVEL": ("log_level", _log_level),
+}
+_REQUIRED = frozenset({"model_name", "model_version"})
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ContainerConfig)}

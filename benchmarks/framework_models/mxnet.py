@@ -39,7 +39,7 @@ def classify(model, inputs):
 
 
 def make_artifact(directory: Path) -> tuple[Path, str, Callable[[int], np.ndarray]]:
-    from schooner.admin import environments
+    from schooner.admin.managers.local import environments
 
     framework = mxnet.MXNetFramework
     python = environments.resolve(framework.base_image, needs=framework.requires).python

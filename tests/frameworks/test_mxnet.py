@@ -67,7 +67,7 @@ print(json.dumps({
 
 def mxnet_python() -> str:
     """The interpreter the local manager runs MXNet replicas with (built once, then cached)."""
-    from schooner.admin import environments
+    from schooner.admin.managers.local import environments
 
     return environments.resolve(MXNetFramework.base_image, needs=MXNetFramework.requires).python
 

@@ -22,7 +22,7 @@ import pytest
 from packaging.utils import canonicalize_name
 
 from schooner import base_images
-from schooner.admin.environments import envs_root
+from schooner.admin.managers.local.environments import envs_root
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the first run builds the env
 

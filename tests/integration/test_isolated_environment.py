@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from schooner import base_images
-from schooner.admin import environments
+from schooner.admin.managers.local import environments
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -15,7 +15,7 @@ from conftest import local_cluster  # noqa: E402
 
 from schooner.admin import ClipperConnection, ClipperException, LocalContainerManager  # noqa: E402
 from schooner.admin.deployers import python as python_deployer  # noqa: E402
-from schooner.admin.processes import free_port, is_alive  # noqa: E402
+from schooner.admin.managers.local.processes import free_port, is_alive  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -176,7 +176,7 @@ def test_a_crashed_cluster_keeps_its_state_and_a_running_one_refuses_a_second_st
             os.kill(pid, signal.SIGKILL)
         assert _wait(lambda: not [pid for pid in pids if is_alive(pid)])
         assert not manager.is_running()
-        caplog.set_level("WARNING", logger="schooner.admin.local")
+        caplog.set_level("WARNING", logger="schooner.admin.managers.local")
         conn.start_clipper()
         assert conn.get_all_apps() == ["kept"]
         assert "was not stopped with stop_all()" in caplog.text

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from schooner.admin.processes import port_in_use
+from schooner.admin.managers.local.processes import port_in_use
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

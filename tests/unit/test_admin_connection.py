@@ -13,9 +13,9 @@ import pytest
 import schooner.admin
 from schooner.admin import ClipperConnection, ClipperException
 from schooner.admin.connection import normalize_input_type, validate_model_name
-from schooner.admin.container_manager import ContainerManager
 from schooner.admin.deployers import python as python_deployer
 from schooner.admin.management import ManagementClient, ManagementError
+from schooner.admin.managers.base import ContainerManager
 
 
 class FakeFrontend:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from schooner.admin import control
-from schooner.admin.layout import ClusterLayout, ClusterSettings
-from schooner.admin.restart import RestartPolicy
-from schooner.admin.supervisor import Supervisor, _bind_control_socket
+from schooner.admin.managers.local import control
+from schooner.admin.managers.local.layout import ClusterLayout, ClusterSettings
+from schooner.admin.managers.local.restart import RestartPolicy
+from schooner.admin.managers.local.supervisor import Supervisor, _bind_control_socket
 from schooner.runtime.errors import ClipperException
 
 

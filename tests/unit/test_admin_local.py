@@ -7,8 +7,8 @@ import socket
 import pytest
 
 from schooner.admin import ClipperConnection, ClipperException, LocalContainerManager, cli
-from schooner.admin.layout import ClusterSettings, cluster_layout
-from schooner.admin.processes import is_alive, log_tail
+from schooner.admin.managers.local.layout import ClusterSettings, cluster_layout
+from schooner.admin.managers.local.processes import is_alive, log_tail
 
 
 @pytest.fixture(autouse=True)

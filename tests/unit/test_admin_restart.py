@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from schooner.admin.children import Child, ChildSpec, ChildState
-from schooner.admin.restart import RestartPolicy
+from schooner.admin.managers.local.children import Child, ChildSpec, ChildState
+from schooner.admin.managers.local.restart import RestartPolicy
 
 FAST = RestartPolicy(initial_delay_s=0.05, max_delay_s=0.4, factor=2.0,
                      config_error_delay_s=5.0, stable_after_s=1.0)

@@ -4,7 +4,7 @@ from importlib import metadata
 import pytest
 
 from schooner import base_images
-from schooner.admin import environments
+from schooner.admin.managers.local import environments
 from schooner.runtime.errors import ClipperException
 
 

@@ -28,7 +28,7 @@ MXNET_HERE = importlib.util.find_spec("mxnet") is not None
 
 def mxnet_python() -> str:
     """The interpreter the local manager runs MXNet replicas with (built once, then cached)."""
-    from schooner.admin import environments
+    from schooner.admin.managers.local import environments
 
     framework = fmx.MXNetFramework
     return environments.resolve(framework.base_image, needs=framework.requires).python

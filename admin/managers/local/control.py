@@ -6,7 +6,7 @@ object ``{"op": <name>, ...arguments}``, shuts its write side, and reads one JSO
 back before the server closes: ``{"ok": true, "result": ...}`` or
 ``{"ok": false, "error": "<why>"}``.
 
-Operations (served by ``schooner.admin.supervisor``):
+Operations (served by ``schooner.admin.managers.local.supervisor``):
 
 * ``ping`` -> ``{"pid": int}``
 * ``status`` -> ``{"pid", "frontend": child, "replicas": [child, ...]}``, where a child is

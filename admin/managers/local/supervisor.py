@@ -1,6 +1,6 @@
 """The supervisor process of a local cluster: keeps the frontend and the replicas running.
 
-``python -m schooner.admin.supervisor --cluster-dir DIR`` is started by
+``python -m schooner.admin.managers.local.supervisor --cluster-dir DIR`` is started by
 ``LocalContainerManager.start_clipper`` in a session of its own and detaches (forks once
 more), so the cluster outlives the Python session that started it, as Clipper's Docker
 containers do. It then
@@ -8,7 +8,7 @@ containers do. It then
 * starts the frontend (``python -m schooner.frontend`` with the ports from ``cluster.json``
   and ``--state-db``) and restarts it when it exits;
 * starts, scales, restarts and stops model replicas (``python -m schooner.runtime``) as the
-  control channel (``schooner.admin.control``) asks, each logging to its own file;
+  control channel (``schooner.admin.managers.local.control``) asks, each logging to its own file;
 * on ``shutdown`` or SIGTERM stops the replicas, then the frontend (SIGTERM, SIGKILL after
   the grace period), removes its socket and pid file, and exits 0.
 """
@@ -23,16 +23,19 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from schooner.admin import control
-from schooner.admin.children import Child, ChildSpec
-from schooner.admin.layout import ClusterLayout, ClusterSettings
-from schooner.admin.processes import free_port, is_alive
-from schooner.admin.restart import RestartPolicy
+from schooner.admin.managers.local import control
+from schooner.admin.managers.local.children import Child, ChildSpec
+from schooner.admin.managers.local.layout import ClusterLayout, ClusterSettings
+from schooner.admin.managers.local.processes import free_port, is_alive
+from schooner.admin.managers.local.restart import RestartPolicy
+from schooner.runtime.config import ContainerConfig
 from schooner.runtime.errors import ClipperException
+from schooner.runtime.wire import InputType
 
 __all__ = ["Supervisor", "main"]
 
@@ -93,25 +96,24 @@ class Supervisor:
         self, model_name: str, model_version: str, slot: int, request: dict[str, Any]
     ) -> ChildSpec:
         ready_file = self.layout.ready_file(model_name, model_version, slot)
-        fixed = {
-            "CLIPPER_MODEL_NAME": model_name,
-            "CLIPPER_MODEL_VERSION": model_version,
-            "CLIPPER_IP": "127.0.0.1",
-            "CLIPPER_PORT": str(self.settings.rpc_port),
-            "CLIPPER_INPUT_TYPE": str(request["input_type"]),
-            "CLIPPER_MODEL_PATH": str(request["model_path"]),
-            "SCHOONER_READY_FILE": os.fspath(ready_file),
-        }
-        if self.layout.rpc_socket and self._frontend_serves_socket:
-            fixed["SCHOONER_RPC_SOCKET"] = self.layout.rpc_socket
         batch_size = int(request.get("batch_size", -1))
-        if batch_size > 0:
-            fixed["SCHOONER_MAX_BATCH_SIZE"] = str(batch_size)
-        if request.get("device"):
-            fixed["SCHOONER_DEVICE"] = str(request["device"])
+        config = ContainerConfig(
+            model_name=model_name,
+            model_version=model_version,
+            frontend_port=self.settings.rpc_port,
+            input_type=InputType.parse(str(request["input_type"])),
+            model_path=Path(str(request["model_path"])),
+            device=str(request.get("device") or "cpu"),
+            max_batch_size=max(0, batch_size),
+            ready_file=ready_file,
+            rpc_socket=(
+                self.layout.rpc_socket
+                if self.layout.rpc_socket and self._frontend_serves_socket else None
+            ),
+        )
 
         def environment() -> dict[str, str]:
-            return {**fixed, "SCHOONER_METRICS_PORT": str(free_port())}
+            return replace(config, metrics_port=free_port()).to_env()
 
         python = request.get("python") or self.python
         return ChildSpec(
@@ -158,7 +160,7 @@ class Supervisor:
     # ------------------------------------------------------------------ requests
 
     def handle(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Answer one control request (see ``schooner.admin.control`` for the operations)."""
+        """Answer one control request (see ``schooner.admin.managers.local.control`` for the operations)."""
         op = message.get("op")
         try:
             if op == "ping":
@@ -341,7 +343,7 @@ def _detach() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m schooner.admin.supervisor",
+        prog="python -m schooner.admin.managers.local.supervisor",
         description="Supervise the frontend and model replicas of one local Schooner cluster.",
     )
     parser.add_argument("--cluster-dir", required=True, type=Path)

@@ -20,6 +20,12 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from schooner.runtime.config import (
+    DEFAULT_MANAGEMENT_PORT,
+    DEFAULT_QUERY_PORT,
+    DEFAULT_RPC_PORT,
+    UNIX_SOCKET_PATH_LIMIT,
+)
 from schooner.runtime.errors import ClipperException
 
 __all__ = ["ClusterLayout", "ClusterSettings", "schooner_home", "cluster_layout"]
@@ -38,9 +44,9 @@ class ClusterSettings:
     """How a cluster's frontend listens; saved to ``cluster.json`` when the cluster starts."""
 
     cluster_name: str
-    query_port: int = 1337
-    management_port: int = 1338
-    rpc_port: int = 7000
+    query_port: int = DEFAULT_QUERY_PORT
+    management_port: int = DEFAULT_MANAGEMENT_PORT
+    rpc_port: int = DEFAULT_RPC_PORT
     query_host: str = "0.0.0.0"
     management_host: str = "127.0.0.1"
     rpc_host: str = "127.0.0.1"
@@ -87,7 +93,7 @@ class ClusterLayout:
             digest = hashlib.sha256(os.fsencode(self.root.resolve())).hexdigest()[:24]
             return f"@schooner-rpc-{digest}"
         path = os.fspath(self.root / "rpc.sock")
-        return path if len(os.fsencode(path)) <= 100 else None
+        return path if len(os.fsencode(path)) <= UNIX_SOCKET_PATH_LIMIT else None
 
     @property
     def state_db(self) -> Path:

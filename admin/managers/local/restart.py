@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from schooner.runtime.config import EXIT_ARTIFACT, EXIT_CONFIG
+
 __all__ = ["RestartPolicy", "CONFIG_ERROR_CODES"]
 
-CONFIG_ERROR_CODES: frozenset[int] = frozenset({2, 3})
+CONFIG_ERROR_CODES: frozenset[int] = frozenset({EXIT_CONFIG, EXIT_ARTIFACT})
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schooner.admin.restart import RestartPolicy
+from schooner.admin.managers.local.restart import RestartPolicy
 
 __all__ = ["ChildSpec", "Child", "ChildState"]
 

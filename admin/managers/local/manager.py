@@ -1,10 +1,10 @@
 """The local container manager: a cluster of supervised processes on this machine, no Docker.
 
-``start_clipper`` launches ``python -m schooner.admin.supervisor`` in a new session; the
+``start_clipper`` launches ``python -m schooner.admin.managers.local.supervisor`` in a new session; the
 supervisor detaches, runs the frontend and the replicas, restarts them when they crash,
 and keeps running after this Python session ends (``connect`` attaches to it again, from
 any process). Everything lives under ``$SCHOONER_HOME/clusters/<cluster_name>/`` (see
-``schooner.admin.layout``); ports are configurable so clusters can run side by side.
+``schooner.admin.managers.local.layout``); ports are configurable so clusters can run side by side.
 
 An "image" for this manager is an artifact directory made by ``build_model``.
 """
@@ -20,15 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from schooner.admin import control, environments
-from schooner.admin.children import ChildState
-from schooner.admin.container_manager import ContainerManager
-from schooner.admin.layout import ClusterLayout, ClusterSettings, cluster_layout
+from schooner.admin import packaging
 from schooner.admin.management import ManagementClient
-from schooner.admin.processes import is_alive, kill_group, log_tail, port_in_use
-from schooner.frameworks import registry
-from schooner.frameworks.artifact import read_manifest
-from schooner.runtime.errors import ClipperException, SchoonerError
+from schooner.admin.managers.base import ContainerManager
+from schooner.admin.managers.local import control, environments
+from schooner.admin.managers.local.children import ChildState
+from schooner.admin.managers.local.layout import ClusterLayout, ClusterSettings, cluster_layout
+from schooner.admin.managers.local.processes import is_alive, kill_group, log_tail, port_in_use
+from schooner.admin.replicas import wait_for_replicas
+from schooner.frameworks.artifact import REQUIREMENTS_NAME
+from schooner.runtime.config import DEFAULT_MANAGEMENT_PORT, DEFAULT_QUERY_PORT, DEFAULT_RPC_PORT
+from schooner.runtime.errors import ClipperException
 
 __all__ = ["LocalContainerManager"]
 
@@ -48,16 +50,16 @@ class LocalContainerManager(ContainerManager):
     SIGKILL. ``environment`` picks the Python environment of each model's replicas:
     ``"auto"`` (this interpreter when it satisfies the model's base image, else an isolated
     one built from the base image's requirements), ``"current"`` or ``"isolated"`` (see
-    ``schooner.admin.environments``); ``python`` forces one interpreter for every replica.
+    ``schooner.admin.managers.local.environments``); ``python`` forces one interpreter for every replica.
     ``device`` (``cpu``, ``cuda``, ``cuda:N``) is where the replicas place their models.
     """
 
     def __init__(
         self,
         cluster_name: str = DEFAULT_CLUSTER,
-        clipper_query_port: int = 1337,
-        clipper_management_port: int = 1338,
-        clipper_rpc_port: int = 7000,
+        clipper_query_port: int = DEFAULT_QUERY_PORT,
+        clipper_management_port: int = DEFAULT_MANAGEMENT_PORT,
+        clipper_rpc_port: int = DEFAULT_RPC_PORT,
         schooner_home: str | os.PathLike[str] | None = None,
         query_host: str = "0.0.0.0",
         start_timeout_s: float = 60.0,
@@ -169,7 +171,7 @@ class LocalContainerManager(ContainerManager):
 
     def _launch_supervisor(self) -> None:
         argv = [
-            sys.executable, "-m", "schooner.admin.supervisor",
+            sys.executable, "-m", "schooner.admin.managers.local.supervisor",
             "--cluster-dir", os.fspath(self.layout.root), "--grace-s", str(self.grace_s),
         ]
         with open(self.layout.supervisor_log, "ab") as log:
@@ -286,7 +288,7 @@ class LocalContainerManager(ContainerManager):
         ``base_image="default"`` means the base image of the artifact's framework
         (``schooner/<name>`` names one of ``base_images/`` explicitly). The environment is
         picked (or built, once) here from that base image's requirements plus
-        ``pkgs_to_install`` — see ``schooner.admin.environments`` — so replicas never
+        ``pkgs_to_install`` — see ``schooner.admin.managers.local.environments`` — so replicas never
         install anything when they start. An existing artifact of a version that has running
         replicas is refused.
         """
@@ -309,12 +311,11 @@ class LocalContainerManager(ContainerManager):
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(source, staging)
         if pkgs_to_install:
-            _record_requirements(staging / "requirements.txt", pkgs_to_install)
+            packaging.record_requirements(staging / REQUIREMENTS_NAME, pkgs_to_install)
         try:
-            image_name, needs = _base_image(base_image, staging)
+            pkg = packaging.package(staging, base_image)
             environment = environments.resolve(
-                image_name, _read_requirements(staging / "requirements.txt"),
-                needs=needs, mode=self.environment,
+                pkg.base_image, pkg.requirements, needs=pkg.needs, mode=self.environment
             )
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -322,7 +323,7 @@ class LocalContainerManager(ContainerManager):
         (staging / ENVIRONMENT_FILE).write_text(environment.to_json())
         os.replace(staging, destination)
         logger.info("built model %s:%s at %s (base image %r, python %s)", name, version,
-                    destination, image_name, environment.python)
+                    destination, pkg.base_image, environment.python)
         return os.fspath(destination)
 
     def model_data_path(self, image: str) -> str:
@@ -412,34 +413,26 @@ class LocalContainerManager(ContainerManager):
         was started or restarted since ``baseline`` exits; and on ``deploy_timeout_s``.
         """
         baseline = baseline or {}
-        deadline = time.monotonic() + self.deploy_timeout_s
-        management = self.management
-        while True:
-            connected = management.post("/admin/get_all_containers", {"verbose": True})
-            n = sum(
-                1 for c in connected
-                if c.get("model_name") == name and str(c.get("model_version")) == version
-            )
-            if n >= count:
-                return
+
+        def failure() -> str | None:
             for replica in self._live_replicas(name, version):
                 failed = replica["state"] in _FAILED_STATES
                 if failed and baseline.get(replica["name"]) != _fingerprint(replica):
-                    raise ClipperException(
+                    return (
                         f"replica {replica['name']} exited with code "
                         f"{replica['last_exit_code']} before connecting; last lines of "
                         f"{replica['log_path']}:\n{log_tail(replica['log_path'])}"
                     )
-            if time.monotonic() >= deadline:
-                logs = "\n".join(
-                    f"--- {r['log_path']}:\n{log_tail(r['log_path'], 10)}"
-                    for r in self._live_replicas(name, version)
-                )
-                raise ClipperException(
-                    f"only {n} of {count} replicas of {name}:{version} connected to the "
-                    f"frontend within {self.deploy_timeout_s:.0f}s\n{logs}"
-                )
-            time.sleep(_POLL_S / 2)  # two cheap local queries; the deploy returns promptly
+            return None
+
+        def logs() -> str:
+            return "\n".join(
+                f"--- {r['log_path']}:\n{log_tail(r['log_path'], 10)}"
+                for r in self._live_replicas(name, version)
+            )
+
+        wait_for_replicas(self.management, name, version, count, self.deploy_timeout_s,
+                          failure, logs)
 
     def get_num_replicas(self, name: str, version: str) -> int:
         return len(self._live_replicas(name, version))
@@ -492,29 +485,3 @@ def _cluster_flag(cluster_name: str) -> str:
 
 def _fingerprint(replica: dict[str, Any]) -> tuple[Any, ...]:
     return (replica["restarts"], replica["last_exit_code"], replica["state"])
-
-
-def _base_image(base_image: str, artifact: Path) -> tuple[str, tuple[str, ...]]:
-    """The base image name (``default`` -> the artifact's framework's; ``schooner/x:tag`` ->
-    ``x``) and what the framework requires of an interpreter."""
-    try:
-        framework = registry.resolve(str(read_manifest(artifact)["framework"]))
-    except SchoonerError as exc:
-        logger.warning("%s: using the python base image", exc)
-        return "python", ()
-    if base_image and base_image != "default":
-        return base_image.rsplit("/", 1)[-1].split(":", 1)[0], framework.requires
-    return framework.base_image, framework.requires
-
-
-def _read_requirements(path: Path) -> list[str]:
-    if not path.is_file():
-        return []
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
-def _record_requirements(path: Path, packages: list[str]) -> None:
-    existing = path.read_text().splitlines() if path.exists() else []
-    lines = [line for line in existing if line.strip()]
-    lines += [p for p in packages if p not in lines]
-    path.write_text("\n".join(lines) + "\n")
