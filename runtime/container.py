@@ -14,7 +14,10 @@ the frontend has been silent for ``session_timeout`` or has closed the connectio
 The channel belongs to this loop. While ``predict`` runs, the loop lends it to a small
 heartbeat thread through a lock (a full memory barrier, which is how ZeroMQ allows a
 socket to change threads), so a prediction that takes minutes does not get the container
-dropped. A batch that fails is answered with one error output per input; the loop goes on.
+dropped. A batch whose predict raises is predicted again input by input when the frontend
+reads per-input status (packed requests), so that only the inputs the model raises on are
+answered with errors; otherwise (a broken output contract, a plain v3 frontend) every input
+of the failed batch gets an error output. Either way the loop goes on.
 """
 
 from __future__ import annotations
@@ -235,9 +238,16 @@ class Container:
                 outputs = self._predict(ok)
             except PredictionError as exc:
                 message = str(exc)
-                log.error("batch of %d inputs failed: %s", sum(len(r.sizes) for r in ok), message)
+                n = sum(len(r.sizes) for r in ok)
+                # Which inputs made the model raise? Only predicting each alone can say.
+                isolate = isinstance(exc, _ModelRaised) and n > 1
+                log.error("batch of %d inputs failed: %s%s", n, message,
+                          "; predicting each input alone" if isolate else "")  # fmt: skip
                 for i in good:
-                    answers[i] = self._failed(group[i], message)
+                    if isolate and group[i].packed:
+                        answers[i] = self._predict_alone(group[i])
+                    else:
+                        answers[i] = self._failed(group[i], message)
             else:
                 pos = 0
                 for i in good:
@@ -247,8 +257,9 @@ class Container:
                     pos += n
         return answers  # type: ignore[return-value]
 
-    def _predict(self, requests: list[wire.PredictRequest]) -> list[bytes]:
-        """Call the framework, converting anything it raises into PredictionError."""
+    def _predict(self, requests: list[wire.PredictRequest], *, quiet: bool = False) -> list[bytes]:
+        """Call the framework, converting anything it raises into PredictionError
+        (``_ModelRaised``); ``quiet`` logs the traceback at debug level only."""
         n = sum(len(r.sizes) for r in requests)
         limit = self.config.max_batch_size
         try:
@@ -258,8 +269,26 @@ class Container:
         except PredictionError:
             raise
         except Exception as exc:  # the model's own failure, converted at this one boundary
-            log.error("predict raised on a batch of %d inputs:\n%s", n, traceback.format_exc())
-            raise PredictionError(f"{type(exc).__name__}: {exc}") from exc
+            log.log(logging.DEBUG if quiet else logging.ERROR,
+                    "predict raised on a batch of %d inputs:\n%s", n, traceback.format_exc())  # fmt: skip
+            raise _ModelRaised(f"{type(exc).__name__}: {exc}") from exc
+
+    def _predict_alone(self, request: wire.PredictRequest) -> tuple[list[bytes], bytes]:
+        """A packed request of a batch that raised: each input predicted on its own, so that
+        only the inputs the model raises on are answered with errors (status 1)."""
+        outputs: list[bytes] = []
+        status = bytearray()
+        for single in _chunks(request, 1):
+            try:
+                outputs += self._predict([single], quiet=True)
+                status.append(0)
+            except PredictionError as exc:
+                outputs.append(batching.error_text(str(exc), plain=False))
+                status.append(1)
+        if status.count(1):
+            log.error("request %d: %d of %d inputs failed on their own", request.msg_id,
+                      status.count(1), len(status))  # fmt: skip
+        return outputs, bytes(status)
 
     def _call(self, requests: list[wire.PredictRequest]) -> list[bytes]:
         batch = batching.assemble(requests, self.config.input_type)
@@ -298,6 +327,11 @@ class Container:
                 pass  # the loop finds out when the predict returns
             finally:
                 self._socket_lock.release()
+
+
+class _ModelRaised(PredictionError):
+    """The model's predict raised (its output contract was not broken): the inputs it
+    raises on may be a few of the batch."""
 
 
 def _chunks(request: wire.PredictRequest, size: int) -> Iterator[wire.PredictRequest]:

@@ -1,18 +1,30 @@
-"""The container process against a ROUTER driven by the test (real sockets, real process)."""
+"""The container process against a frontend played by the test (real sockets, real process):
+a ROUTER on ZeroMQ, or, where the local channel matters too, the frontend's Unix socket.
+
+Where a test needs the model to be busy at a given moment, the model blocks until a file
+appears (and says it started by creating another): the test orders events with files, not
+with sleeps.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import signal
+import socket
 import sys
 import time
 import urllib.request
+from collections import deque
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 
 from schooner.runtime import wire
+from schooner.runtime.transport import unix_address
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +49,7 @@ class Frontend:
     def register(self) -> wire.NewContainer:
         self.identity, msg = self.recv()
         assert isinstance(msg, wire.Heartbeat)
-        self.sock.send_multipart([self.identity, *wire.encode_heartbeat_reply(
-            wire.HeartbeatType.REQUEST_CONTAINER_METADATA)])  # fmt: skip
+        self.send(wire.encode_heartbeat_reply(wire.HeartbeatType.REQUEST_CONTAINER_METADATA))
         _, hello = self.recv()
         assert isinstance(hello, wire.NewContainer)
         return hello
@@ -61,6 +72,51 @@ class Frontend:
         self.ctx.term()
 
 
+class StreamFrontend(Frontend):
+    """The same conversation on a Unix stream socket (``SCHOONER_RPC_SOCKET``), framed by
+    ``wire.stream_header``. A send that returned has put the bytes in the container's
+    socket buffer: the next ``ready()`` of the container sees them."""
+
+    _names = itertools.count()
+
+    def __init__(self) -> None:
+        self.name = f"@schooner-test-container-{os.getpid()}-{next(self._names)}"
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(unix_address(self.name))
+        self.listener.listen(1)
+        self.conn: socket.socket | None = None
+        self.reader = wire.StreamReader()
+        self.pending: deque[list[bytes]] = deque()
+        self.port = 1  # CLIPPER_PORT: unused once SCHOONER_RPC_SOCKET is set
+        self.identity = b"local"
+
+    def recv(self, timeout: float = 20.0):
+        deadline = time.monotonic() + timeout
+        while not self.pending:
+            left = deadline - time.monotonic()
+            assert left > 0, f"nothing from the container in {timeout}s"
+            try:
+                if self.conn is None:
+                    self.listener.settimeout(left)
+                    self.conn, _ = self.listener.accept()
+                self.conn.settimeout(left)
+                data = self.conn.recv(1 << 20)
+            except TimeoutError:
+                continue
+            assert data, "the container closed the connection"
+            self.pending.extend([bytes(f) for f in m] for m in self.reader.feed(data))
+        return self.identity, wire.decode_from_container(self.pending.popleft())
+
+    def send(self, frames) -> None:
+        assert self.conn is not None, "no container connected"
+        self.conn.sendall(wire.stream_header(frames) + b"".join(bytes(f) for f in frames))
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.listener.close()
+
+
 @pytest.fixture
 def frontend():
     f = Frontend()
@@ -68,8 +124,33 @@ def frontend():
     f.close()
 
 
+@pytest.fixture(params=["zmq", "local"])
+def any_frontend(request):
+    """The test's frontend on either channel the container speaks."""
+    f = StreamFrontend() if request.param == "local" else Frontend()
+    yield f
+    f.close()
+
+
+class Gate:
+    """Holds a model inside predict: the model creates ``started`` and waits (at most a
+    minute) for ``release``, which the test creates when it is ready."""
+
+    def __init__(self, directory: Path) -> None:
+        self.started = directory / "predict-started"
+        self.release_file = directory / "predict-release"
+
+    def wait_started(self, container) -> None:
+        container.process.wait_until(self.started.exists, timeout=30, what="the model to start")
+
+    def release(self) -> None:
+        self.release_file.touch()
+
+
 def _start(start_container, closure_artifact, frontend, func, **env):
     art = closure_artifact(func)
+    if isinstance(frontend, StreamFrontend):
+        env = {"SCHOONER_RPC_SOCKET": frontend.name, **env}
     c = start_container(art, rpc_port=frontend.port, model_name="m", env=env)
     hello = frontend.register()
     assert hello == wire.NewContainer("m", "1", D, wire.CAP_PACKED)
@@ -89,9 +170,11 @@ def test_answers_both_framings_and_serves_after_a_raising_batch(
     frontend.packed(1, [[1.0, 2.0], [3.0, 4.0]])
     r = frontend.response()
     assert (r.id, r.packed, r.texts(), r.error_flags()) == (1, True, ["3.0", "7.0"], [False, False])
-    frontend.packed(2, [[-1.0, 0.0], [3.0, 4.0]])
-    r = frontend.response()
-    assert r.error_flags() == [True, True] and "ValueError: negative input" in r.texts()[0]
+    frontend.packed(2, [[-1.0, 0.0], [3.0, 4.0], [-2.0, 1.0], [5.0, 5.0]])
+    r = frontend.response()  # only the inputs it raises on fail: the others get their outputs
+    assert r.error_flags() == [True, False, True, False]
+    assert r.texts()[1::2] == ["7.0", "10.0"]
+    assert all(t == "ValueError: negative input" for t in r.texts()[::2]), r.texts()
     frontend.send(wire.encode_predict_request(3, D, [np.array([-1.0]).tobytes()]))
     r = frontend.response()
     assert not r.packed and json.loads(r.texts()[0])["cause"] == "ValueError: negative input"
@@ -111,24 +194,46 @@ def test_wrong_count_or_type_answers_errors(start_container, closure_artifact, f
     assert r.error_flags() == [True, True] and message in r.texts()[0]
 
 
-def test_heartbeats_continue_during_a_long_predict(start_container, closure_artifact, frontend):
-    def slow(xs):
-        time.sleep(3.0)
-        return ["done"] * len(xs)
+def gated_model(gate: Gate, answer, hold=lambda xs: True):
+    """A model that answers ``answer(xs)``, but first, for a batch that ``hold`` picks,
+    stays in predict until the test releases it (a minute at most)."""
+    started, release = str(gate.started), str(gate.release_file)
 
-    _start(start_container, closure_artifact, frontend, slow, SCHOONER_HEARTBEAT_INTERVAL="0.4")
+    def model(xs):
+        import os
+        import time
+
+        if hold(xs):
+            open(started, "w").close()
+            for _ in range(6000):
+                if os.path.exists(release):
+                    break
+                time.sleep(0.01)
+        return answer(xs)
+
+    return model
+
+
+def test_heartbeats_continue_during_a_long_predict(start_container, closure_artifact,
+                                                   any_frontend, tmp_path):  # fmt: skip
+    frontend, gate = any_frontend, Gate(tmp_path)
+    model = gated_model(gate, lambda xs: ["done"] * len(xs))
+    c = _start(start_container, closure_artifact, frontend, model, SCHOONER_HEARTBEAT_INTERVAL="0.4")
     frontend.packed(1, [[1.0]])
-    heartbeats, started = 0, time.monotonic()
-    while True:
+    gate.wait_started(c)
+    # From here until the release, the loop is inside predict: heartbeats can only come
+    # from the heartbeat thread (but one sent by the idle loop may still be on its way).
+    heartbeats = 0
+    while heartbeats < 4:
         _, msg = frontend.recv()
-        if isinstance(msg, wire.Heartbeat):
-            heartbeats += 1
-            frontend.send(wire.encode_heartbeat_reply(wire.HeartbeatType.KEEP_ALIVE))
-        else:
-            assert isinstance(msg, wire.PredictResponse) and msg.texts() == ["done"]
-            break
-    assert time.monotonic() - started >= 2.9
-    assert heartbeats >= 3, f"only {heartbeats} heartbeats during a 3 s predict"
+        assert isinstance(msg, wire.Heartbeat), f"{msg!r} before the model was released"
+        heartbeats += 1
+        frontend.send(wire.encode_heartbeat_reply(wire.HeartbeatType.KEEP_ALIVE))
+    gate.release()
+    assert frontend.response().texts() == ["done"]
+    assert c.process.log().count("heartbeat sent during a predict") >= 3, c.process.tail()
+    frontend.packed(2, [[2.0]])  # the same session goes on
+    assert frontend.response().texts() == ["done"]
 
 
 def test_reconnects_with_a_fresh_socket_after_silence(start_container, closure_artifact, frontend):
@@ -149,19 +254,20 @@ def test_reconnects_with_a_fresh_socket_after_silence(start_container, closure_a
     assert "reconnecting" in c.process.log()
 
 
-def test_queued_requests_coalesce_up_to_the_max_batch_size(start_container, closure_artifact, frontend):
-    def sizes(xs):
-        if len(xs) == 1 and float(xs[0][0]) == 0.0:
-            time.sleep(1.0)  # hold the loop so the next requests queue up
-        return [str(len(xs))] * len(xs)
+def test_queued_requests_coalesce_up_to_the_max_batch_size(start_container, closure_artifact,
+                                                           any_frontend, tmp_path):  # fmt: skip
+    frontend, gate = any_frontend, Gate(tmp_path)
+    sizes = gated_model(gate, lambda xs: [str(len(xs))] * len(xs),
+                        hold=lambda xs: len(xs) == 1 and float(xs[0][0]) == 0.0)  # fmt: skip
 
-    _start(start_container, closure_artifact, frontend, sizes, SCHOONER_MAX_BATCH_SIZE="4")
+    c = _start(start_container, closure_artifact, frontend, sizes, SCHOONER_MAX_BATCH_SIZE="4")
     frontend.packed(1, [[0.0]])
-    time.sleep(0.3)
+    gate.wait_started(c)  # request 1 is being predicted alone; the rest queue behind it
     frontend.packed(2, [[1.0], [1.0]])
     frontend.send(wire.encode_predict_request(3, D, [np.array([1.0]).tobytes()] * 2))
     frontend.packed(4, [[1.0]])
     frontend.packed(5, [[1.0]] * 6)  # bigger than the limit on its own: predicted in chunks
+    gate.release()
     got = {}
     for _ in range(5):
         r = frontend.response()
@@ -227,3 +333,51 @@ def test_cuda_for_a_cpu_only_framework_is_a_start_up_error(spawn, closure_artifa
     p = spawn("cuda", [sys.executable, "-m", "schooner.runtime"], env=env)
     assert p.wait_for_exit(30) == 2
     assert "runs on cpu only" in p.log()
+
+
+def _start_up_env(artifact, **extra):
+    return {"CLIPPER_MODEL_NAME": "m", "CLIPPER_MODEL_VERSION": "1",
+            "CLIPPER_MODEL_PATH": str(artifact), "SCHOONER_READY_FILE": "none", **extra}  # fmt: skip
+
+
+def _one_line_error(log: str, needle: str) -> None:
+    assert "Traceback" not in log, log
+    lines = [line for line in log.splitlines() if needle in line]
+    assert len(lines) == 1, log
+
+
+def test_a_busy_metrics_port_is_one_line_and_exit_2(spawn, closure_artifact):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        env = _start_up_env(closure_artifact(lambda xs: xs), SCHOONER_METRICS_PORT=str(port),
+                            SCHOONER_METRICS_HOST="127.0.0.1")  # fmt: skip
+        p = spawn("busy-metrics", [sys.executable, "-m", "schooner.runtime"], env=env)
+        assert p.wait_for_exit(30) == 2
+        _one_line_error(p.log(), f"SCHOONER_METRICS_PORT={port}: cannot listen there")
+    finally:
+        taken.close()
+
+
+def test_a_metrics_host_not_on_this_machine_is_one_line_and_exit_2(spawn, closure_artifact):
+    env = _start_up_env(closure_artifact(lambda xs: xs), SCHOONER_METRICS_PORT="0",
+                        SCHOONER_METRICS_HOST="192.0.2.1")  # TEST-NET-1: on no interface here
+    p = spawn("foreign-metrics-host", [sys.executable, "-m", "schooner.runtime"], env=env)
+    assert p.wait_for_exit(30) == 2
+    _one_line_error(p.log(), "SCHOONER_METRICS_HOST=192.0.2.1")
+
+
+def test_a_frontend_socket_that_cannot_ever_be_reached_is_one_line_and_exit_2(
+    spawn, closure_artifact, tmp_path
+):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    env = _start_up_env(closure_artifact(lambda xs: xs),
+                        SCHOONER_RPC_SOCKET=str(not_a_dir / "rpc.sock"))  # fmt: skip
+    p = spawn("bad-socket", [sys.executable, "-m", "schooner.runtime"], env=env)
+    assert p.wait_for_exit(30) == 2
+    _one_line_error(p.log(), "SCHOONER_RPC_SOCKET=")

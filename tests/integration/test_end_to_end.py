@@ -8,13 +8,37 @@ frontend's local Unix socket (``local``, what the local manager uses on one mach
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import signal
-import time
 
 import numpy as np
 import pytest
+import requests
 
 pytestmark = pytest.mark.slow
+
+
+def metrics(fe) -> str:
+    return requests.get(f"{fe.query_url}/metrics", timeout=10).text
+
+
+def held_until(started, release, answer):
+    """A model that creates ``started``, stays in predict until ``release`` exists (a
+    minute at most), then answers ``answer(xs)``."""
+    started, release = str(started), str(release)
+
+    def model(xs):
+        import os
+        import time
+
+        open(started, "w").close()
+        for _ in range(6000):
+            if os.path.exists(release):
+                break
+            time.sleep(0.01)
+        return answer(xs)
+
+    return model
 
 
 @pytest.fixture(params=["zmq", "local"])
@@ -79,19 +103,23 @@ def test_predict_input_batch_and_pinned_versions(start_frontend, start_container
 
 
 def test_slow_model_gets_the_default_output_with_its_explanation(start_frontend, start_container,
-                                                                  closure_artifact):  # fmt: skip
+                                                                  closure_artifact, tmp_path):  # fmt: skip
     fe = start_frontend()
-
-    def slow(xs):
-        time.sleep(1.0)
-        return ["late"] * len(xs)
-
+    started, release = tmp_path / "started", tmp_path / "release"
+    slow = held_until(started, release, lambda xs: ["late"] * len(xs))
     deploy(fe, start_container, closure_artifact(slow), slo=200_000, default='"fallback"')
-    started = time.monotonic()
     status, body = fe.predict("app", {"input": [1.0]})
-    elapsed = time.monotonic() - started
+    # The model has the query and cannot answer it before the release file, created only
+    # below: the default came from the SLO while the model was still predicting.
+    assert started.exists()
     assert status == 200 and body["default"] is True and body["output"] == "fallback"
-    assert body["default_explanation"] and elapsed < 0.9
+    assert body["default_explanation"] == (
+        "the latency SLO of 200000 us was missed: model m:1 did not answer in time"
+    )
+    assert 'schooner_frontend_default_outputs_total{app="app",reason="slo_missed"} 1.0' in metrics(fe)
+    release.touch()
+    status, body = fe.predict("app", {"input": [2.0]})  # released: answers in time again
+    assert status == 200 and body["output"] == "late" and body["default"] is False
 
 
 def test_raising_model_answers_every_query_and_keeps_serving(start_frontend, start_container,
@@ -103,38 +131,67 @@ def test_raising_model_answers_every_query_and_keeps_serving(start_frontend, sta
             raise RuntimeError("cannot take negatives")
         return [str(float(x[0])) for x in xs]
 
-    deploy(fe, start_container, closure_artifact(fragile), default="0")
+    # Batches of up to 8: a good query batched with a bad one must still get its output.
+    (replica,) = deploy(fe, start_container, closure_artifact(fragile), default="0", batch_size=8)
+    status, body = fe.predict("app", {"input_batch": [[1.0], [-1.0], [2.0], [3.0]]})
+    assert status == 200
+    assert [(p["default"], p["output"]) for p in body["batch_predictions"]] == [
+        (False, 1.0), (True, 0), (False, 2.0), (False, 3.0)]  # fmt: skip
+    assert "predicting each input alone" in replica.process.log()  # one batch of four raised
+
     bodies = [{"input": [float(v)]} for v in (1, -1, 2, -2, 3, 4, -5, 6) * 4]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda b: fe.predict("app", b, timeout=20), bodies))
     assert all(status == 200 for status, _ in answers)
     for body, (_, answer) in zip(bodies, answers):
-        if body["input"][0] < 0:
-            assert answer["default"] is True and "cannot take negatives" in answer["default_explanation"]
-        elif not answer["default"]:  # a good query batched with a bad one fails with it
-            assert answer["output"] == body["input"][0]
+        x = body["input"][0]
+        if x < 0:
+            assert answer["default"] is True and answer["output"] == 0, (x, answer)
+            assert answer["default_explanation"] == (
+                "model m:1 failed: RuntimeError: cannot take negatives"), (x, answer)
+        else:
+            assert (answer["default"], answer["output"]) == (False, x), (x, answer)
     status, body = fe.predict("app", {"input": [8.0]})
     assert status == 200 and body["output"] == 8.0 and body["default"] is False
 
 
-def test_a_killed_replica_loses_no_query(start_frontend, start_container, closure_artifact):
+def test_a_killed_replica_loses_no_query(start_frontend, start_container, closure_artifact,
+                                         tmp_path):  # fmt: skip
     fe = start_frontend()
+    flags = str(tmp_path)
 
     def steady(xs):
+        import os
+        import time
+
+        pid = os.getpid()
+        if os.path.exists(f"{flags}/hold-{pid}"):  # keep this batch until the test kills us
+            open(f"{flags}/holding-{pid}", "w").close()
+            time.sleep(60)
         time.sleep(0.02)
         return [str(float(x[0])) for x in xs]
 
     replicas = deploy(fe, start_container, closure_artifact(steady), replicas=2, slo=5_000_000)
+    victim = replicas[0].process
+    n = 400
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(fe.predict, "app", {"input": [float(i)]}, timeout=20) for i in range(400)]
-        time.sleep(0.3)
-        replicas[0].process.send_signal(signal.SIGKILL)
-        answers = [f.result(timeout=30) for f in futures]
+        futures = [pool.submit(fe.predict, "app", {"input": [float(i)]}, timeout=30) for i in range(n)]
+        fe.process.wait_until(lambda: sum(f.done() for f in futures) >= 40, timeout=60,
+                              what="the first 40 answers")  # fmt: skip
+        (tmp_path / f"hold-{victim.pid}").touch()
+        # The victim is inside predict with a batch of ours: kill it mid-batch.
+        victim.wait_until((tmp_path / f"holding-{victim.pid}").exists, timeout=30,
+                          what="the victim to take a batch")  # fmt: skip
+        victim.send_signal(signal.SIGKILL)
+        answers = [f.result(timeout=60) for f in futures]
     assert all(status == 200 for status, _ in answers)
-    served = [a for _, a in answers if not a["default"]]
-    assert all(a["output"] == float(i) for i, (_, a) in enumerate(answers) if not a["default"])
-    # the survivor takes over the dead replica's queries: (nearly) nothing falls back to default
-    assert len(served) >= 390, [a for _, a in answers if a["default"]][:3]
+    defaults = [(i, a) for i, (_, a) in enumerate(answers) if a["default"]]
+    assert not defaults, f"{len(defaults)} of {n} fell back to the default: {defaults[:3]}"
+    assert [a["output"] for _, a in answers] == [float(i) for i in range(n)]
+    requeued = re.findall(r"replica \d+ of model m:1 removed: .*; (\d+) queries re-queued",
+                          fe.process.log())  # fmt: skip
+    assert requeued and int(requeued[0]) > 0, fe.process.tail()  # the held batch went on
+    assert "schooner_frontend_default_outputs_total{" not in metrics(fe)
     fe.process.wait_until(lambda: len(fe.containers()) == 1, timeout=15, what="dead replica dropped")
 
 

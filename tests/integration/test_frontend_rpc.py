@@ -2,7 +2,9 @@
 
 Each fake container is a DEALER thread that speaks Clipper RPC v3 through
 ``schooner.runtime.wire``: it heartbeats, registers (with or without CAP_PACKED) when asked,
-and answers predictions with a function of its inputs.
+and answers predictions with a function of its inputs, or holds them (never answers). It
+counts what the frontend told it (registrations asked for, keep-alives), so that tests can
+wait for the frontend to have handled its messages instead of sleeping.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import pytest
 import requests
 import zmq
+from conftest import wait_until
 
 from schooner.runtime import wire
 from schooner.runtime.wire import CAP_PACKED, HeartbeatReply, HeartbeatType, InputType
@@ -54,14 +57,15 @@ class FakeContainer:
         input_type: InputType = InputType.DOUBLES,
         capabilities: int = CAP_PACKED,
         model: Model = sum_doubles,
-        delay: float = 0.0,
         fail_on: bytes | None = None,
     ) -> None:
         self.port, self.name, self.version = port, name, version
         self.input_type, self.capabilities = input_type, capabilities
-        self.model, self.delay, self.fail_on = model, delay, fail_on
+        self.model, self.fail_on = model, fail_on
         self.requests: list[wire.PredictRequest] = []
         self.registered = threading.Event()
+        self.registrations = 0  # times the frontend asked who we are
+        self.keep_alives = 0  # heartbeats answered as from a registered replica
         self.got_request = threading.Event()
         self._stop = threading.Event()
         self._hold = threading.Event()  # set: receive requests but never answer
@@ -98,14 +102,15 @@ class FakeContainer:
                                 self.name, self.version, self.input_type, self.capabilities
                             )
                         )
+                        self.registrations += 1
                         self.registered.set()
+                    else:
+                        self.keep_alives += 1
                     continue
                 self.requests.append(msg)
                 self.got_request.set()
                 if self._hold.is_set():
                     continue
-                if self.delay:
-                    time.sleep(self.delay)
                 sock.send_multipart(self._answer(msg))
         finally:
             sock.close(0)
@@ -172,10 +177,21 @@ class FrontendProcess:
         assert r.status_code == 200, r.text
         return r.json()
 
-    def predict(self, app: str, body: Any, **kw: Any) -> requests.Response:
+    def predict(self, app: str, body: Any, *, timeout: float = 10.0) -> requests.Response:
         return requests.post(
-            f"http://127.0.0.1:{self.query_port}/{app}/predict", json=body, timeout=10, **kw
+            f"http://127.0.0.1:{self.query_port}/{app}/predict", json=body, timeout=timeout
         )
+
+    def metrics(self) -> str:
+        return requests.get(f"http://127.0.0.1:{self.query_port}/metrics", timeout=10).text
+
+    def replica_ids(self) -> list[int]:
+        return sorted(r["replica_id"] for r in self.admin("get_all_containers", verbose=True))
+
+    def wait_for_replica_ids(self, expected: list[int], timeout: float = 10.0) -> None:
+        """Until the frontend's connected replicas are exactly ``expected`` (by id)."""
+        wait_until(lambda: self.replica_ids() == expected, timeout=timeout,
+                   what=f"replicas {expected} (the frontend has {self.replica_ids()})")  # fmt: skip
 
     def deploy(
         self, app: str, model: str, *, slo: int = 2_000_000, input_type: str = "doubles",
@@ -329,9 +345,12 @@ def test_defaults_with_explanations(
     assert "no replica of model absent:1 is connected" in r["default_explanation"]
 
     frontend.deploy("slow", "sloth", slo=100_000, default="late")
-    containers.append(FakeContainer(frontend.rpc_port, "sloth", delay=0.5))
+    sloth = FakeContainer(frontend.rpc_port, "sloth")
+    sloth.hold()  # takes the query, never answers: only the SLO can answer it
+    containers.append(sloth)
     frontend.wait_replicas(1)
     r = frontend.predict("slow", {"input": [1.0]}).json()
+    assert sloth.got_request.is_set()  # it reached the replica: not "no replica"
     assert r == {
         "query_id": r["query_id"], "output": "late", "default": True,
         "default_explanation": r["default_explanation"],
@@ -364,23 +383,28 @@ def test_queries_of_a_disconnected_replica_are_redispatched(
     frontend.wait_replicas(1)
 
     result: dict[str, Any] = {}
+    body = {"input": [20.0, 22.0]}
     t = threading.Thread(
-        target=lambda: result.update(frontend.predict("ha", {"input": [20.0, 22.0]}).json())
+        target=lambda: result.update(frontend.predict("ha", body, timeout=30).json())
     )
     t.start()
     assert doomed.got_request.wait(5)
     survivor = FakeContainer(frontend.rpc_port, "twin")
     containers.append(survivor)
     frontend.wait_replicas(2)
-    started = time.monotonic()
+    assert survivor.requests == []  # the query is the doomed replica's alone
     doomed.close()
     containers.remove(doomed)
-    t.join(10)
-    assert result["output"] == 42.0 and result["default"] is False, result
-    assert time.monotonic() - started < 5  # well before the 10 s SLO: not a timeout path
-    assert len(survivor.requests) == 1
-    replicas = frontend.wait_replicas(1)
-    assert [r["replica_id"] for r in replicas] == [1]
+    t.join(30)
+    assert not t.is_alive(), "the query was never answered"
+    # Answered by the survivor, not by the deadline (that would be the default output, with
+    # "was lost ... and no other replica answered within the latency SLO").
+    assert result == {"query_id": result["query_id"], "output": 42.0, "default": False}
+    assert [r.sizes for r in survivor.requests] == [(16,)]
+    assert "replica 0 of model twin:1 removed: it disconnected; 1 queries re-queued" in (
+        frontend.log.read_text())
+    assert 'schooner_frontend_default_outputs_total{app="ha"' not in frontend.metrics()
+    frontend.wait_for_replica_ids([1])
 
 
 def test_restart_keeps_apps_models_and_links(
@@ -465,15 +489,21 @@ def test_reused_file_descriptors_never_drop_the_new_replica(
     frontend: FrontendProcess, containers: list[FakeContainer]
 ) -> None:
     frontend.deploy("churn", "flaky")
-    for _ in range(5):
+    kept: list[int] = []
+    for k in range(5):
         old = FakeContainer(frontend.rpc_port, "flaky")
-        assert old.registered.wait(5)
+        frontend.wait_for_replica_ids([*kept, 2 * k])  # the frontend registered it
         old.close()  # its fd is free for the next connection, often reused at once
         new = FakeContainer(frontend.rpc_port, "flaky")
         containers.append(new)
-        assert new.registered.wait(5)
-        time.sleep(0.2)
-        assert len(frontend.wait_replicas(1)) == len(containers)
+        kept.append(2 * k + 1)
+        frontend.wait_for_replica_ids(kept)  # the old one dropped, the new one registered
+        # Two more heartbeats of the new one answered: the frontend read its socket again,
+        # and drains disconnect events before every read, so a stale event of the old
+        # connection would have dropped the new replica by now.
+        target = new.keep_alives + 2
+        wait_until(lambda c=new, n=target: c.keep_alives >= n, timeout=10, what="two keep-alives")
+        assert frontend.replica_ids() == kept
+        assert [c.registrations for c in containers] == [1] * len(containers)
     assert frontend.predict("churn", {"input": [4.0]}).json()["output"] == 4.0
-    ids = sorted(r["replica_id"] for r in frontend.admin("get_all_containers", verbose=True))
-    assert ids == [1, 3, 5, 7, 9]
+    assert frontend.replica_ids() == [1, 3, 5, 7, 9]
