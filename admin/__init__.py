@@ -10,6 +10,7 @@
 
 from schooner.admin.connection import ClipperConnection
 from schooner.admin.managers.base import ContainerManager
+from schooner.admin.managers.docker import DockerContainerManager
 from schooner.admin.managers.local import LocalContainerManager
 from schooner.runtime.errors import ClipperException
 
@@ -17,5 +18,6 @@ __all__ = [
     "ClipperConnection",
     "ContainerManager",
     "LocalContainerManager",
+    "DockerContainerManager",
     "ClipperException",
 ]

@@ -4,6 +4,7 @@
     schooner stop   [--cluster NAME]
     schooner status [--cluster NAME]
     schooner logs   [--cluster NAME] [--follow] [-n LINES] [COMPONENT]
+    schooner images build NAME [--python-base REF] [--wheel PATH ...]
 
 COMPONENT is ``supervisor``, ``frontend``, or a replica (``model``, ``model:version`` or
 ``model:version:slot``). Clusters live under ``$SCHOONER_HOME`` (default ``~/.schooner``).
@@ -48,6 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="supervisor, frontend, or a replica (model[:version[:slot]])")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     logs.add_argument("-n", "--lines", type=int, default=50, help="lines to show first")
+    images = commands.add_parser("images", help="build Schooner's images on a Docker engine")
+    image_commands = images.add_subparsers(dest="images_command", required=True, metavar="ACTION")
+    build = image_commands.add_parser(
+        "build", help="build a base image (base_images/NAME), or reuse it if it is built"
+    )
+    build.add_argument("name", help="python, pytorch, onnx, tensorflow, pyspark, mxnet, frontend")
+    build.add_argument("--python-base", default=None,
+                       help="the image to start FROM (default: the local Debian base if the "
+                            "engine has it, else python:3.11-slim-bookworm)")
+    build.add_argument("--wheel", action="append", default=[], type=Path,
+                       help="a local wheel pip prefers (e.g. a CPU build of torch)")
     return parser
 
 
@@ -58,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "start":
             return _start(args, out)
+        if args.command == "images":
+            return _build_image(args, out)
         manager = LocalContainerManager(cluster_name=args.cluster)
         if args.command == "logs":
             return _logs(manager, args.component, args.lines, args.follow, out)
@@ -107,6 +121,17 @@ def _start(args: argparse.Namespace, out: TextIO) -> int:
         f"  files:      {manager.layout.root}\n"
         f"stop it with: schooner stop{_cluster_flag(args.cluster)}\n"
     )
+    return 0
+
+
+def _build_image(args: argparse.Namespace, out: TextIO) -> int:
+    from schooner.admin import images
+    from schooner.admin.engine import Engine
+
+    logging.getLogger("schooner.admin.images").setLevel(logging.INFO)
+    engine = Engine()
+    python = images.python_base(engine, args.python_base)
+    out.write(f"{images.ensure_base_image(engine, args.name, python, args.wheel)}\n")
     return 0
 
 

@@ -65,24 +65,33 @@ class Package:
     requirements: tuple[str, ...]
 
 
-def package(artifact: str | os.PathLike[str], base_image: str = "default") -> Package:
+def package(
+    artifact: str | os.PathLike[str], base_image: str = "default", captured: bool = False
+) -> Package:
     """The package of ``artifact``: ``base_image="default"`` means the base image of its
-    framework; ``schooner/<name>:<tag>`` (or just ``<name>``) names one of ``base_images/``."""
+    framework; ``schooner/<name>:<tag>`` (or just ``<name>``) names one of ``base_images/``.
+    ``captured`` adds the pins the deployer found in what the model imports (the manifest's
+    ``captured_requirements``): images install them; the local manager runs replicas in
+    the deploying interpreter, which has them, or in an environment of the named packages."""
     path = Path(artifact)
+    found: list[str] = []
     try:
-        framework = registry.resolve(str(read_manifest(path)["framework"]))
+        manifest = read_manifest(path)
+        framework = registry.resolve(str(manifest["framework"]))
     except SchoonerError as exc:
         logger.warning("%s: using the python base image", exc)
         name, needs = "python", ()
     else:
         name, needs = framework.base_image, framework.requires
+        found = [str(r) for r in manifest.get("captured_requirements", [])] if captured else []
     if base_image and base_image != "default":
         name = base_image.rsplit("/", 1)[-1].split(":", 1)[0]
     try:
         base_images.folder(name)
     except KeyError as exc:
         raise ClipperException(str(exc.args[0])) from None
-    return Package(path, name, tuple(needs), tuple(read_requirements(path / REQUIREMENTS_NAME)))
+    requirements = read_requirements(path / REQUIREMENTS_NAME)
+    return Package(path, name, tuple(needs), tuple(dict.fromkeys([*requirements, *found])))
 
 
 def read_requirements(path: Path) -> list[str]:

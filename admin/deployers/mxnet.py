@@ -54,7 +54,7 @@ def deploy_mxnet_model(
         clipper_conn, name, version, input_type,
         lambda directory: mxnet.save(func, mxnet_model, mxnet_data_shapes, directory,
                                      pkgs_to_install=pkgs_to_install),
-        base_image, labels, registry, num_replicas, batch_size, pkgs_to_install,
+        base_image, labels, registry, num_replicas, batch_size, pkgs_to_install, [func],
     )  # fmt: skip
 
 

@@ -73,7 +73,7 @@ def deploy_pytorch_model(
         clipper_conn, name, version, input_type,
         lambda directory: onnx.save(func, pytorch_model, inputs, directory,
                                     pkgs_to_install=pkgs_to_install),
-        base_image, labels, registry, num_replicas, batch_size, pkgs_to_install,
+        base_image, labels, registry, num_replicas, batch_size, pkgs_to_install, [func],
     )  # fmt: skip
 
 

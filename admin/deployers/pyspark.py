@@ -52,7 +52,7 @@ def deploy_pyspark_model(
         lambda directory: spark_framework.save(
             func, pyspark_model, sc, directory, pkgs_to_install=pkgs_to_install
         ),
-        base_image, labels, registry, num_replicas, batch_size, pkgs_to_install,
+        base_image, labels, registry, num_replicas, batch_size, pkgs_to_install, [func],
     )  # fmt: skip
 
 

@@ -42,7 +42,7 @@ def deploy_python_closure(
     deploy_artifact(
         clipper_conn, name, version, input_type,
         lambda directory: closure.save(func, directory, pkgs_to_install=pkgs_to_install),
-        base_image, labels, registry, num_replicas, batch_size, pkgs_to_install,
+        base_image, labels, registry, num_replicas, batch_size, pkgs_to_install, [func],
     )
 
 

@@ -50,7 +50,7 @@ def deploy_pytorch_model(
         clipper_conn, name, version, input_type,
         lambda directory: pytorch.save(func, pytorch_model, directory,
                                        pkgs_to_install=pkgs_to_install),
-        base_image, labels, registry, num_replicas, batch_size, pkgs_to_install,
+        base_image, labels, registry, num_replicas, batch_size, pkgs_to_install, [func],
     )  # fmt: skip
 
 

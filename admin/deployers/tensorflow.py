@@ -64,7 +64,7 @@ def deploy_tensorflow_model(
 
     deploy_artifact(
         clipper_conn, name, version, input_type, save, base_image, labels, registry,
-        num_replicas, batch_size, pkgs_to_install,
+        num_replicas, batch_size, pkgs_to_install, [func],
     )  # fmt: skip
 
 

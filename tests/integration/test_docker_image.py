@@ -1,7 +1,8 @@
 """A base image built for real and serving a model (needs a Docker engine: marked docker).
 
 Builds the local Debian base (base_images/debian/build.sh, debootstrap) if it is missing,
-then base image "python", then runs it with a closure artifact mounted at /model against
+then base image "python" (from the build context Schooner writes, schooner.admin.images),
+then runs it with a closure artifact mounted at /model against
 a frontend started by the test on the host network, and queries it over HTTP.
 """
 
@@ -18,7 +19,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "schooner/debian-python:3.11"
-IMAGE = "schooner/python:test"
 
 
 def _docker_ready() -> bool:
@@ -35,9 +35,10 @@ def image() -> str:
         # the host's CA bundle, so that pip in the image trusts what the host trusts
         env = dict(os.environ, CA_BUNDLE=os.environ.get("SSL_CERT_FILE", ""))
         subprocess.run([str(ROOT / "base_images/debian/build.sh"), BASE], check=True, env=env)
-    subprocess.run(["docker", "build", "--network", "host", "-f", "base_images/python/Dockerfile", "--build-arg",
-                    f"BASE={BASE}", "-t", IMAGE, "."], cwd=ROOT, check=True)  # fmt: skip
-    return IMAGE
+    from schooner.admin import images
+    from schooner.admin.engine import Engine
+
+    return images.ensure_base_image(Engine(), "python", BASE)
 
 
 def test_python_base_image_serves_a_closure(image, start_frontend, closure_artifact):
@@ -50,7 +51,9 @@ def test_python_base_image_serves_a_closure(image, start_frontend, closure_artif
                            "model_data_path": str(artifact), "batch_size": -1})  # fmt: skip
     fe.admin("add_model_links", {"app_name": "app", "model_names": ["m"]})
     run = subprocess.run(
+        # as the user owning the bind-mounted artifact (the image's own user is 10001)
         ["docker", "run", "-d", "--rm", "--network", "host", "-v", f"{artifact}:/model:ro",
+         "--user", str(os.getuid()),
          "-e", "CLIPPER_MODEL_NAME=m", "-e", "CLIPPER_MODEL_VERSION=1",
          "-e", f"CLIPPER_PORT={fe.rpc_port}", image],
         capture_output=True, text=True, check=True,
@@ -60,7 +63,7 @@ def test_python_base_image_serves_a_closure(image, start_frontend, closure_artif
         fe.wait_for_replica("m", "1", timeout=120)
         status, body = fe.predict("app", {"input": [1.0, 2.0]})
         assert status == 200 and body["output"] == 6.0 and body["default"] is False
-        health = subprocess.run(["docker", "exec", container, "test", "-f", "/model_is_ready.check"])
+        health = subprocess.run(["docker", "exec", container, "test", "-f", "/tmp/model_is_ready.check"])
         assert health.returncode == 0
     finally:
         subprocess.run(["docker", "rm", "-f", container], capture_output=True)

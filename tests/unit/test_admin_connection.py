@@ -134,7 +134,8 @@ def conn(frontend):
 
 def test_public_api():
     assert sorted(schooner.admin.__all__) == sorted(
-        ["ClipperConnection", "ContainerManager", "LocalContainerManager", "ClipperException"])
+        ["ClipperConnection", "ContainerManager", "LocalContainerManager",
+         "DockerContainerManager", "ClipperException"])
     assert set(python_deployer.__all__) == {"deploy_python_closure", "create_endpoint"}
 
 

@@ -36,12 +36,26 @@ def test_requirements_are_pinned_and_include_the_runtime(name):
     assert {"pyzmq", "cloudpickle", "prometheus-client", "numpy"} <= names
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", base_images.model_images())
 def test_dockerfile_runs_the_container_and_checks_readiness(name):
     text = base_images.dockerfile(name).read_text()
     assert 'ENTRYPOINT ["python3", "-m", "schooner.runtime"]' in text
     assert "/model_is_ready.check" in text
     assert f"base_images/{name}/requirements.txt" in text
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_images_run_as_a_non_root_user_and_keep_no_build_leftovers(name):
+    text = base_images.dockerfile(name).read_text()
+    assert text.rstrip().splitlines().count("USER 10001") == 1
+    assert "AS build" in text and "COPY --from=build /opt/venv /opt/venv" in text
+    assert "HEALTHCHECK" in text
+
+
+def test_the_frontend_image_runs_the_frontend_with_its_state_on_a_volume():
+    text = base_images.dockerfile(base_images.FRONTEND).read_text()
+    assert '"schooner.frontend"' in text and '"/home/schooner/state/state.db"' in text
+    assert 'VOLUME ["/home/schooner/state"]' in text
 
 
 def test_every_framework_has_its_base_image():

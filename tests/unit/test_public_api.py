@@ -10,7 +10,8 @@ from schooner.runtime import errors, wire
 
 def test_admin_exports():
     assert sorted(schooner.admin.__all__) == sorted(
-        ["ClipperConnection", "ContainerManager", "LocalContainerManager", "ClipperException"]
+        ["ClipperConnection", "ContainerManager", "LocalContainerManager", "DockerContainerManager",
+         "ClipperException"]
     )
     for name in schooner.admin.__all__:
         assert hasattr(schooner.admin, name)
