@@ -7,6 +7,7 @@ Suites (``python -m benchmarks <suite> --help`` for each one's options):
 * ``adaptive`` — highest open-loop rate within the SLO: adaptive vs fixed batch sizes
 * ``startup``  — deploy call to first answer, and an idle container's memory, per framework
 * ``frameworks`` — a small model per framework, container vs in-process
+* ``oip``      — the Open Inference Protocol (REST JSON, binary, gRPC) vs Clipper's path, MLServer
 
 Every suite takes ``--smoke`` (short, no peers: what CI runs), ``--json FILE`` (raw
 results), ``--repeats N`` (median of N runs), ``--server-cpu``/``--load-cpu``/``--no-pin``.
@@ -23,6 +24,7 @@ SUITES = {
     "adaptive": "benchmarks.adaptive",
     "startup": "benchmarks.startup",
     "frameworks": "benchmarks.frameworks",
+    "oip": "benchmarks.oip",
 }
 
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FEATURES", "MODELS", "build", "body"]
+__all__ = ["FEATURES", "MODELS", "build", "body", "oip_body", "oip_binary_body"]
 
 FEATURES = 256  # floats per input
 MODELS = ("noop", "mlp", "sublinear")
@@ -34,6 +34,24 @@ def body(features: int = FEATURES) -> bytes:
     """The JSON request body every system gets: one input of ``features`` floats."""
     values = ",".join(f"{(i % 17) / 17:.4f}" for i in range(features))
     return b'{"input":[%s]}' % values.encode()
+
+
+def oip_body(features: int = FEATURES) -> bytes:
+    """The same input as an Open Inference Protocol request: one FP32 row, JSON data."""
+    values = ",".join(f"{(i % 17) / 17:.4f}" for i in range(features))
+    return (b'{"inputs":[{"name":"input","shape":[1,%d],"datatype":"FP32","data":[%s]}]}'
+            % (features, values.encode()))
+
+
+def oip_binary_body(features: int = FEATURES) -> tuple[bytes, int]:
+    """The same input with Triton's binary tensor extension: (body, JSON header length)."""
+    import json
+    import struct
+
+    values = [float(v) for v in json.loads(body(features))["input"]]
+    header = (b'{"inputs":[{"name":"input","shape":[1,%d],"datatype":"FP32",'
+              b'"parameters":{"binary_data_size":%d}}]}' % (features, 4 * features))
+    return header + struct.pack(f"<{features}f", *values), len(header)
 
 
 def build(name: str) -> Predict:

@@ -116,12 +116,14 @@ def _wait_for_answer(running: Running, timeout_s: float) -> None:
 
 
 def start_schooner(model: str, artifact: Path, tmp: Path, cpu: int | None, *, batch_size: int,
-                   slo_micros: int, timeout_s: float = 60.0, transport: str = "local") -> Running:  # fmt: skip
+                   slo_micros: int, timeout_s: float = 60.0, transport: str = "local",
+                   grpc_port: int | None = None) -> Running:  # fmt: skip
     """Frontend + one container serving ``artifact`` (a closure of ``model``).
 
     ``transport`` is how they talk, as the local manager sets it up: ``local`` (the
     frontend's Unix socket, the default for replicas on the frontend's machine) or ``zmq``
-    (RPC v3 over ZeroMQ, as a container on another machine, or Clipper's, would)."""
+    (RPC v3 over ZeroMQ, as a container on another machine, or Clipper's, would).
+    ``grpc_port``: serve the Open Inference Protocol over gRPC there too."""
     query, mgmt, rpc = free_port(), free_port(), free_port()
     if transport not in ("local", "zmq"):
         raise ValueError(f"transport must be 'local' or 'zmq', not {transport!r}")
@@ -133,7 +135,8 @@ def start_schooner(model: str, artifact: Path, tmp: Path, cpu: int | None, *, ba
                        "--query-port", str(query), "--management-port", str(mgmt),
                        "--rpc-host", "127.0.0.1", "--rpc-port", str(rpc),
                        "--state-db", str(run_dir / "state.db"), "--log-level", "WARNING",
-                       *(["--rpc-socket", local_socket] if local_socket else [])],
+                       *(["--rpc-socket", local_socket] if local_socket else []),
+                       *(["--grpc-port", str(grpc_port)] if grpc_port else [])],
                       cpu, logs[0])  # fmt: skip
     name = "schooner" if transport == "local" else f"schooner-{transport}"
     running = Running(name, f"http://127.0.0.1:{query}/{APP}/predict", [frontend], logs)
@@ -168,10 +171,18 @@ def start_floor(model: str, tmp: Path, cpu: int | None, timeout_s: float = 60.0)
 
 def start_peer(kind: str, python: str, model: str, tmp: Path, cpu: int | None, *,
                max_batch: int, wait_s: float, timeout_s: float = 180.0) -> Running:  # fmt: skip
-    """LitServe or Ray Serve in the peers' environment, one worker, batching on."""
+    """LitServe, Ray Serve or MLServer in its own environment, one worker, batching on."""
     port = free_port()
     log = tmp / f"{kind}-{model}-{port}.log"
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=repo_root())
     proc = _popen([python, "-m", f"benchmarks.peers.{kind}", str(port), model, str(max_batch),
-                   str(wait_s)], cpu, log, dict(os.environ, RAY_USAGE_STATS_ENABLED="0"),
-                  new_session=True)  # fmt: skip
+                   str(wait_s)], cpu, log, env, new_session=True)  # fmt: skip
+    if kind == "mlserver":  # the Open Inference Protocol, not Clipper's body
+        running = Running(kind, f"http://127.0.0.1:{port}/v2/models/{APP}/infer", [proc], [log])
+        try:
+            wait_for_http(running.url, timeout_s, proc, body=json.loads(models.oip_body()))
+        except BaseException:
+            running.stop()
+            raise
+        return running
     return _answering(Running(kind, f"http://127.0.0.1:{port}/predict", [proc], [log]), timeout_s)

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from schooner.frontend.server import FrontendConfig, run_until_signal
+from schooner.runtime.errors import MissingExtra
 
 __all__ = ["main", "parse_args"]
 
@@ -36,6 +37,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
         help="also serve containers on this machine on a Unix socket (a path, or @name for "
         "the abstract namespace); a container given it as SCHOONER_RPC_SOCKET uses it",
     )
+    p.add_argument("--grpc-host", default="127.0.0.1")
+    p.add_argument(
+        "--grpc-port", type=int, default=None,
+        help="serve the Open Inference Protocol over gRPC on this port too (off by default; "
+        "needs the grpc extra)",
+    )  # fmt: skip
     p.add_argument("--state-db", default="schooner-state.db", help="SQLite file of the state")
     p.add_argument("--inflight-per-replica", type=int, default=2, help="batches per replica")
     p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
@@ -68,6 +75,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
         rpc_host=a.rpc_host,
         rpc_port=a.rpc_port,
         rpc_socket=a.rpc_socket,
+        grpc_host=a.grpc_host,
+        grpc_port=a.grpc_port,
         state_db=a.state_db,
         inflight_per_replica=a.inflight_per_replica,
         max_body_bytes=a.max_body_bytes,
@@ -89,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = uvloop.run
     try:
         runner(run_until_signal(config))
-    except OSError as exc:
+    except (OSError, MissingExtra) as exc:
         log.error("the frontend cannot start: %s", exc)
         return 1
     except Exception as exc:  # a ZMQError on bind, an unreadable state file

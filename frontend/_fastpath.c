@@ -1,5 +1,7 @@
 /* The query path's common case in one pass: a body of exactly {"input": [numbers]}
- * straight to the wire bytes of the input (float64, float32 or int32, little endian).
+ * straight to the wire bytes of the input (float64, float32 or int32, little endian); and
+ * the same for one flat array inside a larger body (the Open Inference Protocol's "data",
+ * frontend/oip.py), so that only the rest of that body goes through orjson.
  *
  * It is only a shortcut. Anything it does not recognise -- another shape or another key,
  * a token that is not a plain JSON number, an empty array, a value out of range, a number
@@ -88,35 +90,19 @@ static const char *scan_number(const char *p, const char *end, int *integral, in
     return q;
 }
 
-/* parse_input(body: bytes, code: str) -> bytes | None; code is "d", "f" or "i". */
-static PyObject *parse_input(PyObject *self, PyObject *args) {
-    Py_buffer body;
-    int code;
-    if (!PyArg_ParseTuple(args, "y*C", &body, &code)) return NULL;
-    if (code != 'd' && code != 'f' && code != 'i') {
-        PyBuffer_Release(&body);
-        PyErr_SetString(PyExc_ValueError, "code must be 'd', 'f' or 'i'");
-        return NULL;
-    }
-    const char *p = body.buf, *end = p + body.len;
+/* The JSON array of numbers at p (p at its '['), as wire bytes of `code` into a new bytes
+ * object (*out). Returns the position after the ']', NULL to fall back (nothing to free),
+ * or (const char *)-1 with a Python error set. */
+static const char *parse_array(const char *p, const char *end, int code, PyObject **out) {
     const size_t item = code == 'd' ? 8 : 4;
-    PyObject *out = NULL;
     char token[MAX_TOKEN + 1];
     Py_ssize_t n = 0;
-
-    p = skip_ws(p, end);
-    if (p >= end || *p++ != '{') goto fallback;
-    p = skip_ws(p, end);
-    if (end - p < 7 || memcmp(p, "\"input\"", 7) != 0) goto fallback;
-    p = skip_ws(p + 7, end);
-    if (p >= end || *p++ != ':') goto fallback;
-    p = skip_ws(p, end);
-    if (p >= end || *p++ != '[') goto fallback;
-
+    *out = NULL;
+    if (p >= end || *p++ != '[') return NULL;
     /* At most one number per two bytes of what is left. */
-    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(((end - p) / 2 + 1) * item));
-    if (out == NULL) goto error;
-    unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(out);
+    PyObject *bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(((end - p) / 2 + 1) * item));
+    if (bytes == NULL) return (const char *)-1;
+    unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(bytes);
 
     for (;;) {
         p = skip_ws(p, end);
@@ -142,7 +128,7 @@ static PyObject *parse_input(PyObject *self, PyObject *args) {
             if (!exact) { /* CPython's correctly rounded conversion, ~10x slower */
                 char *stop = NULL;
                 v = PyOS_string_to_double(token, &stop, NULL);
-                if (v == -1.0 && PyErr_Occurred()) goto error;
+                if (v == -1.0 && PyErr_Occurred()) { Py_DECREF(bytes); return (const char *)-1; }
                 if (stop != token + len) goto fallback;
                 if (integral && v == 0.0) v = 0.0; /* "-0" is the int 0 */
             }
@@ -162,27 +148,78 @@ static PyObject *parse_input(PyObject *self, PyObject *args) {
         if (*p == ']') { p++; break; }
         goto fallback;
     }
+    if (_PyBytes_Resize(&bytes, (Py_ssize_t)(n * item)) < 0) return (const char *)-1;
+    *out = bytes;
+    return p;
+
+fallback:
+    Py_DECREF(bytes);
+    return NULL;
+}
+
+static int check_code(int code) {
+    if (code == 'd' || code == 'f' || code == 'i') return 1;
+    PyErr_SetString(PyExc_ValueError, "code must be 'd', 'f' or 'i'");
+    return 0;
+}
+
+/* parse_input(body: bytes, code: str) -> bytes | None; code is "d", "f" or "i". */
+static PyObject *parse_input(PyObject *self, PyObject *args) {
+    Py_buffer body;
+    int code;
+    if (!PyArg_ParseTuple(args, "y*C", &body, &code)) return NULL;
+    if (!check_code(code)) { PyBuffer_Release(&body); return NULL; }
+    const char *p = body.buf, *end = p + body.len;
+    PyObject *out = NULL;
+
+    p = skip_ws(p, end);
+    if (p >= end || *p++ != '{') goto fallback;
+    p = skip_ws(p, end);
+    if (end - p < 7 || memcmp(p, "\"input\"", 7) != 0) goto fallback;
+    p = skip_ws(p + 7, end);
+    if (p >= end || *p++ != ':') goto fallback;
+    p = skip_ws(p, end);
+    p = parse_array(p, end, code, &out);
+    if (p == (const char *)-1) { PyBuffer_Release(&body); return NULL; }
+    if (p == NULL) goto fallback;
     p = skip_ws(p, end);
     if (p >= end || *p++ != '}') goto fallback;
     if (skip_ws(p, end) != end) goto fallback;
     PyBuffer_Release(&body);
-    if (_PyBytes_Resize(&out, (Py_ssize_t)(n * item)) < 0) return NULL;
     return out;
 
 fallback:
     PyBuffer_Release(&body);
     Py_XDECREF(out);
     Py_RETURN_NONE;
-error:
+}
+
+/* parse_array_at(body: bytes, offset: int, code: str) -> tuple[bytes, int] | None: the JSON
+ * array of numbers that starts at body[offset] ('['), and the offset just after it. */
+static PyObject *parse_array_at(PyObject *self, PyObject *args) {
+    Py_buffer body;
+    Py_ssize_t offset;
+    int code;
+    if (!PyArg_ParseTuple(args, "y*nC", &body, &offset, &code)) return NULL;
+    if (!check_code(code)) { PyBuffer_Release(&body); return NULL; }
+    if (offset < 0 || offset >= body.len) { PyBuffer_Release(&body); Py_RETURN_NONE; }
+    const char *start = body.buf, *end = start + body.len;
+    PyObject *out = NULL;
+    const char *p = parse_array(start + offset, end, code, &out);
     PyBuffer_Release(&body);
-    Py_XDECREF(out);
-    return NULL;
+    if (p == (const char *)-1) return NULL;
+    if (p == NULL) Py_RETURN_NONE;
+    PyObject *result = Py_BuildValue("(Nn)", out, (Py_ssize_t)(p - start));
+    return result;
 }
 
 static PyMethodDef methods[] = {
     {"parse_input", parse_input, METH_VARARGS,
      "parse_input(body, code) -> bytes | None: the wire bytes of a body that is exactly "
      "{\"input\": [numbers]} ('d' float64, 'f' float32, 'i' int32), or None."},
+    {"parse_array_at", parse_array_at, METH_VARARGS,
+     "parse_array_at(body, offset, code) -> (bytes, end) | None: the wire bytes of the JSON "
+     "array of numbers at body[offset], and the offset after it; None to fall back."},
     {NULL, NULL, 0, NULL},
 };
 

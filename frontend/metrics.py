@@ -4,6 +4,8 @@ The series recorded for every query and every batch (answers and latency per app
 sizes per model) are plain counters in lists, bucketed with ``bisect`` and turned into
 Prometheus families only when ``GET /metrics`` is scraped (``render``): recording one costs
 a dict lookup and two additions, not prometheus_client's per-bucket Python loop and lock.
+The same counts are exported a second time under Triton's names (``nv_inference_*``), which
+the dashboards of Triton and KServe users graph.
 Rarer series (default outputs, rejections, replicas) use prometheus_client directly, with
 their labelled children looked up once and cached. Everything runs on the event loop.
 """
@@ -35,6 +37,7 @@ class _HotSeries:
     def __init__(self) -> None:
         self.latency: dict[str, BucketHistogram] = {}
         self.batch: dict[str, BucketHistogram] = {}
+        self.defaults: dict[str, int] = {}  # default outputs per app, all reasons
 
     def collect(self) -> Iterator[Metric]:
         answered = CounterMetricFamily(
@@ -56,6 +59,40 @@ class _HotSeries:
         yield answered
         yield latency
         yield batch
+        yield from self._triton_names()
+
+    def _triton_names(self) -> Iterator[Metric]:
+        """The same counts under the names Triton's dashboards graph (``nv_inference_*``),
+        with Triton's labels: ``model`` (an app, or for batches its model) and ``version``.
+        A Schooner "request" here is one query (one input, one row of an OIP tensor)."""
+        families = {
+            # "unknown" (untyped): prometheus_client would name a counter's samples *_total,
+            # and the point of these series is Triton's exact names.
+            name: Metric(name, doc, "unknown") for name, doc in (
+                ("nv_inference_request_success", "Queries answered with a prediction"),
+                ("nv_inference_request_failure", "Queries answered with the default output"),
+                ("nv_inference_count", "Queries answered (inferences)"),
+                ("nv_inference_exec_count", "Batches sent to replicas (model executions)"),
+                ("nv_inference_request_duration_us", "Arrival to answer, summed, microseconds"),
+            )
+        }  # fmt: skip
+        for app, h in self.latency.items():
+            labels = {"model": app, "version": ""}
+            total = sum(h.counts)
+            failed = self.defaults.get(app, 0)
+            for name, value in (
+                ("nv_inference_request_success", total - failed),
+                ("nv_inference_request_failure", failed),
+                ("nv_inference_count", total),
+                ("nv_inference_request_duration_us", round(h.total * 1e6)),
+            ):
+                families[name].add_sample(name, labels, value)
+        for model, h in self.batch.items():
+            name, _, version = model.partition(":")
+            families["nv_inference_exec_count"].add_sample(
+                "nv_inference_exec_count", {"model": name, "version": version}, sum(h.counts)
+            )
+        yield from families.values()
 
 
 class FrontendMetrics:
@@ -97,6 +134,7 @@ class FrontendMetrics:
         histogram.observe(latency_s)
         if default_reason is not None:
             self._child(self._defaults, app, default_reason).inc()  # type: ignore[attr-defined]
+            self._hot.defaults[app] = self._hot.defaults.get(app, 0) + 1
 
     def batch(self, model: str, size: int) -> None:
         histogram = self._hot.batch.get(model)

@@ -41,10 +41,15 @@ import orjson
 
 from schooner.frontend.dispatch import Dispatcher, Query
 from schooner.frontend.http import Reply, Request, Router
-from schooner.frontend.inputs import BadInput, may_hold_booleans
+from schooner.frontend.inputs import FAST_CODES, BadInput, may_hold_booleans
 from schooner.frontend.query_api import QueryApi, _as_json
 from schooner.frontend.state import App, StateStore
 from schooner.runtime.wire import InputType
+
+try:  # the optional C shortcut (frontend/_fastpath.c); the same results when it answers
+    from schooner.frontend._fastpath import parse_array_at
+except ImportError:  # built without a C compiler: every body takes the general path
+    parse_array_at = None
 
 __all__ = [
     "OipApi", "OipError", "ACCEPTED", "DATATYPES", "SERVER_NAME", "EXTENSIONS", "OUTPUTS",
@@ -79,7 +84,8 @@ ACCEPTED: dict[InputType, tuple[str, ...]] = {
     InputType.STRINGS: ("BYTES",),
     InputType.BYTES: ("BYTES", "UINT8", "INT8"),
 }  # fmt: skip
-_CHECKED = frozenset({"INT64", "UINT32", "UINT64"})  # into int32: every value must fit
+_CHECKED = frozenset({"INT64", "UINT32", "UINT64"})
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # into int32: every value must fit
 _WIRE_DTYPE: dict[InputType, np.dtype[Any]] = {
     InputType.DOUBLES: np.dtype("<f8"), InputType.FLOATS: np.dtype("<f4"),
     InputType.INTS: np.dtype("<i4"),
@@ -147,21 +153,21 @@ class OipApi:
             reply(200, b'{"live":true}')
         elif parts == ["health", "ready"]:
             _only(method, "GET")
-            ready = self._is_ready()
+            ready = self.ready()
             reply(200 if ready else 503, b'{"ready":true}' if ready else b'{"ready":false}')
         elif len(parts) >= 2 and parts[0] == "models":
-            app = self._app(parts[1])
+            app = self.app(parts[1])
             rest = parts[2:]
             version = None
             if len(rest) >= 2 and rest[0] == "versions":
                 version, rest = rest[1], rest[2:]
-            key = self._key(app, version)
+            key = self.key(app, version)
             if rest == []:
                 _only(method, "GET")
-                reply(200, orjson.dumps(self._metadata(app, version)))
+                reply(200, orjson.dumps(self.metadata(app, version)))
             elif rest == ["ready"]:
                 _only(method, "GET")
-                ready = key is not None and bool(self._replicas(key))
+                ready = key is not None and bool(self.replicas(key))
                 reply(200 if ready else 400, orjson.dumps({"name": app.name, "ready": ready}))
             elif rest == ["infer"]:
                 _only(method, "POST")
@@ -171,25 +177,28 @@ class OipApi:
         else:
             raise OipError(404, f"no route for {request.path[:200]}")
 
-    def _app(self, name: str) -> App:
+    def ready(self) -> bool:
+        return self._is_ready()
+
+    def app(self, name: str) -> App:
         app = self._state.apps.get(name)
         if app is None:
             raise OipError(404, f"unknown model {name[:MAX_NAME]!r}: no application of that name")
         return app
 
-    def _key(self, app: App, version: str | None) -> tuple[str, str] | None:
+    def key(self, app: App, version: str | None) -> tuple[str, str] | None:
         try:
             return self._queries.model_version(app, version)
         except BadInput as exc:
             raise OipError(404, str(exc)) from None
 
-    def _replicas(self, key: tuple[str, str]) -> list[Any]:
+    def replicas(self, key: tuple[str, str]) -> list[Any]:
         mq = self._dispatcher.queues.get(key)
         return mq.replicas if mq is not None else []
 
     # ----------------------------------------------------------------- metadata
 
-    def _metadata(self, app: App, version: str | None) -> dict[str, Any]:
+    def metadata(self, app: App, version: str | None) -> dict[str, Any]:
         model = app.linked_model
         versions = [m.version for m in self._state.models.values() if m.name == model]
         numeric = app.input_type in _WIRE_DTYPE
@@ -215,13 +224,13 @@ class OipApi:
         version: str | None,
     ) -> None:
         header, binary = _split(request)
-        try:
-            body = orjson.loads(header)
-        except orjson.JSONDecodeError as exc:
-            raise OipError(400, f"the inference request is not valid JSON: {exc}") from None
-        if type(body) is not dict:
-            raise OipError(400, "the inference request must be a JSON object")
-        rows = _rows(app, body, binary, may_hold_booleans(header))
+        fast = _fast_data(app, header) if not binary else None
+        body = _parse(fast[1] if fast is not None else header)
+        rows = _rows(app, body, binary, may_hold_booleans(header), fast[0] if fast else None)
+        if rows is None:  # the shortcut did not fit this request: the general path decides
+            body = _parse(header)
+            rows = _rows(app, body, binary, may_hold_booleans(header), None)
+        assert rows is not None
         outputs = _requested_outputs(body)
         request_id = body.get("id")
         if request_id is not None and type(request_id) is not str:
@@ -249,6 +258,36 @@ def _only(method: str, allowed: str) -> None:
         raise OipError(405, f"method {method} not allowed here; use {allowed}")
 
 
+def _parse(header: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise OipError(400, f"the inference request is not valid JSON: {exc}") from None
+    if type(body) is not dict:
+        raise OipError(400, "the inference request must be a JSON object")
+    return body
+
+
+def _fast_data(app: App, header: bytes) -> tuple[bytes, bytes] | None:
+    """The common JSON request's one flat ``"data"`` array of numbers parsed in C straight to
+    the app's wire bytes, and the header with that array replaced by ``null`` for orjson.
+    None when the shortcut does not apply (then the general path parses everything)."""
+    code = FAST_CODES.get(app.input_type)
+    if code is None or parse_array_at is None:
+        return None
+    at = header.find(b'"data"')
+    if at < 0 or header.find(b'"data"', at + 6) >= 0:
+        return None
+    start = at + 6
+    while start < len(header) and header[start] in b" \t\r\n:":
+        start += 1
+    found = parse_array_at(header, start, code)
+    if found is None:
+        return None
+    packed, end = found
+    return packed, b"%snull%s" % (header[:start], header[end:])
+
+
 def _split(request: Request) -> tuple[bytes, memoryview]:
     """(the JSON header, the binary tensor data after it)."""
     length = request.header_length
@@ -265,8 +304,10 @@ def _split(request: Request) -> tuple[bytes, memoryview]:
 # --------------------------------------------------------------------------- inputs
 
 
-def _rows(app: App, body: dict[str, Any], binary: memoryview, booleans: bool) -> list[bytes]:
-    """The wire bytes of each row of the request's one input tensor."""
+def _rows(app: App, body: dict[str, Any], binary: memoryview, booleans: bool,
+          packed: bytes | None) -> list[bytes] | None:  # fmt: skip
+    """The wire bytes of each row of the request's one input tensor. ``packed``: its data,
+    already converted by ``_fast_data``; None returned when that does not fit the tensor."""
     inputs = body.get("inputs")
     if type(inputs) is not list or not inputs:
         raise OipError(400, "'inputs' must be a non-empty array of tensors")
@@ -290,6 +331,15 @@ def _rows(app: App, body: dict[str, Any], binary: memoryview, booleans: bool) ->
             if size != len(binary):
                 raise OipError(400, f"{len(binary) - size} bytes after the input's binary data")
             return binary_rows(app, datatype, n, width, binary)
+        if packed is not None:
+            wire = _WIRE_DTYPE.get(app.input_type)
+            if tensor.get("data", 0) is not None or wire is None or DATATYPES[datatype] != wire:
+                return None  # the array was not this tensor's data, or needs a conversion
+            step = width * wire.itemsize
+            if len(packed) != n * step or not step:
+                raise BadInput(f"shape {[n, *([width] if width != 1 else [])]} needs "
+                               f"{n * width} values, 'data' has {len(packed) // wire.itemsize}")
+            return [packed[i * step:(i + 1) * step] for i in range(n)]
         if len(binary):
             raise OipError(400, "binary data after the JSON header, but the input has no "
                                 "binary_data_size parameter")  # fmt: skip
@@ -390,9 +440,10 @@ def _checked_array(values: list[Any], datatype: str) -> np.ndarray[Any, Any]:
         if not all(type(v) in (int, float) for v in values):
             raise BadInput(f"{datatype} data must be JSON numbers")
     try:
-        return np.array(values, dtype=dtype)
-    except OverflowError as exc:
-        raise BadInput(f"a value does not fit {datatype}: {exc}") from None
+        with np.errstate(over="raise"):  # a float beyond FP32's or FP16's range
+            return np.array(values, dtype=dtype)
+    except (OverflowError, FloatingPointError):
+        raise BadInput(f"a value does not fit {datatype}") from None
 
 
 def binary_rows(app: App, datatype: str, n: int, width: int, raw: memoryview) -> list[bytes]:
@@ -513,8 +564,46 @@ def output_tensors(app: App, queries: Sequence[Query], names: Sequence[str]) -> 
     return tensors
 
 
+_ALL_JSON = [(name, False) for name in OUTPUTS]
+_ONE_ROW_PREFIX: dict[str, bytes] = {}
+_ONE_ROW_SUFFIX = (b'{"name":"default","datatype":"BOOL","shape":[1],"data":[false]},'
+                   b'{"name":"default_explanation","datatype":"BYTES","shape":[1],"data":[""]}],'
+                   b'"parameters":{"defaults":0}}')  # fmt: skip
+
+
+def _one_served_number(app: App, q: Query) -> bytes | None:
+    """The whole response of the commonest request (one row, every output as JSON, no id or
+    version) answered with a number, from a template: what ``_reply_rest`` writes for it."""
+    try:
+        value = orjson.loads(q.output or "")
+    except orjson.JSONDecodeError:
+        return None
+    kind = type(value)
+    if kind is int and _INT64_MIN <= value <= _INT64_MAX:
+        datatype = b"INT64"
+    elif kind is float and math.isfinite(value):
+        datatype = b"FP64"
+    else:
+        return None
+    prefix = _ONE_ROW_PREFIX.get(app.name)
+    if prefix is None:
+        if len(_ONE_ROW_PREFIX) > 4096:
+            _ONE_ROW_PREFIX.clear()
+        prefix = _ONE_ROW_PREFIX[app.name] = (
+            b'{"model_name":%s,"outputs":[{"name":"output","datatype":"' % orjson.dumps(app.name)
+        )
+    return b'%s%s","shape":[1],"data":[%s]},%s' % (prefix, datatype, orjson.dumps(value),
+                                                     _ONE_ROW_SUFFIX)  # fmt: skip
+
+
 def _reply_rest(reply: Reply, app: App, queries: list[Query], outputs: list[tuple[str, bool]],
                 request_id: str | None, version: str | None) -> None:  # fmt: skip
+    if (len(queries) == 1 and queries[0].explanation is None and request_id is None
+            and version is None and outputs == _ALL_JSON):  # fmt: skip
+        template = _one_served_number(app, queries[0])
+        if template is not None:
+            reply(200, template)
+            return
     tensors = output_tensors(app, queries, [name for name, _ in outputs])
     rendered, chunks = [], []
     for (name, datatype, shape, data), (_, binary) in zip(tensors, outputs):
@@ -546,7 +635,9 @@ def _output_tensor(answers: list[Any], queries: Sequence[Query],
     n = len(answers)
 
     def number(v: object) -> bool:
-        return type(v) in (int, float) and not (type(v) is float and not math.isfinite(v))
+        if type(v) is int:
+            return _INT64_MIN <= v <= _INT64_MAX  # type: ignore[operator]
+        return type(v) is float and math.isfinite(v)  # type: ignore[arg-type]
 
     if all(number(a) for a in answers):
         return ("INT64" if all(type(a) is int for a in answers) else "FP64"), [n], answers

@@ -42,6 +42,8 @@ class FrontendConfig:
     rpc_host: str = "0.0.0.0"
     rpc_port: int = 7000
     rpc_socket: str | None = None  # a Unix socket for local containers (``@name``: abstract)
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int | None = None  # the OIP's gRPC service; None: not served
     state_db: str = "schooner-state.db"
     inflight_per_replica: int = 2
     max_body_bytes: int = 16 * 1024 * 1024
@@ -60,6 +62,7 @@ class Frontend:
         self.local: LocalEndpoint | None = None
         self._context: zmq.Context[Any] | None = None
         self._servers: list[asyncio.Server] = []
+        self._grpc: Any = None
         self._ready = False
         self._stopped = asyncio.Event()
         self._sweep: asyncio.TimerHandle | None = None
@@ -112,13 +115,20 @@ class Frontend:
         self._servers.append(query_server)
         self.ports["management"] = mgmt_server.sockets[0].getsockname()[1]
         self.ports["query"] = query_server.sockets[0].getsockname()[1]
+        if cfg.grpc_port is not None:
+            from schooner.frontend.oip_grpc import GrpcServer  # grpcio only when asked for
+
+            self._grpc = GrpcServer(oip, self.state, _schooner_version(), cfg.grpc_host,
+                                    cfg.grpc_port)  # fmt: skip
+            self.ports["grpc"] = await self._grpc.start()
         self._housekeeping = loop.call_later(HOUSEKEEPING_S, self._housekeep)
         self._ready = True
         log.info(
-            "frontend ready: query port %d, management port %d, rpc port %d%s, state %s "
+            "frontend ready: query port %d, management port %d, rpc port %d%s%s, state %s "
             "(%d apps, %d models)",
             self.ports["query"], self.ports["management"], self.ports["rpc"],
-            f" and socket {cfg.rpc_socket}" if cfg.rpc_socket else "", cfg.state_db,
+            f" and socket {cfg.rpc_socket}" if cfg.rpc_socket else "",
+            f", grpc port {self.ports['grpc']}" if "grpc" in self.ports else "", cfg.state_db,
             len(self.state.apps), len(self.state.models),
         )  # fmt: skip
 
@@ -190,6 +200,9 @@ class Frontend:
         for timer in (self._sweep, self._housekeeping):
             if timer is not None:
                 timer.cancel()
+        if self._grpc is not None:
+            await self._grpc.stop()
+            self._grpc = None
         for server in self._servers:
             server.close()
         for server in self._servers:

@@ -3,7 +3,6 @@ HTTP for exact JSON conformance, and the clients people use (tritonclient, kserv
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
 
@@ -47,7 +46,11 @@ APPS = {  # app -> (input type, model function, default output)
 
 @pytest.fixture
 def frontend(start_frontend, start_container, closure_artifact):
-    fe = start_frontend()
+    from conftest import free_port
+
+    grpc_port = free_port()
+    fe = start_frontend(extra_args=["--grpc-port", str(grpc_port)])
+    fe.grpc_port = grpc_port
     for app, (input_type, func, default) in APPS.items():
         fe.admin("add_app", {"name": app, "input_type": input_type, "default_output": default,
                              "latency_slo_micros": 5_000_000})  # fmt: skip
@@ -136,8 +139,14 @@ def test_default_outputs_say_which_rows_and_why(frontend):
                                                 "data": [1, -1, 2]}]})  # fmt: skip
     body = r.json()
     out = {o["name"]: o for o in body["outputs"]}
-    assert out["default"]["data"][1] is True
+    assert out["default"]["data"] == [False, True, False]  # the container isolates the bad row
     assert "cannot take negatives" in out["default_explanation"]["data"][1]
+    # the same counts under Triton's metric names
+    text = requests.get(f"{frontend.query_url}/metrics", timeout=10).text
+    assert 'nv_inference_request_failure{model="fragile",version=""} 1.0' in text
+    assert 'nv_inference_request_success{model="fragile",version=""} 2.0' in text
+    assert 'nv_inference_count{model="fragile",version=""} 3.0' in text
+    assert 'nv_inference_exec_count{model="fragile",version="1"}' in text
     assert out["output"]["data"][1] == -1
     assert body["parameters"]["defaults"] == sum(out["default"]["data"]) >= 1
     for i, value in ((0, 1.0), (2, 2.0)):  # good rows: served, or defaulted with the reason
@@ -241,24 +250,141 @@ def test_tritonclient_http(frontend):
     assert c.infer("upper", [s]).as_numpy("output").tolist() == [b"HI", b"YO"]
 
 
+KSERVE_CLIENT = """
+import asyncio, json, sys
+import numpy as np
+from kserve import InferenceRESTClient, InferInput, InferRequest, InferResponse, RESTConfig
+
+async def run(base):
+    client = InferenceRESTClient(RESTConfig(protocol="v2"))
+    try:
+        live = await client.is_server_live(base)
+        ready = await client.is_model_ready(base, "sum")
+        x = InferInput("input", [2, 2], "FP64")
+        x.set_data_from_numpy(np.array([[1.0, 2.0], [3.0, 4.0]]), binary_data=False)
+        response = await client.infer(base, InferRequest("sum", [x]), model_name="sum")
+    finally:
+        await client.close()
+    assert isinstance(response, InferResponse)
+    outputs = {o.name: o.as_numpy().tolist() for o in response.outputs}
+    print(json.dumps({"live": live, "ready": ready, "outputs": outputs}))
+
+asyncio.run(run(sys.argv[1]))
+"""
+
+
 def test_kserve_rest_client_v2(frontend):
-    kserve = pytest.importorskip("kserve")
-    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+    """kserve's own v2 REST client (in a process of its own: kserve and tritonclient each
+    register the protocol's protobuf package ``inference``, so one process holds one)."""
+    import importlib.util
+    import subprocess
+    import sys
 
-    async def run():
-        client = InferenceRESTClient(RESTConfig(protocol="v2"))
-        try:
-            base = f"http://127.0.0.1:{frontend.query_port}"
-            assert await client.is_server_live(base)
-            assert await client.is_model_ready(base, "sum")
-            x = InferInput("input", [2, 2], "FP64")
-            x.set_data_from_numpy(np.array([[1.0, 2.0], [3.0, 4.0]]), binary_data=False)
-            response = await client.infer(base, InferRequest("sum", [x]), model_name="sum")
-            return response
-        finally:
-            await client.close()
+    if importlib.util.find_spec("kserve") is None:
+        pytest.skip("kserve is part of the test extra")
 
-    response = asyncio.run(run())
-    assert isinstance(response, kserve.InferResponse)
-    by_name = {o.name: o for o in response.outputs}
-    assert by_name["output"].as_numpy().tolist() == [3.0, 7.0]
+    done = subprocess.run([sys.executable, "-c", KSERVE_CLIENT, frontend.query_url],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["live"] is True and result["ready"] is True
+    assert result["outputs"]["output"] == [3.0, 7.0]
+    assert result["outputs"]["default"] == [False, False]
+
+
+def test_tritonclient_grpc(frontend):
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    c = grpcclient.InferenceServerClient(f"127.0.0.1:{frontend.grpc_port}")
+    assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("sum")
+    assert not c.is_model_ready("sum", model_version="2")  # no replica of version 2
+    meta = c.get_model_metadata("sum")
+    assert meta.name == "sum" and list(meta.versions) == ["1", "2"]
+    assert meta.inputs[0].datatype == "FP64"
+    assert c.get_server_metadata().name == "schooner"
+    x = grpcclient.InferInput("input", [3, 2], "FP64")
+    x.set_data_from_numpy(np.arange(6.0).reshape(3, 2))  # raw_input_contents
+    result = c.infer("sum", [x], request_id="g1")
+    assert result.as_numpy("output").tolist() == [1.0, 5.0, 9.0]
+    assert result.as_numpy("default").tolist() == [False] * 3
+    assert result.get_response().id == "g1"
+    # strings, an output selection, a pinned version
+    s = grpcclient.InferInput("s", [2], "BYTES")
+    s.set_data_from_numpy(np.array([b"hi", b"yo"], dtype=object))
+    result = c.infer("upper", [s], outputs=[grpcclient.InferRequestedOutput("output")],
+                     model_version="1")  # fmt: skip
+    assert result.as_numpy("output").tolist() == [b"HI", b"YO"]
+    assert result.as_numpy("default") is None
+    # the protocol's errors as gRPC status codes
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException, match="no application"):
+        c.infer("nope", [x])
+    bad = grpcclient.InferInput("input", [1, 1], "INT64")
+    bad.set_data_from_numpy(np.array([[1]], dtype=np.int64))
+    with pytest.raises(InferenceServerException, match="takes doubles"):
+        c.infer("sum", [bad])
+    assert c.infer("sum", [x]).as_numpy("output").tolist() == [1.0, 5.0, 9.0]
+
+
+def test_typed_contents_over_grpc(frontend):
+    """A client that sends InferTensorContents instead of raw bytes (KServe's does), built
+    from tritonclient's copy of the protocol (not ours: the test must not trust our .proto;
+    and both define the package ``inference``, so one process holds only one of them)."""
+    grpc = pytest.importorskip("grpc")
+    pb = pytest.importorskip("tritonclient.grpc.service_pb2")
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{frontend.grpc_port}")
+    infer_rpc = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                    request_serializer=pb.ModelInferRequest.SerializeToString,
+                                    response_deserializer=pb.ModelInferResponse.FromString)  # fmt: skip
+    request = pb.ModelInferRequest(model_name="count")
+    request.inputs.add(name="i", datatype="INT32", shape=[2, 2],
+                       contents=pb.InferTensorContents(int_contents=[1, 2, 3, 4]))  # fmt: skip
+    response = infer_rpc(request, timeout=30)
+    out = response.outputs[0]
+    assert (out.name, out.datatype, list(out.shape)) == ("output", "INT64", [2])
+    assert np.frombuffer(response.raw_output_contents[0], "<i8").tolist() == [2, 2]
+    assert response.parameters["defaults"].int64_param == 0
+    channel.close()
+
+
+def test_our_proto_matches_the_protocols_field_for_field():
+    """frontend/oip_grpc.proto against tritonclient's compiled copy of the protocol (each in
+    its own process: both define the package ``inference``)."""
+    pytest.importorskip("tritonclient.grpc")
+    import subprocess
+    import sys
+
+    describe = """
+import json, sys
+module = __import__(sys.argv[1], fromlist=["x"])
+names = ["ServerLiveResponse", "ServerReadyResponse", "ModelReadyRequest", "ModelReadyResponse",
+         "ServerMetadataResponse", "ModelMetadataRequest", "ModelMetadataResponse",
+         "InferParameter", "InferTensorContents", "ModelInferRequest", "ModelInferResponse"]
+def fields(d):
+    out = {f.name: [f.number, f.type, f.label, f.message_type.full_name if f.message_type else ""]
+           for f in d.fields}
+    for nested in d.nested_types:
+        if not nested.GetOptions().map_entry:
+            out[nested.name] = fields(nested)
+    return out
+service = module.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+ours = {m.name for m in sys.modules["schooner.frontend.oip_grpc_pb2"].DESCRIPTOR
+        .services_by_name["GRPCInferenceService"].methods} if sys.argv[1].startswith("schooner") else None
+methods = {m.name: [m.input_type.full_name, m.output_type.full_name] for m in service.methods
+           if ours is None or m.name in ours}
+print(json.dumps({"messages": {n: fields(getattr(module, n).DESCRIPTOR) for n in names},
+                  "methods": methods}))
+"""
+
+    def run(module):
+        done = subprocess.run([sys.executable, "-c", describe, module], capture_output=True,
+                              text=True, check=True)  # fmt: skip
+        return json.loads(done.stdout)
+
+    ours, theirs = run("schooner.frontend.oip_grpc_pb2"), run("tritonclient.grpc.service_pb2")
+    assert ours["messages"] == theirs["messages"]
+    assert set(ours["methods"]) == {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
+                                    "ModelMetadata", "ModelInfer"}  # fmt: skip
+    for name, signature in ours["methods"].items():
+        assert theirs["methods"][name] == signature
