@@ -132,6 +132,7 @@ class ContainerManager(ABC):
     def get_admin_addr(self) -> str:
         """``host:port`` of the management API."""
 
-    @abstractmethod
     def get_metric_addr(self) -> str:
-        """``host:port`` serving Prometheus metrics at ``/metrics``."""
+        """``host:port`` serving Prometheus metrics at ``/metrics``: Schooner's frontend
+        serves them itself, on the query port."""
+        return self.get_query_addr()

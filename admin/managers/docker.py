@@ -297,7 +297,10 @@ class DockerContainerManager(ContainerManager):
                 self.engine.run(["network", "rm", network["Id"]], check=False)
 
     def _remove_containers(self, labels: dict[str, str], graceful: bool = False) -> None:
-        ids = self.engine.ids("container", labels)
+        self._remove(self.engine.ids("container", labels), graceful)
+
+    def _remove(self, ids: list[str], graceful: bool) -> None:
+        """Remove these containers (after ``docker stop``'s SIGTERM and 10 s if graceful)."""
         if not ids:
             return
         if graceful:
@@ -380,11 +383,7 @@ class DockerContainerManager(ContainerManager):
         if num_replicas < 0:
             raise ClipperException(f"num_replicas must be >= 0, got {num_replicas}")
         current = self._replicas(name, version)
-        doomed = current[num_replicas:]
-        if doomed:
-            ids = [c["Id"] for c in doomed]
-            self.engine.run(["stop", "--time", "10", *ids], check=False, timeout=60.0)
-            self.engine.run(["rm", "--force", *ids], timeout=60.0)
+        self._remove([c["Id"] for c in current[num_replicas:]], graceful=True)
         used = {int(c["Config"]["Labels"].get(SLOT_LABEL, 0)) for c in current[:num_replicas]}
         started = []
         slot = 0
@@ -467,10 +466,7 @@ class DockerContainerManager(ContainerManager):
             c["Id"] for c in self.engine.inspect("container", self.engine.ids("container", self._labels()))
             if CLIPPER_MODEL_CONTAINER_LABEL in (c["Config"]["Labels"] or {})
         ]
-        if ids:
-            if graceful:
-                self.engine.run(["stop", "--time", "10", *ids], check=False, timeout=60.0)
-            self.engine.run(["rm", "--force", *ids], timeout=60.0)
+        self._remove(ids, graceful)
 
     # ------------------------------------------------------------------ addresses and logs
 
@@ -479,10 +475,6 @@ class DockerContainerManager(ContainerManager):
 
     def get_admin_addr(self) -> str:
         return f"{self.docker_ip_address}:{self.ports[CLIPPER_INTERNAL_MANAGEMENT_PORT]}"
-
-    def get_metric_addr(self) -> str:
-        """The frontend serves Prometheus metrics itself, at ``/metrics`` on the query port."""
-        return self.get_query_addr()
 
     def get_logs(self, logging_dir: str) -> list[str]:
         """Write every container's log to ``logging_dir/<container>.log``."""

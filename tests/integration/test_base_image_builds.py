@@ -6,17 +6,16 @@ engine). Sizes are written to the test's report (``-rA`` shows them) as ``image_
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from schooner import base_images
 from schooner.admin import images
-from schooner.admin.engine import Engine
+from tests.integration import docker_support
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3600)]
 
-WHEELS = sorted(Path("/opt/wheels").glob("torch-*+cpu-*.whl")) if Path("/opt/wheels").is_dir() else []
+WHEELS = docker_support.TORCH_CPU_WHEELS
 
 # What each image must import: the framework module of Schooner and its library.
 IMPORTS = {
@@ -30,12 +29,7 @@ IMPORTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    engine = Engine()
-    if not engine.available():
-        pytest.skip("no Docker engine is running (start dockerd; .ci/run does)")
-    return engine
+engine = docker_support.engine  # the fixture
 
 
 def test_every_image_is_listed_here():

@@ -29,18 +29,14 @@ from schooner.admin.managers.base import (
     CLIPPER_QUERY_FRONTEND_CONTAINER_LABEL,
 )
 from tests.conftest import free_port, wait_until
+from tests.integration import docker_support
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(3600)]
 
-WHEELS = sorted(Path("/opt/wheels").glob("torch-*+cpu-*.whl")) if Path("/opt/wheels").is_dir() else []
+WHEELS = docker_support.TORCH_CPU_WHEELS
 
 
-@pytest.fixture(scope="session")
-def engine() -> Engine:
-    engine = Engine()
-    if not engine.available():
-        pytest.skip("no Docker engine is running (start dockerd; .ci/run does)")
-    return engine
+engine = docker_support.engine  # the fixture
 
 
 def _manager(**kwargs) -> DockerContainerManager:

@@ -463,10 +463,6 @@ class LocalContainerManager(ContainerManager):
     def get_admin_addr(self) -> str:
         return f"127.0.0.1:{self.settings.management_port}"
 
-    def get_metric_addr(self) -> str:
-        """The frontend serves Prometheus metrics itself, at ``/metrics`` on the query port."""
-        return self.get_query_addr()
-
     def get_logs(self, logging_dir: str) -> list[str]:
         """Copy the supervisor's, the frontend's and every replica's log into ``logging_dir``."""
         target = Path(logging_dir)
