@@ -60,7 +60,7 @@ from benchmarks.systems import (
     start_schooner,
 )
 
-__all__ = ["main"]
+__all__ = ["main", "measure", "wrk_script", "load_wrk", "load_python", "Cell"]
 
 SYSTEMS = ("floor", "schooner", "schooner-zmq", *PEERS)
 Loader = Callable[[str, int, float, "int | None", Path], dict[str, float]]
@@ -82,22 +82,30 @@ class Cell:
 # --------------------------------------------------------------------------- load
 
 
-def _wrk_script(tmp: Path) -> Path:
-    script = tmp / "post.lua"
-    body = models.body().decode()
-    script.write_text(
-        'wrk.method = "POST"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = [[{body}]]\n"
-        "done = function(summary, latency, requests)\n"
-        "  local e = summary.errors\n"
+def wrk_script(tmp: Path, name: str, body: bytes, headers: dict[str, str]) -> Path:
+    """A wrk script that POSTs ``body`` (read from a file, so it may be binary) with
+    ``headers`` and prints one ``WRK_JSON`` summary line."""
+    body_file = tmp / f"{name}.body"
+    body_file.write_bytes(body)
+    lines = [f'local f = io.open("{body_file}", "rb")', 'wrk.body = f:read("*a")', "f:close()",
+             'wrk.method = "POST"']  # fmt: skip
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    lines += [
+        "done = function(summary, latency, requests)",
+        "  local e = summary.errors",
         '  io.write(string.format("WRK_JSON {\\"requests\\":%d,\\"duration_us\\":%d,'
-        '\\"errors\\":%d,\\"p50_us\\":%.1f,\\"p99_us\\":%.1f}\\n",\n'
-        "    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout + e.status,\n"
-        "    latency:percentile(50), latency:percentile(99)))\n"
-        "end\n"
-    )
+        '\\"errors\\":%d,\\"p50_us\\":%.1f,\\"p99_us\\":%.1f}\\n",',
+        "    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout + e.status,",
+        "    latency:percentile(50), latency:percentile(99)))",
+        "end",
+    ]
+    script = tmp / f"{name}.lua"
+    script.write_text("\n".join(lines) + "\n")
     return script
+
+
+def _wrk_script(tmp: Path) -> Path:
+    return wrk_script(tmp, "post", models.body(), {"Content-Type": "application/json"})
 
 
 def load_wrk(url: str, connections: int, seconds: float, cpu: int | None, script: Path) -> dict[str, float]:
@@ -132,6 +140,8 @@ def load_python(url: str, connections: int, seconds: float, cpu: int | None, bod
 def measure(running: Running, model: str, concurrencies: list[int], seconds: float,
             repeats: int, placement: Placement, loader: Loader, loader_arg: Path,
             warmup: bool = True) -> list[Cell]:  # fmt: skip
+    """Cells of ``running.name`` at each concurrency: ``loader`` against ``running.url``,
+    server CPU charged to ``running``'s process trees."""
     cells = []
     for c in concurrencies:
         if warmup:

@@ -31,22 +31,19 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import models
-from benchmarks.e2e import Cell, load_python, load_wrk
+from benchmarks.e2e import Cell, load_python, load_wrk, measure, wrk_script
 from benchmarks.harness import (
-    Placement,
     add_common_args,
     free_port,
     header,
     markdown_table,
-    median,
     pinned,
     placement_from,
     python_has,
     repo_root,
-    tree_cpu_seconds,
     write_json,
 )  # fmt: skip
-from benchmarks.systems import APP, Running, start_peer, start_schooner
+from benchmarks.systems import APP, start_peer, start_schooner
 
 __all__ = ["main", "PATHS"]
 
@@ -55,26 +52,6 @@ PATHS = ("clipper", "oip-json", "oip-binary", "oip-grpc")
 
 def default_mlserver_python() -> str:
     return str(Path("~/.cache/schooner/bench-peers/mlserver-venv/bin/python").expanduser())
-
-
-def _wrk_script(tmp: Path, name: str, body: bytes, headers: dict[str, str]) -> Path:
-    body_file = tmp / f"{name}.body"
-    body_file.write_bytes(body)
-    lines = [f'local f = io.open("{body_file}", "rb")', "wrk.body = f:read(\"*a\")", "f:close()",
-             'wrk.method = "POST"']  # fmt: skip
-    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
-    lines += [
-        "done = function(summary, latency, requests)",
-        "  local e = summary.errors",
-        '  io.write(string.format("WRK_JSON {\\"requests\\":%d,\\"duration_us\\":%d,'
-        '\\"errors\\":%d,\\"p50_us\\":%.1f,\\"p99_us\\":%.1f}\\n",',
-        "    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout + e.status,",
-        "    latency:percentile(50), latency:percentile(99)))",
-        "end",
-    ]
-    script = tmp / f"{name}.lua"
-    script.write_text("\n".join(lines) + "\n")
-    return script
 
 
 def load_grpc(target: str, connections: int, seconds: float, cpu: int | None,
@@ -88,27 +65,6 @@ def load_grpc(target: str, connections: int, seconds: float, cpu: int | None,
     raw = json.loads(out.stdout.strip().splitlines()[-1])
     return {"requests": raw["requests"], "requests_per_s": raw["throughput_per_s"],
             "p50_us": raw["p50_us"], "p99_us": raw["p99_us"], "errors": raw["errors"]}  # fmt: skip
-
-
-def measure(name: str, running: Running, url: str, model: str, concurrencies: list[int],
-            args: argparse.Namespace, placement: Placement, loader, loader_arg) -> list[Cell]:  # type: ignore[no-untyped-def]  # noqa: E501
-    cells = []
-    for c in concurrencies:
-        if not args.smoke:
-            loader(url, c, 1.0, placement.load_cpu, loader_arg)
-        runs = []
-        for _ in range(args.repeats):
-            before = tree_cpu_seconds(running.pids)
-            run = loader(url, c, args.seconds, placement.load_cpu, loader_arg)
-            run["cpu_us_per_request"] = ((tree_cpu_seconds(running.pids) - before)
-                                         / max(run["requests"], 1) * 1e6)  # fmt: skip
-            runs.append(run)
-        cells.append(Cell(model, name, c, median([r["requests_per_s"] for r in runs]),
-                          median([r["p50_us"] for r in runs]) / 1e3,
-                          median([r["p99_us"] for r in runs]) / 1e3,
-                          median([r["cpu_us_per_request"] for r in runs]),
-                          int(sum(r["errors"] for r in runs)), runs))  # fmt: skip
-    return cells
 
 
 def table(cells: list[Cell]) -> str:
@@ -188,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "Inference-Header-Content-Length": str(header_length)}),
         }  # fmt: skip
         if wrk:
-            loaders = {name: (load_wrk, _wrk_script(tmp, name, body, headers))
+            loaders = {name: (load_wrk, wrk_script(tmp, name, body, headers))
                        for name, (body, headers) in bodies.items()}  # fmt: skip
         else:  # smoke runs without wrk: Clipper's JSON body through the Python loader only
             (tmp / "clipper.json").write_bytes(models.body())
@@ -210,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for path in [p for p in PATHS if p in paths]:
                     loader, arg = (load_grpc, Path()) if path == "oip-grpc" else loaders[path]
-                    cells += measure(path, running, urls[path], model, concurrencies, args,
-                                     placement, loader, arg)  # fmt: skip
+                    cells += measure(dataclasses.replace(running, name=path, url=urls[path]),
+                                     model, concurrencies, args.seconds, args.repeats,
+                                     placement, loader, arg, warmup=not args.smoke)  # fmt: skip
             finally:
                 running.stop()
             if "mlserver" in paths:
@@ -221,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                 peer = dataclasses.replace(peer, name="mlserver")
                 try:
                     loader, arg = loaders["mlserver"]
-                    cells += measure("mlserver", peer, peer.url, model, concurrencies, args,
-                                     placement, loader, arg)  # fmt: skip
+                    cells += measure(peer, model, concurrencies, args.seconds, args.repeats,
+                                     placement, loader, arg, warmup=not args.smoke)  # fmt: skip
                 finally:
                     peer.stop()
     detail = (f"256-float input; HTTP load: {'wrk' if wrk else 'python'} (1 thread), gRPC load: "

@@ -76,7 +76,7 @@ def test_entry_point_names_every_suite():
     result = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0
-    for suite in ("hotpath", "e2e", "adaptive", "startup", "frameworks"):
+    for suite in ("hotpath", "e2e", "adaptive", "startup", "frameworks", "oip"):
         assert f"``{suite}``" in result.stderr
     unknown = subprocess.run([sys.executable, "-m", "benchmarks", "nope"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -97,6 +97,28 @@ def test_e2e_smoke(tmp_path):
         (m, s, c) for m in ("noop", "mlp") for s in ("floor", "schooner", "schooner-zmq")
         for c in (1, 16, 64)}  # fmt: skip
     assert all(c["requests_per_s"] > 0 and c["errors"] == 0 for c in cells)
+
+
+@pytest.mark.timeout(600)
+def test_oip_smoke(tmp_path):
+    """Schooner's Clipper path next to its OIP paths (gRPC always; REST JSON and binary where
+    wrk is installed), each answering without errors, with a CPU ratio against Clipper's."""
+    import shutil
+
+    pytest.importorskip("grpc")
+    out = tmp_path / "oip.json"
+    result = _run_suite("oip", "--smoke", "--no-pin", "--models", "noop", "--concurrency", "1,16",
+                        "--json", str(out))  # fmt: skip
+    cells = json.loads(out.read_text())["cells"]
+    paths = ["clipper", "oip-json", "oip-binary", "oip-grpc"] if shutil.which("wrk") else [
+        "clipper", "oip-grpc"]  # fmt: skip
+    assert {(c["system"], c["concurrency"]) for c in cells} == {
+        (p, c) for p in paths for c in (1, 16)}  # fmt: skip
+    assert all(c["requests_per_s"] > 0 and c["errors"] == 0 for c in cells)
+    rows = {(r[2], r[1]): r for r in table_rows(result.stdout) if r[0] == "noop"}
+    cpu = {(c["system"], c["concurrency"]): c["cpu_us_per_request"] for c in cells}
+    for path in paths[1:]:
+        assert rows[(path, "16")][8] == f"{cpu[(path, 16)] / cpu[('clipper', 16)]:.2f}"
 
 
 @pytest.mark.timeout(600)

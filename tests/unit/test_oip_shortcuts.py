@@ -82,3 +82,73 @@ def test_the_one_row_template_is_the_general_response():
                 "outputs": [{"name": n, "datatype": d, "shape": s, "data": v}
                             for n, d, s, v in tensors]}  # fmt: skip
         assert json.loads(sent[0]) == want, text
+
+
+class _State:
+    def __init__(self, app):
+        self.apps = {app.name: app}
+        self.current = {app.linked_model: "1"}
+        self.models = {(app.linked_model, "1"): None}
+
+
+class _AnsweringDispatcher:
+    """Answers every query at once with ``answer(query)`` (or the default for "raise")."""
+
+    queues: dict = {}
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def submit(self, queries, key, slo):
+        for q in queries:
+            q.done = True
+            text = self.answer(q)
+            if text == "raise":
+                q.explanation = "model m:1 failed"
+            else:
+                q.output = text
+            q.on_done(q)
+
+    def answer_default(self, q, reason, explanation):
+        q.done, q.explanation = True, explanation
+        q.on_done(q)
+
+
+def _api(app, answer):
+    from schooner.frontend.query_api import QueryApi
+
+    state, dispatcher = _State(app), _AnsweringDispatcher(answer)
+    queries = QueryApi(state, dispatcher, None, lambda: True)
+    return oip.OipApi(state, dispatcher, queries, lambda: True, "test")
+
+
+@pytest.mark.skipif(oip.parse_array_at is None, reason="the C fast path is not built here")
+def test_the_one_row_path_answers_what_the_general_path_answers():
+    from schooner.frontend.http import Request
+
+    bodies = [
+        b'{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2.5,-3]}]}',
+        b'{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2,3]}]}',
+        b'{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP64","data":[1,2,3]}]}',
+        b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1]}],"id":"a"}',
+        b'{"inputs":[{"name":"x","shape":[2,1],"datatype":"FP32","data":[1,2]}]}',
+        b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[true]}]}',
+        b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[3.5e38]}]}',
+        b'{"inputs":[{"name":"data","shape":[1,1],"datatype":"FP32","data":[1]}]}',
+    ]  # fmt: skip
+    app = APPS[InputType.FLOATS]
+    for answer in ("7", "2.5", '"text"', "[1, 2]", "raise"):
+        for body in bodies:
+            fast, general = [], []
+            api = _api(app, lambda q: answer)
+            request = Request("POST", f"/v2/models/{app.name}/infer", "", body)
+            api.handle(request, lambda status, payload, *rest: fast.append((status, payload)))
+            try:
+                api._infer(request, lambda status, payload, *rest: general.append((status, payload)),
+                           app, ("m", "1"), None)  # fmt: skip
+            except oip.OipError as exc:
+                general.append((exc.status, orjson.dumps({"error": str(exc)})))
+            assert fast == general, (answer, body)
+    # the first body is the one the shortcut is for: it did take it
+    assert _api(app, lambda q: "1")._one_row(app, bodies[0], lambda *a: None) is True
+    assert _api(app, lambda q: "1")._one_row(app, bodies[3], lambda *a: None) is False
