@@ -140,10 +140,9 @@ class OipApi:
 
     def handle(self, request: Request, reply: Reply) -> None:
         path = request.path
-        if (request.method == "POST" and path.startswith("/v2/models/") and path.endswith("/infer")
-                and request.header_length is None):  # fmt: skip
+        if request.method == "POST" and path.startswith("/v2/models/") and path.endswith("/infer"):
             app = self._state.apps.get(path[11:-6])
-            if app is not None and self._one_row(app, request.body, reply):
+            if app is not None and self._one_row(app, request, reply):
                 return
         parts = path.split("/")[2:]  # "/v2/models/x/infer" -> ["models", "x", "infer"]
         try:
@@ -249,17 +248,27 @@ class OipApi:
 
         self.submit(app, rows, key, respond)
 
-    def _one_row(self, app: App, body: bytes, reply: Reply) -> bool:
-        """The commonest request, ``{"inputs": [{"name": ..., "shape": [1, k], "datatype": <the
-        app's own>, "data": [k numbers]}]}`` to the current version, queued with a minimum
-        of Python; False (nothing done) for anything else, which ``_infer`` then takes. What
-        it answers is what ``_infer`` answers (tests/unit/test_oip_shortcuts.py)."""
-        fast = _fast_data(app, body)
-        if fast is None:
+    def _one_row(self, app: App, request: Request, reply: Reply) -> bool:
+        """The commonest request: one row of the app's own datatype (``{"inputs": [{"name": ...,
+        "shape": [1, k], "datatype": ..., "data": [k numbers]}]}``, or the same with its k
+        values as binary data), to the current version, queued with a minimum of Python.
+        False (nothing done) for anything else, which ``_infer`` then takes. What it answers
+        is what ``_infer`` answers (tests/unit/test_oip_shortcuts.py)."""
+        wire = _WIRE_DTYPE.get(app.input_type)
+        if wire is None:
             return False
-        packed, rest = fast
+        length, body = request.header_length, request.body
+        if length is None:
+            fast = _fast_data(app, body)
+            if fast is None:
+                return False
+            packed, header = fast
+        elif 0 < length < len(body):
+            packed, header = body[length:], body[:length]
+        else:
+            return False
         try:
-            doc = orjson.loads(rest)
+            doc = orjson.loads(header)
         except orjson.JSONDecodeError:
             return False
         if type(doc) is not dict or len(doc) != 1:
@@ -268,11 +277,14 @@ class OipApi:
         if type(inputs) is not list or len(inputs) != 1:
             return False
         tensor = inputs[0]
-        if (type(tensor) is not dict or tensor.get("data", 0) is not None
-                or tensor.get("datatype") != _WIRE_NAME[app.input_type] or "parameters" in tensor):  # fmt: skip
+        if type(tensor) is not dict or tensor.get("datatype") != _WIRE_NAME[app.input_type]:
+            return False
+        if length is None:
+            if tensor.get("data", 0) is not None or "parameters" in tensor:
+                return False
+        elif "data" in tensor or tensor.get("parameters") != {"binary_data_size": len(packed)}:
             return False
         shape = tensor.get("shape")
-        wire = _WIRE_DTYPE[app.input_type]
         if (type(shape) is not list or len(shape) != 2 or shape[0] != 1 or type(shape[0]) is not int
                 or type(shape[1]) is not int or len(packed) != shape[1] * wire.itemsize
                 or not 0 < shape[1] <= MAX_VALUES):  # fmt: skip

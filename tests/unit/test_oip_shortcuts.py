@@ -75,7 +75,7 @@ def test_the_one_row_template_is_the_general_response():
         q = Query(1, app.name, b"", 0.0, 1000, lambda q: None)
         q.output = text
         sent = []
-        oip._reply_rest(lambda status, body, *rest: sent.append(body), app, [q],
+        oip._reply_rest(lambda status, body, *rest, out=sent: out.append(body), app, [q],
                         list(oip._ALL_JSON), None, None)  # fmt: skip
         tensors = oip.output_tensors(app, [q], oip.OUTPUTS)
         want = {"model_name": app.name, "parameters": {"defaults": 0},
@@ -136,19 +136,38 @@ def test_the_one_row_path_answers_what_the_general_path_answers():
         b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[3.5e38]}]}',
         b'{"inputs":[{"name":"data","shape":[1,1],"datatype":"FP32","data":[1]}]}',
     ]  # fmt: skip
+    import struct
+
+    def binary(header, values, code="f"):
+        return (header + struct.pack(f"<{len(values)}{code}", *values), len(header))
+
+    binaries = [
+        binary(b'{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32",'
+               b'"parameters":{"binary_data_size":8}}]}', [1.5, 2.0]),
+        binary(b'{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32",'
+               b'"parameters":{"binary_data_size":8}}]}', [1.5, 2.0]),
+        binary(b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP64",'
+               b'"parameters":{"binary_data_size":8}}]}', [1.5], "d"),
+        binary(b'{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32",'
+               b'"parameters":{"binary_data_size":4}}]}', [1.5, 2.0]),
+    ]  # fmt: skip
     app = APPS[InputType.FLOATS]
+    cases = [(body, None) for body in bodies] + binaries
     for answer in ("7", "2.5", '"text"', "[1, 2]", "raise"):
-        for body in bodies:
+        for body, length in cases:
             fast, general = [], []
-            api = _api(app, lambda q: answer)
-            request = Request("POST", f"/v2/models/{app.name}/infer", "", body)
-            api.handle(request, lambda status, payload, *rest: fast.append((status, payload)))
+            api = _api(app, lambda q, a=answer: a)
+            request = Request("POST", f"/v2/models/{app.name}/infer", "", body, length)
+            api.handle(request, lambda status, payload, *rest, out=fast: out.append((status, payload)))
             try:
-                api._infer(request, lambda status, payload, *rest: general.append((status, payload)),
+                api._infer(request, lambda status, payload, *rest, out=general: out.append((status, payload)),
                            app, ("m", "1"), None)  # fmt: skip
             except oip.OipError as exc:
                 general.append((exc.status, orjson.dumps({"error": str(exc)})))
             assert fast == general, (answer, body)
     # the first body is the one the shortcut is for: it did take it
-    assert _api(app, lambda q: "1")._one_row(app, bodies[0], lambda *a: None) is True
-    assert _api(app, lambda q: "1")._one_row(app, bodies[3], lambda *a: None) is False
+    path = f"/v2/models/{app.name}/infer"
+    for (body, length), taken in ((cases[0], True), (cases[3], False), (binaries[0], True),
+                                  (binaries[1], False)):  # fmt: skip
+        request = Request("POST", path, "", body, length)
+        assert _api(app, lambda q: "1")._one_row(app, request, lambda *a: None) is taken
