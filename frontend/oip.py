@@ -206,6 +206,8 @@ class OipApi:
     # ----------------------------------------------------------------- metadata
 
     def metadata(self, app: App, version: str | None) -> dict[str, Any]:
+        """The app as a v2 model. ``output`` is declared BYTES, the one type every answer fits
+        (a model answers text; answers that are numbers arrive as INT64/FP64 tensors)."""
         model = app.linked_model
         versions = [m.version for m in self._state.models.values() if m.name == model]
         numeric = app.input_type in _WIRE_DTYPE
