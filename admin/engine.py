@@ -27,6 +27,7 @@ __all__ = ["Engine", "EngineError"]
 logger = logging.getLogger(__name__)
 
 _TAIL_LINES = 40
+_LOG_BYTES = 256 * 1024
 _DEFAULT_TIMEOUT_S = 120.0
 
 
@@ -130,23 +131,36 @@ class Engine:
             args = ["volume", "ls", "--quiet", *filters]
         return self.run(args).split()
 
-    def logs(self, container: str, lines: int | None = None) -> str:
-        """A container's output (stdout and stderr), the last ``lines`` of it if given."""
-        argv = ["logs", *(["--tail", str(lines)] if lines else []), container]
-        try:
-            result = subprocess.run(
-                self._argv(argv), capture_output=True, text=True, timeout=60.0,
-                stdin=subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired:
-            return "(docker logs timed out)"
-        return (result.stdout + result.stderr) or "(no output)"
+    def logs(self, container: str, lines: int = _TAIL_LINES) -> str:
+        """The last ``lines`` lines a container printed (stdout and stderr), at most
+        ``_LOG_BYTES`` of them: a container controls what it prints."""
+        with subprocess.Popen(
+            self._argv(["logs", "--tail", str(lines), container]), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        ) as process:
+            timer = _Deadline(process, 60.0)
+            assert process.stdout is not None
+            data = process.stdout.read(_LOG_BYTES)
+            process.kill()
+            timer.cancel()
+        return _tail(data.decode("utf-8", "replace"), lines) or "(no output)"
+
+    def save_logs(self, container: str, path: os.PathLike[str] | str) -> None:
+        """Write everything a container printed to ``path`` (streamed, not held in memory)."""
+        with open(path, "wb") as out:
+            try:
+                subprocess.run(
+                    self._argv(["logs", container]), stdout=out, stderr=subprocess.STDOUT,
+                    timeout=300.0, stdin=subprocess.DEVNULL, check=False,
+                )
+            except subprocess.TimeoutExpired:
+                out.write(b"\n(docker logs timed out)\n")
 
 
 class _Deadline:
     """Kill a process that outlives its timeout (streamed commands cannot use run's)."""
 
-    def __init__(self, process: subprocess.Popen[str], timeout: float) -> None:
+    def __init__(self, process: subprocess.Popen[Any], timeout: float) -> None:
         self.fired = False
         self._process = process
         self._timer = threading.Timer(timeout, self._fire)

@@ -96,7 +96,9 @@ class DockerContainerManager(ContainerManager):
     (the image every base image starts FROM; see ``schooner.admin.images``), ``wheels``
     (local wheels pip prefers when building base images, e.g. a CPU build of torch),
     ``device`` (``cuda:N`` becomes a GPU device request), ``start_timeout_s`` and
-    ``deploy_timeout_s``, ``docker_host`` (the engine, as ``DOCKER_HOST`` names one).
+    ``deploy_timeout_s``, ``docker_host`` (the engine, as ``DOCKER_HOST`` names one),
+    ``capture_dependencies`` (install the packages the deployer found the model's function
+    imports; ``False`` installs only the artifact's requirements, ``pkgs_to_install``).
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class DockerContainerManager(ContainerManager):
         start_timeout_s: float = 120.0,
         deploy_timeout_s: float = 300.0,
         docker_host: str | None = None,
+        capture_dependencies: bool = True,
     ) -> None:
         if use_centralized_log or redis_ip:
             logger.info("fluentd and Redis are not needed by Schooner (see the class docstring)")
@@ -142,6 +145,7 @@ class DockerContainerManager(ContainerManager):
         self.start_timeout_s = start_timeout_s
         self.deploy_timeout_s = deploy_timeout_s
         self.engine = Engine(host=docker_host)
+        self.capture_dependencies = capture_dependencies
         try:  # the container's own parser judges the device
             ContainerConfig.from_env(
                 {"CLIPPER_MODEL_NAME": "-", "CLIPPER_MODEL_VERSION": "-", "SCHOONER_DEVICE": device}
@@ -336,7 +340,7 @@ class DockerContainerManager(ContainerManager):
             shutil.copytree(source, staging)
             if pkgs_to_install:
                 packaging.record_requirements(staging / REQUIREMENTS_NAME, pkgs_to_install)
-            pkg = packaging.package(staging, base_image, captured=True)
+            pkg = packaging.package(staging, base_image, captured=self.capture_dependencies)
             python = images.python_base(self.engine, self.python_base)
             base_ref = images.ensure_base_image(self.engine, pkg.base_image, python, self.wheels)
             images.build_model_image(self.engine, pkg, ref, base_ref)
@@ -484,7 +488,7 @@ class DockerContainerManager(ContainerManager):
         for container in self.engine.inspect("container", self.engine.ids("container", self._labels())):
             name = container["Name"].lstrip("/")
             path = target / f"{name}.log"
-            path.write_text(self.engine.logs(container["Id"]))
+            self.engine.save_logs(container["Id"], path)
             written.append(os.fspath(path))
         return written
 

@@ -135,6 +135,18 @@ def test_a_replica_that_dies_while_starting_fails_the_deploy_with_its_log(conn, 
     assert conn.get_model_info("broken", "1") is None
 
 
+def test_a_failing_build_shows_the_failing_steps_output(conn, tmp_path):
+    from schooner.frameworks import closure
+
+    artifact = closure.save(lambda xs: list(xs), tmp_path / "model")
+    with pytest.raises(ClipperException) as failed:
+        conn.build_model("unbuildable", "1", str(artifact), "default",
+                         pkgs_to_install=["schooner-no-such-package==0.0.1"])  # fmt: skip
+    message = str(failed.value)
+    assert "RUN python3 -m pip install" in message.splitlines()[1]  # the step that failed
+    assert "schooner-no-such-package" in message and "COPY model" not in message
+
+
 def test_rebuilding_an_unchanged_model_builds_nothing(conn, engine, tmp_path):
     from schooner.frameworks import closure
 
