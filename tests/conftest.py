@@ -525,6 +525,28 @@ def closure_artifact(tmp_path: Path) -> Callable[..., Path]:
     return _make
 
 
+def held_model(started: Path | str, release: Path | str, answer: Callable[[Any], Any],
+               hold: Callable[[Any], bool] = lambda xs: True) -> Callable[[Any], Any]:
+    """A model that answers ``answer(xs)``, but first, for a batch that ``hold`` picks,
+    creates ``started`` and stays in predict until ``release`` exists (a minute at most).
+    Pickled by value into the container, like any model defined in a test."""
+    started, release = str(started), str(release)
+
+    def model(xs: Any) -> Any:
+        import os
+        import time
+
+        if hold(xs):
+            open(started, "w").close()
+            for _ in range(6000):
+                if os.path.exists(release):
+                    break
+                time.sleep(0.01)
+        return answer(xs)
+
+    return model
+
+
 # --------------------------------------------------------------------------- local clusters
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from conftest import held_model
 
 from schooner.runtime import wire
 from schooner.runtime.transport import unix_address
@@ -197,21 +198,7 @@ def test_wrong_count_or_type_answers_errors(start_container, closure_artifact, f
 def gated_model(gate: Gate, answer, hold=lambda xs: True):
     """A model that answers ``answer(xs)``, but first, for a batch that ``hold`` picks,
     stays in predict until the test releases it (a minute at most)."""
-    started, release = str(gate.started), str(gate.release_file)
-
-    def model(xs):
-        import os
-        import time
-
-        if hold(xs):
-            open(started, "w").close()
-            for _ in range(6000):
-                if os.path.exists(release):
-                    break
-                time.sleep(0.01)
-        return answer(xs)
-
-    return model
+    return held_model(gate.started, gate.release_file, answer, hold)
 
 
 def test_heartbeats_continue_during_a_long_predict(start_container, closure_artifact,

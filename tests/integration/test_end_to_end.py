@@ -14,31 +14,13 @@ import signal
 import numpy as np
 import pytest
 import requests
+from conftest import held_model
 
 pytestmark = pytest.mark.slow
 
 
 def metrics(fe) -> str:
     return requests.get(f"{fe.query_url}/metrics", timeout=10).text
-
-
-def held_until(started, release, answer):
-    """A model that creates ``started``, stays in predict until ``release`` exists (a
-    minute at most), then answers ``answer(xs)``."""
-    started, release = str(started), str(release)
-
-    def model(xs):
-        import os
-        import time
-
-        open(started, "w").close()
-        for _ in range(6000):
-            if os.path.exists(release):
-                break
-            time.sleep(0.01)
-        return answer(xs)
-
-    return model
 
 
 @pytest.fixture(params=["zmq", "local"])
@@ -106,7 +88,7 @@ def test_slow_model_gets_the_default_output_with_its_explanation(start_frontend,
                                                                   closure_artifact, tmp_path):  # fmt: skip
     fe = start_frontend()
     started, release = tmp_path / "started", tmp_path / "release"
-    slow = held_until(started, release, lambda xs: ["late"] * len(xs))
+    slow = held_model(started, release, lambda xs: ["late"] * len(xs))
     deploy(fe, start_container, closure_artifact(slow), slo=200_000, default='"fallback"')
     status, body = fe.predict("app", {"input": [1.0]})
     # The model has the query and cannot answer it before the release file, created only
