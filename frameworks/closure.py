@@ -148,13 +148,13 @@ class ArtifactUnpickler(pickle.Unpickler):
         found = super().find_class(module, name)
         if (module, name) not in _TRACKING_RECONSTRUCTORS:
             return found
-        parameters = inspect.signature(found).parameters
-        if "class_tracker_id" not in parameters:  # a cloudpickle that tracks differently
+        signature = inspect.signature(found)
+        if "class_tracker_id" not in signature.parameters:  # a cloudpickle that tracks differently
             return found
         namespace = self.namespace
 
         def reconstruct(*args: Any, **kwargs: Any) -> Any:
-            bound = inspect.signature(found).bind(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
             tracker_id = bound.arguments.get("class_tracker_id")
             if tracker_id is not None:
                 bound.arguments["class_tracker_id"] = f"schooner:{namespace}:{tracker_id}"

@@ -534,12 +534,7 @@ def binary_rows(app: App, datatype: str, n: int, width: int, raw: memoryview) ->
         step = width * dtype.itemsize
         data = bytes(raw)
         return [data[i * step:(i + 1) * step] for i in range(n)]
-    array = np.frombuffer(raw, dtype=dtype).reshape(n, width)
-    if datatype in _CHECKED and array.size:
-        low, high = _INT_RANGES["INT32"]
-        if array.min() < low or array.max() > high:
-            raise BadInput(f"a {datatype} value is outside the int32 range the app takes")
-    return _numeric_rows(app, datatype, array)
+    return _numeric_rows(app, datatype, np.frombuffer(raw, dtype=dtype).reshape(n, width))
 
 
 def _numeric_rows(app: App, datatype: str, array: np.ndarray[Any, Any]) -> list[bytes]:
