@@ -14,20 +14,63 @@ A handler is ``handler(request, reply)`` and must call ``reply(status, body)`` e
 once, now or later (``reply(status, body, content_type, headers)``: ``headers`` are extra
 header lines, CRLF-terminated bytes). It runs on the event loop, so it must not block.
 Besides exact paths and the pattern, a prefix route (``/v2/...``) takes every path below it.
+
+Limits (``HttpLimits``; every one a ``FrontendConfig`` field and a ``schooner-frontend`` flag).
+Everything a peer sends is bounded, and no timer runs per request: each listener sweeps its
+connections once per ``sweep`` interval (1 s, shorter when a timeout is shorter) and counters
+are checked in the parser callbacks that run anyway.
+
+====================== ========= =========================================================
+field                  default   over it
+====================== ========= =========================================================
+max_body_bytes         16 MiB    413, close
+max_url_bytes          8 KiB     414, close
+max_header_bytes       64 KiB    431, close (names + values of all headers of a request)
+max_headers            100       431, close
+header_timeout_s       10 s      408, close: the request line and headers must all arrive
+                                 within this time of the request's first byte (slowloris)
+body_timeout_s         60 s      408, close: the body must all arrive within this time of
+                                 the end of the headers (a Content-Length larger than the
+                                 body)
+idle_timeout_s         60 s      closed (no response): a keep-alive connection with no
+                                 request in progress; also a peer that reads none of the
+                                 responses it is sent (the write buffer stays full) for
+                                 this long
+max_keepalive_requests 0         the N-th request of a connection is answered with
+                                 ``Connection: close`` (0: no limit)
+max_connections        0         open connections of the listener (0: no limit); past it,
+                                 up to ``reserve_connections`` more are accepted, answer one
+                                 request each and only for the ``reserved`` paths (health
+                                 checks; others get 503); past that, a connection gets 503
+                                 and is closed at once
+reserve_connections    32        see ``max_connections``
+====================== ========= =========================================================
+
+Error bodies and log lines quote at most ``QUOTE_CHARS`` characters of a path or value
+(``clip``). Connections dropped by a timeout or a limit are counted and logged in one line
+per sweep, not one per peer. After a request or a response over ``TRIM_AFTER_BYTES``, the
+next sweep gives freed memory back to the system (glibc's ``malloc_trim``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import math
+import resource
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 
 import httptools
 import orjson
 
-__all__ = ["Request", "Reply", "Handler", "Router", "HttpProtocol", "json_error", "serve"]
+__all__ = [
+    "Request", "Reply", "Handler", "Router", "HttpProtocol", "HttpLimits", "json_error", "clip",
+    "serve", "raise_fd_limit",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +79,77 @@ TEXT = b"text/plain; charset=utf-8"
 
 # Pipelined requests a connection may have outstanding before we stop reading from it.
 MAX_PIPELINE = 256
+QUOTE_CHARS = 200  # the most of a peer's path or value an error body or log line repeats
+TRIM_AFTER_BYTES = 1 << 20  # a request or response this large: give memory back after it
+SWEEP_S = 1.0  # the longest interval between two sweeps of a listener's connections
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one listener allows a peer (the table in the module docstring)."""
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_url_bytes: int = 8 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    idle_timeout_s: float = 60.0
+    max_keepalive_requests: int = 0
+    max_connections: int = 0
+    reserve_connections: int = 32
+
+    def problems(self, flag: Callable[[str], str] = lambda name: name) -> list[str]:
+        """What is wrong with these limits, each naming the setting through ``flag``."""
+        out = []
+        for name in ("max_body_bytes", "max_url_bytes", "max_header_bytes", "max_headers"):
+            if getattr(self, name) < 1:
+                out.append(f"{flag(name)} must be at least 1")
+        for name in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):
+            if not getattr(self, name) > 0:
+                out.append(f"{flag(name)} must be positive")
+        for name in ("max_keepalive_requests", "max_connections", "reserve_connections"):
+            if getattr(self, name) < 0:
+                out.append(f"{flag(name)} must be 0 or more")
+        return out
+
+
+def clip(text: str, limit: int = QUOTE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (marked), for quoting a peer in errors and logs."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard limit; returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            log.warning("cannot raise the open-file limit from %d to %d", soft, target)
+    return soft
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim  # type: ignore[no-any-return]
+
+
+_TRIM = _malloc_trim()
 
 
 class Request:
     """One parsed request. ``param`` is the ``<name>`` of a pattern route, else None."""
 
-    __slots__ = ("method", "path", "query", "body", "param", "header_length")
+    __slots__ = ("method", "path", "query", "body", "param", "header_length", "cancel",
+                 "authorization")
 
     def __init__(
         self, method: str, path: str, query: str, body: bytes, header_length: int | None = None
@@ -53,6 +161,9 @@ class Request:
         self.param: str | None = None
         # ``Inference-Header-Content-Length`` (Triton's binary tensor extension), if sent
         self.header_length = header_length
+        # A handler that answers later may set this: called if the client goes away first.
+        self.cancel: Callable[[], None] | None = None
+        self.authorization: bytes | None = None  # the Authorization header, if sent
 
 
 # reply(status: int, body: bytes, content_type: bytes = JSON, headers: bytes = b"")
@@ -132,11 +243,93 @@ class Router:
                     request.param = path[1:cut]
         if handler is None:
             if known:
-                reply(*json_error(405, "method not allowed", f"{request.method} {path}"))
+                reply(*json_error(405, "method not allowed", f"{request.method} {clip(path)}"))
             else:
-                reply(*json_error(404, "not found", f"no route for {path}"))
+                reply(*json_error(404, "not found", f"no route for {clip(path)}"))
             return
         handler(request, reply)
+
+
+class _ReservedRouter(Router):
+    """What a connection past ``max_connections`` may ask: the reserved paths (health
+    checks), with GET; anything else is 503."""
+
+    def __init__(self, router: Router, paths: Collection[str]) -> None:
+        super().__init__()
+        self._router = router
+        self._reserved = frozenset(paths)
+
+    def dispatch(self, request: Request, reply: Reply) -> None:
+        if request.method == "GET" and request.path in self._reserved:
+            self._router.dispatch(request, reply)
+        else:
+            reply(*_FULL_ERROR)
+
+
+_FULL_ERROR = json_error(
+    503, "service unavailable", "the server is at its connection limit; try again later"
+)
+_FULL = render(503, _FULL_ERROR[1], JSON, True)
+
+# What a connection is doing, for the sweep (``HttpProtocol._phase``).
+_IDLE, _HEAD, _BODY = 0, 1, 2
+
+
+class _Listener:
+    """The connections of one listening socket, their limits, and the sweep that times
+    them out. ``tick`` counts sweeps; a connection notes the tick when it changes phase,
+    so the request path never reads a clock or arms a timer."""
+
+    def __init__(
+        self, router: Router, limits: HttpLimits, reserved: Collection[str], name: str
+    ) -> None:
+        self.router = router
+        self.reserved_router = _ReservedRouter(router, reserved)
+        self.limits = limits
+        self.name = name
+        self.conns: set[HttpProtocol] = set()
+        self.overflow = 0  # of ``conns``: those past max_connections (one request each)
+        self.tick = 0
+        self.trim = False  # a large request or response since the last sweep
+        self.dropped: dict[str, int] = {}
+        timeouts = (limits.header_timeout_s, limits.body_timeout_s, limits.idle_timeout_s)
+        self.interval = max(0.05, min(SWEEP_S, min(timeouts) / 4))
+        # ages in ticks; +1: a mark may be set just before a tick
+        self.head_ticks, self.body_ticks, self.idle_ticks = (
+            math.ceil(t / self.interval) + 1 for t in timeouts
+        )
+        head = limits.max_url_bytes + limits.max_header_bytes
+        self.head_guard = head + 8192  # bytes of an unfinished head (httptools buffers it)
+        self.server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop, server: asyncio.Server) -> None:
+        self._loop, self.server = loop, server
+        loop.call_later(self.interval, self.sweep)
+
+    def count(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def sweep(self) -> None:
+        """Time out what has waited too long; runs every ``interval`` while the listener
+        serves or has connections."""
+        tick = self.tick = self.tick + 1
+        for conn in list(self.conns):
+            try:
+                conn.expire(tick, self)
+            except Exception:  # never let one connection stop the sweep
+                log.exception("%s: the connection sweep failed for one connection", self.name)
+        if self.dropped:
+            what = ", ".join(f"{n} {reason}" for reason, n in sorted(self.dropped.items()))
+            log.info("%s: closed connections: %s", self.name, what)
+            self.dropped.clear()
+        if self.trim:
+            self.trim = False
+            if _TRIM is not None:
+                _TRIM(0)
+        server, loop = self.server, self._loop
+        if loop is not None and (self.conns or (server is not None and server.is_serving())):
+            loop.call_later(self.interval, self.sweep)
 
 
 class _Slot:
@@ -153,13 +346,17 @@ class HttpProtocol(asyncio.Protocol):
     """One client connection. Created by the server for every accepted socket."""
 
     __slots__ = (
-        "_router", "_max_body", "_parser", "_transport", "_url", "_body", "_body_len",
-        "_slots", "_broken", "_paused", "_too_large", "_expect", "_header_length",
+        "_listener", "_router", "_max_body", "_parser", "_transport", "_url", "_body",
+        "_body_len", "_slots", "_broken", "_paused", "_reject", "_expect", "_header_length",
+        "_phase", "_mark", "_left", "_headers", "_header_bytes", "_head_bytes", "_overflow",
+        "_write_paused", "_write_mark", "_write_size", "_authorization", "_linger",
     )  # fmt: skip
 
-    def __init__(self, router: Router, max_body_bytes: int) -> None:
-        self._router = router
-        self._max_body = max_body_bytes
+    def __init__(self, listener: _Listener) -> None:
+        limits = listener.limits
+        self._listener = listener
+        self._router = listener.router
+        self._max_body = limits.max_body_bytes
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._url = b""
@@ -167,33 +364,87 @@ class HttpProtocol(asyncio.Protocol):
         self._body_len = 0
         self._slots: deque[_Slot] = deque()
         self._broken = False  # a request could not be parsed: read nothing more
-        self._paused = False
-        self._too_large = False
+        self._paused = False  # reading paused: too many pipelined requests outstanding
+        self._reject: tuple[int, str] | None = None  # why a parser callback refused
         self._expect = False
         self._header_length: int | None = None
+        self._authorization: bytes | None = None
+        # the first request must start within header_timeout_s of the connection
+        self._phase = _HEAD
+        self._mark = listener.tick
+        self._left = limits.max_keepalive_requests or -1  # requests before Connection: close
+        self._headers = 0
+        self._header_bytes = 0
+        self._head_bytes = 0  # bytes of the unfinished head, counted per chunk
+        self._overflow = False
+        self._write_paused = False
+        self._write_mark = 0
+        self._write_size = 0
+        self._linger: asyncio.Transport | None = None  # half-closed: reading to the end
 
     # ----------------------------------------------------------------- transport events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        listener = self._listener
+        limit = listener.limits.max_connections
+        if limit and len(listener.conns) - listener.overflow >= limit:
+            if listener.overflow >= listener.limits.reserve_connections:
+                self._broken = True
+                listener.count("refused at the connection limit (503)")
+                transport.write(_FULL)  # type: ignore[attr-defined]
+                transport.close()
+                return
+            listener.overflow += 1
+            self._overflow = True
+            self._router = listener.reserved_router
+            self._left = 1
+        listener.conns.add(self)
         self._transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._broken = True
         self._slots.clear()
-        self._transport = None
+        self._transport = self._linger = None
+        listener = self._listener
+        if self in listener.conns:
+            listener.conns.discard(self)
+            if self._overflow:
+                listener.overflow -= 1
+
+    def pause_writing(self) -> None:
+        """The peer is not reading as fast as we answer: read nothing more until it does."""
+        self._write_paused = True
+        self._write_mark = self._listener.tick
+        self._write_size = 0
+        if self._transport is not None and not self._paused:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._transport is not None and not self._paused and not self._broken:
+            self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._broken:
             return
+        phase, left = self._phase, self._left
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported")
+            pass  # on_message_complete answered the request that asked for it
         except httptools.HttpParserError as exc:
-            if self._too_large:
-                self._fail(413, f"the request body is larger than {self._max_body} bytes")
-            else:
-                self._fail(400, f"malformed HTTP request: {exc}")
+            if self._reject is not None:
+                self._fail(*self._reject)
+            elif not self._broken:
+                self._fail(400, f"malformed HTTP request: {clip(str(exc))}")
+        else:
+            # A head still unfinished: httptools keeps it, so bound it here too (the
+            # callbacks count exactly, but only what httptools hands over).
+            if self._phase == _HEAD and phase != _BODY and left == self._left:
+                self._head_bytes += len(data)
+                if self._head_bytes > self._listener.head_guard:
+                    self._fail(431, "the request head is larger than "
+                                    f"{self._listener.head_guard} bytes")  # fmt: skip
 
     # ----------------------------------------------------------------- parser callbacks
 
@@ -202,25 +453,47 @@ class HttpProtocol(asyncio.Protocol):
         self._body = []
         self._body_len = 0
         self._header_length = None
+        self._authorization = None
+        self._headers = 0
+        self._header_bytes = 0
+        self._head_bytes = 0
+        self._phase = _HEAD
+        self._mark = self._listener.tick
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self._listener.limits.max_url_bytes:
+            limit = self._listener.limits.max_url_bytes
+            self._reject = (414, f"the URL is longer than {limit} bytes")
+            raise httptools.HttpParserError("URL too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers += 1
+        self._header_bytes += len(name) + len(value)
         if len(name) == 14 and name.lower() == b"content-length":
             try:
                 if int(value) > self._max_body:
-                    self._too_large = True
+                    self._reject = (413, f"the request body is larger than {self._max_body} bytes")
             except ValueError:
                 pass  # httptools itself rejects a malformed Content-Length
         elif len(name) == 6 and name.lower() == b"expect":
             self._expect = value.lower() == b"100-continue"
         elif len(name) == 31 and name.lower() == b"inference-header-content-length":
             self._header_length = int(value) if value.isdigit() and len(value) < 12 else -1
-        if self._too_large:
-            raise httptools.HttpParserError("body too large")
+        elif len(name) == 13 and name.lower() == b"authorization":
+            self._authorization = value
+        limits = self._listener.limits
+        if self._headers > limits.max_headers:
+            self._reject = (431, f"more than {limits.max_headers} request headers")
+        elif self._header_bytes > limits.max_header_bytes:
+            self._reject = (431, f"the request headers are larger than "
+                                 f"{limits.max_header_bytes} bytes")  # fmt: skip
+        if self._reject is not None:
+            raise httptools.HttpParserError("request refused")
 
     def on_headers_complete(self) -> None:
+        self._phase = _BODY
+        self._mark = self._listener.tick
         # curl sends "Expect: 100-continue" before bodies over 1 KiB and waits for this.
         if self._expect and not self._slots and self._transport is not None:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -229,12 +502,22 @@ class HttpProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)
         if self._body_len > self._max_body:
-            self._too_large = True
+            self._reject = (413, f"the request body is larger than {self._max_body} bytes")
             raise httptools.HttpParserError("body too large")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
         parser = self._parser
+        self._phase = _IDLE
+        self._mark = self._listener.tick
+        self._left -= 1
+        if self._broken:  # closing (an earlier answer said so): nothing more is answered
+            return
+        if parser.should_upgrade():
+            # httptools stops here and hands the rest over as another protocol's bytes:
+            # one answer, then close (HttpParserUpgrade follows this callback)
+            self._fail(400, "protocol upgrades (Upgrade, CONNECT) are not supported")
+            return
         url = self._url
         q = url.find(b"?")
         if q >= 0:
@@ -242,11 +525,14 @@ class HttpProtocol(asyncio.Protocol):
         else:
             path, query = url.decode("latin-1"), ""
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        request = Request(
-            parser.get_method().decode("ascii"), path, query, body, self._header_length
-        )
+        if self._body_len > TRIM_AFTER_BYTES:
+            self._listener.trim = True
+        method = parser.get_method().decode("ascii")
+        request = Request(method, path, query, body, self._header_length)
+        request.authorization = self._authorization
+        head = method == "HEAD"  # its answer has a Content-Length but no body
         slot = _Slot()
-        slot.close = not parser.should_keep_alive()
+        slot.close = self._left == 0 or not parser.should_keep_alive()
         self._slots.append(slot)
         if len(self._slots) > MAX_PIPELINE and not self._paused and self._transport is not None:
             self._paused = True
@@ -255,14 +541,64 @@ class HttpProtocol(asyncio.Protocol):
         def reply(status: int, body: bytes, content_type: bytes = JSON, headers: bytes = b"") -> None:
             if slot.data is not None or self._transport is None:
                 return
-            slot.data = render(status, body, content_type, slot.close, headers)
+            if len(body) > TRIM_AFTER_BYTES:
+                self._listener.trim = True
+            data = render(status, body, content_type, slot.close, headers)
+            slot.data = data[: len(data) - len(body)] if head else data
             self._flush()
 
         try:
             self._router.dispatch(request, reply)
         except Exception:
-            log.exception("handler for %s %s failed", request.method, request.path)
+            log.exception("handler for %s %s failed", request.method, clip(request.path))
             reply(*json_error(500, "internal error", "the server failed to handle the request"))
+
+    # ----------------------------------------------------------------- the sweep
+
+    def expire(self, tick: int, listener: _Listener) -> None:
+        """Close this connection if it waited too long in its phase (``listener.sweep``)."""
+        transport = self._transport
+        if transport is None:
+            if self._linger is not None and tick - self._mark >= listener.head_ticks:
+                listener.count("lingering after the last answer")
+                self._abort()
+            return
+        if self._write_paused:
+            size = transport.get_write_buffer_size()
+            if size != self._write_size:  # the peer reads, slowly: that is progress
+                self._write_size, self._write_mark = size, tick
+            elif tick - self._write_mark >= listener.idle_ticks:
+                listener.count("not reading their responses")
+                self._abort()
+            return
+        age = tick - self._mark
+        if self._broken:  # answered and closing, behind answers still to come
+            if age >= listener.body_ticks:
+                listener.count("stalled while closing")
+                self._abort()
+        elif self._phase == _HEAD:
+            if age >= listener.head_ticks:
+                limit = listener.limits.header_timeout_s
+                if self._parser_started():
+                    listener.count("header timeout (408)")
+                    self._fail(408, f"the request headers did not arrive within {limit:g} s")
+                else:
+                    listener.count("sent no request")
+                    self._close()
+        elif self._phase == _BODY:
+            if age >= listener.body_ticks:
+                limit = listener.limits.body_timeout_s
+                listener.count("body timeout (408)")
+                self._fail(408, f"the request body did not arrive within {limit:g} s")
+        elif self._slots:
+            self._mark = tick  # answers still to come: idle counts from the last one
+        elif age >= listener.idle_ticks:
+            listener.count("idle")
+            self._close()
+
+    def _parser_started(self) -> bool:
+        """Whether any byte of the current request arrived (else it is a silent peer)."""
+        return bool(self._url) or self._headers > 0 or self._head_bytes > 0
 
     # ----------------------------------------------------------------- writing
 
@@ -280,7 +616,8 @@ class HttpProtocol(asyncio.Protocol):
                 return
         if self._paused and len(slots) <= MAX_PIPELINE // 2:
             self._paused = False
-            transport.resume_reading()
+            if not self._write_paused:
+                transport.resume_reading()
 
     def _fail(self, status: int, cause: str) -> None:
         """Answer a request we could not parse, after the ones before it, then close."""
@@ -290,24 +627,61 @@ class HttpProtocol(asyncio.Protocol):
         slot.data = render(status, body, JSON, True)
         self._slots.append(slot)
         self._broken = True
+        self._mark = self._listener.tick
         self._flush()
 
     def _close(self) -> None:
+        """Write nothing more. A close with unread input would reset the connection and
+        could destroy the last answer before the peer reads it, so close only our side
+        and read (and drop) what still comes until the peer closes too, or the sweep
+        gives up after ``header_timeout_s``."""
         self._broken = True
         transport, self._transport = self._transport, None
-        if transport is not None:
+        if transport is None:
+            return
+        if transport.can_write_eof():
+            self._linger = transport
+            self._mark = self._listener.tick
+            transport.write_eof()
+            transport.resume_reading()
+        else:
             transport.close()
+
+    def _abort(self) -> None:
+        self._broken = True
+        transport = self._transport or self._linger
+        self._transport = self._linger = None
+        if transport is not None:
+            transport.abort()
 
 
 async def serve(
-    router: Router, host: str, port: int, *, max_body_bytes: int, backlog: int = 1024
+    router: Router,
+    host: str,
+    port: int,
+    *,
+    max_body_bytes: int | None = None,
+    limits: HttpLimits | None = None,
+    reserved: Collection[str] = (),
+    name: str = "http",
+    backlog: int = 1024,
 ) -> asyncio.Server:
-    """Bind and start serving; the caller closes the returned server."""
+    """Bind and start serving; the caller closes the returned server.
+
+    ``limits``: what a peer may send and keep open (``max_body_bytes`` overrides its
+    field); ``reserved``: the GET paths a connection past ``max_connections`` may still
+    ask (health checks); ``name``: the listener in log lines."""
+    limits = limits or HttpLimits()
+    if max_body_bytes is not None:
+        limits = replace(limits, max_body_bytes=max_body_bytes)
+    listener = _Listener(router, limits, reserved, name)
     loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: HttpProtocol(router, max_body_bytes),
+    server = await loop.create_server(
+        lambda: HttpProtocol(listener),
         host,
         port,
         backlog=backlog,
         reuse_address=True,
     )
+    listener.start(loop, server)
+    return server
