@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ["BatchSizer", "BatchQueue", "Expirable"]
+__all__ = ["BatchSizer", "BatchQueue", "Expirable", "Admission"]
 
 Clock = Callable[[], float]
 
@@ -102,6 +102,100 @@ class BatchSizer:
             self._size = min(float(self.max_size), self._size + step)
 
 
+class Admission:
+    """Admission control for one model version: whether a query can still be answered in
+    time, from the measured service rate, and whether the queue is standing (overload).
+
+    Two rules, both from what was measured on this model's replicas:
+
+    * **Deadline.** A request of ``n`` queries is admitted only if, behind the ``ahead``
+      queries already queued or in flight, its last query is predicted to be answered before
+      its deadline: ``(ahead + n) / (replicas x rate) + batch_time``. A batch is cut only of
+      queries that can still be answered within their deadline after ``batch_time``
+      (``cutoff``). Without measurements (a model's first batches) everything is admitted.
+    * **Standing queue (CoDel's idea).** A queue that stays above ``target`` delay for a whole
+      ``interval`` is no longer absorbing a burst: the model is overloaded, and every query
+      admitted beyond ``target`` would only wait, so while that lasts the predicted wait must
+      also stay within ``target`` (``target`` = ``target_batches`` batch times, at least
+      ``min_target``). The queue so stays short, goodput stays at capacity, answers stay
+      fast, and when the load stops the next query waits behind a couple of batches, not
+      behind the SLO's worth of queries nobody may be waiting for. The overload ends when
+      the queue is short *and* nothing was refused for an ``interval`` (a short queue kept
+      short by refusing is still an overload).
+
+    Times in seconds; the rate is queries per second per replica, an EWMA over batches.
+    """
+
+    __slots__ = (
+        "alpha", "min_target", "target_batches", "interval", "batch_time", "rate",
+        "overloaded", "_above_since", "_last_shed",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.2,
+        min_target: float = 0.005,
+        target_batches: float = 2.0,
+        interval: float = 0.1,
+    ) -> None:
+        self.alpha = alpha
+        self.min_target = min_target
+        self.target_batches = target_batches
+        self.interval = interval
+        self.batch_time = 0.0  # EWMA of a batch's service time (0: nothing measured yet)
+        self.rate = 0.0  # EWMA of queries per second per replica
+        self.overloaded = False
+        self._above_since: float | None = None
+        self._last_shed = float("-inf")
+
+    @property
+    def target(self) -> float:
+        return max(self.min_target, self.target_batches * self.batch_time)
+
+    def observe(self, batch_size: int, service_time: float) -> None:
+        """One answered batch and its service time on its replica."""
+        if service_time <= 0.0:
+            service_time = 1e-6
+        rate = batch_size / service_time
+        if self.batch_time == 0.0:
+            self.batch_time, self.rate = service_time, rate
+        else:
+            a = self.alpha
+            self.batch_time += a * (service_time - self.batch_time)
+            self.rate += a * (rate - self.rate)
+
+    def dequeued(self, sojourn: float, now: float) -> None:
+        """The oldest query of a batch being sent waited ``sojourn`` s in the queue."""
+        if sojourn < self.target:
+            self._above_since = None
+            if now - self._last_shed >= self.interval:
+                self.overloaded = False  # a short queue that nobody was turned away from
+        elif self._above_since is None:
+            self._above_since = now
+        elif now - self._above_since >= self.interval:
+            self.overloaded = True
+
+    def wait(self, ahead: int, n: int, replicas: int) -> float:
+        """Predicted seconds until the last of ``n`` new queries is answered (0: unknown)."""
+        if self.rate <= 0.0 or replicas <= 0:
+            return 0.0
+        return (ahead + n) / (replicas * self.rate) + self.batch_time
+
+    def admits(self, ahead: int, n: int, replicas: int, time_left: float, now: float) -> bool:
+        """Whether ``n`` queries with ``time_left`` s to their deadline should be queued
+        (``now``: when; a refusal keeps the overload state on)."""
+        wait = self.wait(ahead, n, replicas)
+        if wait <= time_left and not (self.overloaded and wait > self.target + self.batch_time):
+            return True
+        self._last_shed = now
+        return False
+
+    def cutoff(self, now: float) -> float:
+        """Queries whose deadline is before this cannot be answered in time if sent now."""
+        return now + self.batch_time
+
+
 class Expirable(Protocol):
     """What the queue needs from an item: a deadline and whether it was already answered."""
 
@@ -141,26 +235,32 @@ class BatchQueue(Generic[T]):
     def push_front(self, items: list[T]) -> None:
         self._items.extendleft(reversed(items))
 
-    def pop_batch(self, n: int, now: float) -> tuple[list[T], list[T]]:
-        """Up to ``n`` live items (oldest first), and the expired ones skipped on the way."""
+    def pop_batch(self, n: int, cutoff: float) -> tuple[list[T], list[T], int]:
+        """Up to ``n`` live items (oldest first), the expired ones met on the way (deadline
+        at or before ``cutoff``), and how many answered items were discarded."""
         items = self._items
         batch: list[T] = []
         expired: list[T] = []
+        skipped = 0
         while items and len(batch) < n:
             item = items.popleft()
             if item.done:
-                continue
-            if item.deadline <= now:
+                skipped += 1
+            elif item.deadline <= cutoff:
                 expired.append(item)
             else:
                 batch.append(item)
-        return batch, expired
+        return batch, expired, skipped
 
-    def drop_answered(self) -> None:
-        """Discard answered items at the head (they pile up while no replica takes them)."""
+    def drop_answered(self) -> int:
+        """Discard answered items at the head (they pile up while no replica takes them);
+        returns how many."""
         items = self._items
+        dropped = 0
         while items and items[0].done:
             items.popleft()
+            dropped += 1
+        return dropped
 
     def drain(self) -> list[T]:
         """Remove and return every unanswered item."""

@@ -12,6 +12,18 @@ places:
 * a timer calls ``sweep`` every few milliseconds while queries are pending, answering those
   past their deadline with the app's default output and the reason.
 
+Admission control (the policy is ``batching.Admission``): a request is queued only if its
+queries can be answered within their deadline behind the work already there, at the service
+rate measured on this model's replicas, and, under sustained overload, only if it keeps the
+queue short; otherwise each of its queries is answered at once with the default output and
+the reason (``shed``), or, where the app asks for it, the request gets 503 with Retry-After.
+A batch is cut only of queries that can still be answered in time. A model's queue holds at
+most ``max_queued`` queries. A model with no replica connected answers at once (``no
+replica``) unless replicas are expected: after the frontend starts, after a replica was
+lost (``replica_grace_s``, for the supervisor's restart), or when a manager announced them
+(``expect_replicas``). Queries whose client has gone (``cancel``) are dropped unanswered
+wherever they wait, so nobody's work is done for a closed connection.
+
 Every query is answered exactly once: ``Query.done`` is set by the first answer and every
 later one (a late response, a second replica) is dropped.
 """
@@ -25,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from schooner.frontend.batching import BatchQueue, BatchSizer
+from schooner.frontend.batching import Admission, BatchQueue, BatchSizer
 from schooner.frontend.metrics import FrontendMetrics
 from schooner.runtime import wire
 from schooner.runtime.wire import CAP_PACKED, NewContainer, PredictResponse
@@ -43,6 +55,7 @@ NO_REPLICA = "no_replica"
 REPLICA_LOST = "replica_lost"
 MODEL_ERROR = "model_error"
 NO_MODEL = "no_model"
+SHED = "shed"  # refused at admission: it could not have been answered in time
 
 
 class Query:
@@ -54,7 +67,7 @@ class Query:
 
     __slots__ = (
         "id", "app", "data", "arrival", "deadline", "slo_micros", "on_done",
-        "done", "output", "explanation", "lost", "model",
+        "done", "output", "explanation", "reason", "lost", "model", "queued",
     )  # fmt: skip
 
     def __init__(
@@ -76,8 +89,10 @@ class Query:
         self.done = False
         self.output: str | None = None
         self.explanation: str | None = None
+        self.reason: str | None = None  # why the default output was used (a metrics label)
         self.lost: str | None = None  # why a replica serving it was lost, if one was
         self.model: ModelQueue | None = None  # set when submitted
+        self.queued = False  # waiting in its model's queue (not in flight)
 
 
 class Replica:
@@ -135,16 +150,28 @@ class Batch:
 class ModelQueue:
     """Waiting queries, batch sizer and replicas of one model version."""
 
-    __slots__ = ("key", "label", "queue", "sizer", "replicas", "_replica_ids", "slo_micros")
+    __slots__ = (
+        "key", "label", "queue", "sizer", "admission", "replicas", "_replica_ids",
+        "slo_micros", "stale", "inflight_queries", "expect_until",
+    )  # fmt: skip
 
     def __init__(self, key: ModelKey, fixed_batch_size: int, slo_micros: int) -> None:
         self.key = key
         self.label = f"{key[0]}:{key[1]}"
         self.queue: BatchQueue[Query] = BatchQueue()
         self.sizer = BatchSizer(slo_micros, fixed=fixed_batch_size)
+        self.admission = Admission()
         self.slo_micros = slo_micros
         self.replicas: list[Replica] = []
         self._replica_ids = itertools.count()
+        self.stale = 0  # queries in ``queue`` already answered or cancelled
+        self.inflight_queries = 0
+        self.expect_until = 0.0  # replicas are expected until then (dispatcher clock)
+
+    @property
+    def waiting(self) -> int:
+        """Queries in the queue that still wait for an answer."""
+        return len(self.queue) - self.stale
 
     def next_replica_id(self) -> int:
         return next(self._replica_ids)
@@ -161,11 +188,15 @@ class Dispatcher:
         inflight_per_replica: int = 2,
         default_slo_micros: int = 100_000,
         stale_batch_s: float = 30.0,
+        max_queued: int = 100_000,
+        replica_grace_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._send = send
         self._metrics = metrics
         self.inflight_per_replica = max(1, inflight_per_replica)
+        self.max_queued = max(1, max_queued)
+        self.replica_grace_s = replica_grace_s
         self._default_slo = default_slo_micros
         self._stale_batch_s = stale_batch_s
         self._clock = clock
@@ -192,6 +223,11 @@ class Dispatcher:
         if mq is not None:
             mq.sizer.fixed = fixed
 
+    def expect_replicas(self, key: ModelKey, seconds: float) -> None:
+        """Replicas of ``key`` are starting: queue its queries (up to their SLO) for
+        ``seconds`` instead of answering "no replica" at once (0: they are not coming)."""
+        self.queue(key).expect_until = self._clock() + max(0.0, seconds)
+
     def queue(self, key: ModelKey, slo_micros: int | None = None) -> ModelQueue:
         mq = self.queues.get(key)
         if mq is None:
@@ -205,29 +241,95 @@ class Dispatcher:
 
     # ----------------------------------------------------------------- queries in
 
-    def submit(self, queries: Iterable[Query], key: ModelKey, slo_micros: int) -> None:
-        """Queue queries of one app for model version ``key`` and dispatch what can go."""
+    def submit(self, queries: Sequence[Query], key: ModelKey, slo_micros: int) -> None:
+        """Queue the queries of one request of one app for model version ``key`` and
+        dispatch what can go, or answer them at once when they cannot be served in time."""
         mq = self.queues.get(key) or self.queue(key, slo_micros)
         if mq.slo_micros != slo_micros:
             mq.slo_micros = slo_micros
             mq.sizer.set_slo(slo_micros)
+        if not queries:
+            return
+        now = self._clock()
+        n = len(queries)
+        replicas = len(mq.replicas)
+        if replicas == 0:
+            if now >= mq.expect_until:
+                explanation = f"no replica of model {mq.label} is connected"
+                for q in queries:
+                    q.model = mq
+                    self.answer_default(q, NO_REPLICA, explanation)
+                return
+        elif mq.waiting + n > self.max_queued or not mq.admission.admits(
+            mq.waiting + mq.inflight_queries, n, replicas, queries[-1].deadline - now, now
+        ):
+            self._shed(mq, queries, now)
+            return
         pending = self._pending.get(slo_micros)
         if pending is None:
             pending = self._pending[slo_micros] = deque()
         for q in queries:
             q.model = mq
+            q.queued = True
             mq.queue.push(q)
             pending.append(q)
         self.on_pending()
-        if mq.replicas:
+        if replicas:
             self._pump(mq)
+
+    def _shed(self, mq: ModelQueue, queries: Sequence[Query], now: float) -> None:
+        if mq.waiting + len(queries) > self.max_queued:
+            explanation = (
+                f"overloaded: model {mq.label} already has {mq.waiting} queries waiting "
+                f"(at most {self.max_queued})"
+            )
+        else:
+            wait_ms = mq.admission.wait(
+                mq.waiting + mq.inflight_queries, len(queries), len(mq.replicas)
+            ) * 1e3
+            explanation = (
+                f"overloaded: model {mq.label} would answer in about {wait_ms:.0f} ms, "
+                f"beyond the latency SLO of {queries[-1].slo_micros} us"
+                if not mq.admission.overloaded
+                else f"overloaded: model {mq.label} is over capacity (queue delay held "
+                f"under {mq.admission.target * 1e3:.0f} ms)"
+            )
+        for q in queries:
+            q.model = mq
+            self.answer_default(q, SHED, explanation)
+
+    def retry_after(self, key: ModelKey) -> int:
+        """Whole seconds a refused client should wait before trying again (Retry-After)."""
+        mq = self.queues.get(key)
+        if mq is None or not mq.replicas:
+            return 1
+        wait = mq.admission.wait(mq.waiting + mq.inflight_queries, 0, len(mq.replicas))
+        return max(1, int(wait + 0.999))
+
+    def cancel(self, queries: Iterable[Query]) -> None:
+        """The client of these queries has gone: drop them, unanswered, wherever they wait
+        (a batch already sent finishes on its replica; its answers are discarded)."""
+        count = 0
+        for q in queries:
+            if q.done:
+                continue
+            q.done = True
+            count += 1
+            mq = q.model
+            if q.queued and mq is not None:
+                mq.stale += 1
+        if count:
+            self._metrics.cancelled(count)
 
     def answer_default(self, query: Query, reason: str, explanation: str) -> None:
         """Answer with the app's default output (the caller renders it) and why."""
         if query.done:
             return
         query.done = True
+        if query.queued and query.model is not None:
+            query.model.stale += 1
         query.explanation = explanation
+        query.reason = reason
         self._metrics.answered(query.app, self._clock() - query.arrival, reason)
         query.on_done(query)
 
@@ -251,10 +353,17 @@ class Dispatcher:
                         best = r
             if len(best.inflight) >= limit:
                 return
-            batch, expired = queue.pop_batch(mq.sizer.size, now)
+            batch, expired, skipped = queue.pop_batch(
+                mq.sizer.size, mq.admission.cutoff(now)
+            )
+            mq.stale -= skipped
             for q in expired:
+                q.queued = False
                 self._expire(q)
             if batch:
+                for q in batch:
+                    q.queued = False
+                mq.admission.dequeued(now - batch[0].arrival, now)
                 self._send_batch(mq, best, batch, now)
 
     def _send_batch(
@@ -273,6 +382,7 @@ class Dispatcher:
         batch = Batch(msg_id, replica, queries, now)
         replica.inflight[msg_id] = batch
         self._inflight[msg_id] = batch
+        mq.inflight_queries += len(queries)
         self._metrics.batch(mq.label, len(queries))
         if not self._send(replica.identity, frames):
             self.remove_replica(replica.identity, "it could not be reached", pump=False)
@@ -302,12 +412,16 @@ class Dispatcher:
             return
         mq = replica.queue
         mq.replicas.remove(replica)
+        if not mq.replicas:  # its supervisor is likely restarting it
+            mq.expect_until = max(mq.expect_until, self._clock() + self.replica_grace_s)
         requeue: list[Query] = []
         for msg_id, batch in replica.inflight.items():
             self._inflight.pop(msg_id, None)
+            mq.inflight_queries -= len(batch.queries)
             for q in batch.queries:
                 if not q.done:
                     q.lost = f"replica {replica.replica_id} of model {mq.label} was lost ({reason})"
+                    q.queued = True
                     requeue.append(q)
         replica.inflight.clear()
         mq.queue.push_front(requeue)
@@ -335,7 +449,10 @@ class Dispatcher:
         mq = replica.queue
         now = self._clock()
         queries = batch.queries
-        mq.sizer.observe(len(queries), replica.service_time(batch, now), len(mq.queue))
+        mq.inflight_queries -= len(queries)
+        service_time = replica.service_time(batch, now)
+        mq.sizer.observe(len(queries), service_time, mq.waiting)
+        mq.admission.observe(len(queries), service_time)
         texts = response.texts()
         if len(texts) != len(queries):
             explanation = (
@@ -376,7 +493,7 @@ class Dispatcher:
                     break
         for mq in self.queues.values():
             if not mq.replicas and mq.queue:
-                mq.queue.drop_answered()
+                mq.stale -= mq.queue.drop_answered()
 
     def reap_stale_batches(self) -> None:
         """Free in-flight slots held by batches whose queries were all answered long ago.
@@ -389,6 +506,7 @@ class Dispatcher:
             if batch.sent_at < cutoff and all(q.done for q in batch.queries):
                 del self._inflight[msg_id]
                 batch.replica.inflight.pop(msg_id, None)
+                batch.replica.queue.inflight_queries -= len(batch.queries)
                 log.warning(
                     "replica %d of model %s never answered batch %d; slot freed",
                     batch.replica.replica_id, batch.replica.queue.label, msg_id,

@@ -117,6 +117,10 @@ class FrontendMetrics:
             "schooner_frontend_rejected_requests", "Requests answered with 4xx", ["status"],
             registry=r,
         )  # fmt: skip
+        self._cancelled = Counter(
+            "schooner_frontend_cancelled_queries",
+            "Queries dropped unanswered because their client went away", registry=r,
+        )  # fmt: skip
         self._cache: dict[tuple[str, ...], Any] = {}
 
     def _child(self, metric: object, *labels: str) -> object:
@@ -144,6 +148,9 @@ class FrontendMetrics:
 
     def replicas(self, model: str, count: int) -> None:
         self._child(self._replicas, model).set(count)  # type: ignore[attr-defined]
+
+    def cancelled(self, count: int) -> None:
+        self._cancelled.inc(count)
 
     def rejected(self, status: int) -> None:
         self._child(self._bad_requests, str(status)).inc()  # type: ignore[attr-defined]

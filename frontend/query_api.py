@@ -8,14 +8,13 @@ with the app's default output by the deadline sweep).
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable
 
 import orjson
 
-from schooner.frontend.dispatch import NO_MODEL, Dispatcher, Query
-from schooner.frontend.http import Reply, Request, Router, json_error
+from schooner.frontend.dispatch import NO_MODEL, SHED, Dispatcher, Query
+from schooner.frontend.http import JSON, Reply, Request, Router, json_error
 from schooner.frontend.inputs import (
     CONVERTERS,
     CONVERTERS_WITHOUT_BOOLEANS,
@@ -55,7 +54,7 @@ class QueryApi:
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._is_ready = is_ready
-        self._ids = itertools.count()
+        self._ids = QueryIds(state)
 
     def routes(self, router: Router) -> Router:
         router.add_pattern("POST", "predict", self.predict)
@@ -95,7 +94,7 @@ class QueryApi:
             code = FAST_CODES.get(app.input_type)
             data = fast_single_input(request.body, code) if code else None
             if data is not None:
-                self._submit(app, [data], False, self._model_version(app, None), reply)
+                self._submit(request, app, [data], False, self._model_version(app, None), reply)
                 return
         try:
             body = orjson.loads(request.body)
@@ -130,20 +129,33 @@ class QueryApi:
         except BadInput as exc:
             self._reject(reply, 400, "invalid input", str(exc))
             return
-        self._submit(app, inputs, batch, key, reply)
+        self._submit(request, app, inputs, batch, key, reply)
 
     def _submit(
-        self, app: App, inputs: list[bytes], batch: bool, key: tuple[str, str] | None, reply: Reply
-    ) -> None:
+        self, request: Request, app: App, inputs: list[bytes], batch: bool,
+        key: tuple[str, str] | None, reply: Reply,
+    ) -> None:  # fmt: skip
         """Queue the request's inputs (or answer them with the default when no model is
-        there to ask)."""
+        there to ask); if the client goes away first, its queries are dropped."""
+        overload = self._overload_reply if app.on_overload == "503" else None
         if batch:
-            group = _BatchReply(app, len(inputs), reply)
+            group = _BatchReply(app, len(inputs), reply, overload)
             queries = self.make_queries(app, inputs, group.add)
             group.first_id = queries[0].id  # ids of one request are consecutive
         else:
-            queries = self.make_queries(app, inputs, _single_reply(app, reply))
+            queries = self.make_queries(app, inputs, _single_reply(app, reply, overload))
         self.dispatch(app, queries, key)
+        if not queries[-1].done:
+            request.cancel = lambda: self._dispatcher.cancel(queries)
+
+    def _overload_reply(self, q: Query, reply: Reply) -> None:
+        """503 with Retry-After, for an app that asked for it instead of default outputs."""
+        retry = self._dispatcher.retry_after(q.model.key) if q.model is not None else 1
+        self._metrics.rejected(503)
+        reply(
+            *json_error(503, "overloaded", q.explanation or "overloaded"), JSON,
+            b"Retry-After: %d\r\n" % retry,
+        )  # fmt: skip
 
     def make_queries(
         self, app: App, inputs: list[bytes], on_done: Callable[[Query], None]
@@ -153,10 +165,12 @@ class QueryApi:
         With :meth:`dispatch`, the one path into the dispatcher for every request API
         (Clipper's here, the Open Inference Protocol's in ``schooner.frontend.oip``)."""
         now = time.monotonic()
-        ids = self._ids
+        first = self._ids.take(len(inputs))
         slo = app.latency_slo_micros
         name = app.name
-        return [Query(next(ids), name, data, now, slo, on_done) for data in inputs]
+        return [
+            Query(first + i, name, data, now, slo, on_done) for i, data in enumerate(inputs)
+        ]
 
     def dispatch(self, app: App, queries: list[Query], key: tuple[str, str] | None) -> None:
         """Hand ``queries`` to model version ``key``, or answer them with the app's default
@@ -194,6 +208,28 @@ class QueryApi:
         return (model, version)
 
 
+class QueryIds:
+    """Query ids unique over the life of the frontend's state (restarts included): blocks of
+    ``BLOCK`` ids are reserved in the state store, one write per block."""
+
+    BLOCK = 1 << 20
+
+    __slots__ = ("_state", "_next", "_end")
+
+    def __init__(self, state: StateStore) -> None:
+        self._state = state
+        self._next = self._end = 0
+
+    def take(self, n: int) -> int:
+        """The first of ``n`` consecutive fresh ids."""
+        first = self._next
+        if first + n > self._end:
+            first = self._state.reserve_query_ids(max(n, self.BLOCK))
+            self._end = first + max(n, self.BLOCK)
+        self._next = first + n
+        return first
+
+
 def _response(app: App, q: Query) -> dict[str, object]:
     if q.explanation is None:
         return {"query_id": q.id, "output": _as_json(q.output or ""), "default": False}
@@ -205,9 +241,16 @@ def _response(app: App, q: Query) -> dict[str, object]:
     }
 
 
-def _single_reply(app: App, reply: Reply) -> Callable[[Query], None]:
+# How an app that answers overload with 503 replies to a shed request: (query, reply).
+OverloadReply = Callable[[Query, Reply], None]
+
+
+def _single_reply(app: App, reply: Reply, overload: OverloadReply | None) -> Callable[[Query], None]:
     def done(q: Query) -> None:
-        reply(200, orjson.dumps(_response(app, q)))
+        if overload is not None and q.reason == SHED:
+            overload(q, reply)
+        else:
+            reply(200, orjson.dumps(_response(app, q)))
 
     return done
 
@@ -215,16 +258,24 @@ def _single_reply(app: App, reply: Reply) -> Callable[[Query], None]:
 class _BatchReply:
     """Collects the answers of an ``input_batch`` request; replies when all are in."""
 
-    __slots__ = ("app", "results", "left", "reply", "first_id")
+    __slots__ = ("app", "results", "left", "reply", "first_id", "overload")
 
-    def __init__(self, app: App, n: int, reply: Reply) -> None:
+    def __init__(self, app: App, n: int, reply: Reply, overload: OverloadReply | None) -> None:
         self.app = app
         self.results: list[dict[str, object] | None] = [None] * n
         self.left = n
         self.reply = reply
         self.first_id = 0
+        self.overload = overload
 
     def add(self, q: Query) -> None:
+        if self.left < 0:
+            return  # answered already, with 503
+        if self.overload is not None and q.reason == SHED:
+            # a request is admitted or shed whole: its first shed query answers for all
+            self.left = -1
+            self.overload(q, self.reply)
+            return
         self.results[q.id - self.first_id] = _response(self.app, q)
         self.left -= 1
         if self.left == 0:

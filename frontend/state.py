@@ -20,7 +20,14 @@ from pathlib import Path
 from schooner.runtime.errors import SchoonerError
 from schooner.runtime.wire import InputType
 
-__all__ = ["App", "Model", "StateStore", "StateError", "NotFound", "Conflict", "Invalid"]
+__all__ = [
+    "App", "Model", "StateStore", "StateError", "NotFound", "Conflict", "Invalid",
+    "OVERLOAD_ANSWERS",
+]  # fmt: skip
+
+# What an app answers a query it sheds under overload with: its default output and the
+# reason (Clipper's way; the default), or HTTP 503 with Retry-After.
+OVERLOAD_ANSWERS = ("default", "503")
 
 
 class StateError(SchoonerError):
@@ -52,6 +59,7 @@ class App:
     default_output: str
     latency_slo_micros: int
     linked_model: str | None = None
+    on_overload: str = "default"  # one of OVERLOAD_ANSWERS
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -60,7 +68,12 @@ class App:
             "default_output": self.default_output,
             "latency_slo_micros": self.latency_slo_micros,
             "linked_models": [self.linked_model] if self.linked_model else [],
+            "on_overload": self.on_overload,
         }
+
+    def settings(self) -> dict[str, object]:
+        """What ``app_settings`` stores for the app (everything Clipper's apps lack)."""
+        return {"on_overload": self.on_overload}
 
 
 @dataclass(slots=True)
@@ -117,6 +130,14 @@ CREATE TABLE IF NOT EXISTS links (
     app_name TEXT PRIMARY KEY,
     model_name TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS app_settings (
+    app_name TEXT PRIMARY KEY,
+    settings TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 
 
@@ -162,6 +183,11 @@ class StateStore:
         for app_name, model_name in self._db.execute("SELECT app_name, model_name FROM links"):
             if app_name in self.apps:
                 self.apps[app_name].linked_model = model_name
+        for app_name, settings in self._db.execute("SELECT app_name, settings FROM app_settings"):
+            if app_name in self.apps:
+                on_overload = json.loads(settings).get("on_overload", "default")
+                if on_overload in OVERLOAD_ANSWERS:
+                    self.apps[app_name].on_overload = on_overload
 
     def _write(self, *statements: tuple[str, tuple[object, ...]]) -> None:
         with self._db:
@@ -182,13 +208,19 @@ class StateStore:
             raise Invalid(f"invalid application name {app.name!r}")
         if app.latency_slo_micros <= 0:
             raise Invalid("latency_slo_micros must be a positive integer")
+        if app.on_overload not in OVERLOAD_ANSWERS:
+            raise Invalid(f"on_overload must be one of {', '.join(OVERLOAD_ANSWERS)}")
         if app.name in self.apps:
             raise Conflict(f"application {app.name!r} already exists")
         self._write(
             (
                 "INSERT INTO apps VALUES (?, ?, ?, ?)",
                 (app.name, int(app.input_type), app.default_output, app.latency_slo_micros),
-            )
+            ),
+            (
+                "INSERT OR REPLACE INTO app_settings VALUES (?, ?)",
+                (app.name, json.dumps(app.settings())),
+            ),
         )
         app.linked_model = None
         self.apps[app.name] = app
@@ -198,8 +230,37 @@ class StateStore:
         self._write(
             ("DELETE FROM apps WHERE name = ?", (name,)),
             ("DELETE FROM links WHERE app_name = ?", (name,)),
+            ("DELETE FROM app_settings WHERE app_name = ?", (name,)),
         )
         del self.apps[name]
+
+    def set_on_overload(self, name: str, on_overload: str) -> None:
+        """What the app answers a query it sheds under overload with (OVERLOAD_ANSWERS)."""
+        app = self.app(name)
+        if on_overload not in OVERLOAD_ANSWERS:
+            raise Invalid(f"on_overload must be one of {', '.join(OVERLOAD_ANSWERS)}")
+        settings = app.settings() | {"on_overload": on_overload}
+        self._write(
+            ("INSERT OR REPLACE INTO app_settings VALUES (?, ?)", (name, json.dumps(settings)))
+        )
+        app.on_overload = on_overload
+
+    # ----------------------------------------------------------------- query ids
+
+    def reserve_query_ids(self, count: int) -> int:
+        """Reserve ``count`` consecutive query ids, never handed out before in this state's
+        life (frontend restarts included); returns the first. Callers reserve large blocks
+        (a write per block), so ids are unique but not dense across restarts."""
+        if count <= 0:
+            raise ValueError("count must be positive")
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'next_query_id'").fetchone()
+            first = int(row[0]) if row else 0
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('next_query_id', ?)", (first + count,)
+            )
+        return first
 
     # ----------------------------------------------------------------- models
 

@@ -104,19 +104,20 @@ def test_queue_pops_up_to_n_live_items_and_reports_expired_ones() -> None:
     items = [Item("a", 5), Item("b", 20), Item("c", 20, done=True), Item("d", 20), Item("e", 20)]
     for it in items:
         q.push(it)
-    batch, expired = q.pop_batch(2, now=10)
+    batch, expired, skipped = q.pop_batch(2, cutoff=10)
     assert [i.name for i in batch] == ["b", "d"]
     assert [i.name for i in expired] == ["a"]
-    batch, expired = q.pop_batch(10, now=10)
-    assert [i.name for i in batch] == ["e"] and not expired
+    assert skipped == 1  # c, answered already
+    batch, expired, skipped = q.pop_batch(10, cutoff=10)
+    assert [i.name for i in batch] == ["e"] and not expired and not skipped
     assert not q
-    assert q.pop_batch(4, now=10) == ([], [])  # empty: nothing to wait for
+    assert q.pop_batch(4, cutoff=10) == ([], [], 0)  # empty: nothing to wait for
 
 
 def test_whatever_is_queued_goes_at_once() -> None:
     q: BatchQueue[Item] = BatchQueue()
     q.push(Item("only", 50))
-    batch, _ = q.pop_batch(64, now=0)
+    batch, _, _ = q.pop_batch(64, cutoff=0)
     assert [i.name for i in batch] == ["only"]
 
 
@@ -124,8 +125,8 @@ def test_push_front_keeps_order_and_drop_answered() -> None:
     q: BatchQueue[Item] = BatchQueue()
     q.push(Item("later", 9))
     q.push_front([Item("x", 9), Item("y", 9)])
-    assert [i.name for i in q.pop_batch(3, now=0)[0]] == ["x", "y", "later"]
+    assert [i.name for i in q.pop_batch(3, cutoff=0)[0]] == ["x", "y", "later"]
     q.extend([Item("p", 1, done=True), Item("q", 1, done=True), Item("r", 1)])
-    q.drop_answered()
+    assert q.drop_answered() == 2
     assert len(q) == 1
     assert [i.name for i in q.drain()] == ["r"]

@@ -83,3 +83,39 @@ def test_errors_carry_http_statuses(tmp_path: Path) -> None:
         assert s.apps["a"].linked_model is None
     finally:
         s.close()
+
+
+def test_query_ids_are_never_handed_out_twice_across_restarts(tmp_path: Path) -> None:
+    from schooner.frontend.query_api import QueryIds
+
+    path = tmp_path / "s.db"
+    seen: set[int] = set()
+    for _restart in range(3):
+        store = StateStore.open(path)
+        ids = QueryIds(store)
+        for n in (1, 5, QueryIds.BLOCK, 3):  # a request larger than a block gets its own
+            first = ids.take(n)
+            block = set(range(first, first + n))
+            assert not block & seen
+            seen |= block
+        store.close()
+
+
+def test_on_overload_is_kept_with_the_app_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = StateStore.open(path)
+    store.add_app(App("a", InputType.DOUBLES, "0", 1000))
+    assert store.apps["a"].on_overload == "default"
+    store.set_on_overload("a", "503")
+    with pytest.raises(Invalid):
+        store.set_on_overload("a", "drop")
+    with pytest.raises(NotFound):
+        store.set_on_overload("nope", "503")
+    store.close()
+    store = StateStore.open(path)
+    assert store.apps["a"].on_overload == "503"
+    assert store.apps["a"].to_dict()["on_overload"] == "503"
+    store.delete_app("a")
+    store.add_app(App("a", InputType.DOUBLES, "0", 1000))
+    assert store.apps["a"].on_overload == "default"
+    store.close()
