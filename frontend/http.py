@@ -54,6 +54,7 @@ next sweep gives freed memory back to the system (glibc's ``malloc_trim``).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ctypes
 import logging
@@ -63,13 +64,14 @@ from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from http import HTTPStatus
+from typing import Any
 
 import httptools
 import orjson
 
 __all__ = [
     "Request", "Reply", "Handler", "Router", "HttpProtocol", "HttpLimits", "json_error", "clip",
-    "serve", "raise_fd_limit",
+    "serve", "raise_fd_limit", "add_arguments", "from_arguments",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ class HttpLimits:
     def problems(self, flag: Callable[[str], str] = lambda name: name) -> list[str]:
         """What is wrong with these limits, each naming the setting through ``flag``."""
         out = []
-        for name in ("max_body_bytes", "max_url_bytes", "max_header_bytes", "max_headers"):
+        for name in ("max_url_bytes", "max_header_bytes", "max_headers"):
             if getattr(self, name) < 1:
                 out.append(f"{flag(name)} must be at least 1")
         for name in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):
@@ -112,6 +114,48 @@ class HttpLimits:
             if getattr(self, name) < 0:
                 out.append(f"{flag(name)} must be 0 or more")
         return out
+
+
+_FLAGS = {  # HttpLimits field -> (flag, type, help)
+    "max_url_bytes": ("--max-url-bytes", int, "longer request URLs get 414"),
+    "max_header_bytes": ("--max-header-bytes", int, "larger request headers get 431"),
+    "max_headers": ("--max-headers", int, "more request headers get 431"),
+    "header_timeout_s": ("--header-timeout", float,
+                         "seconds for a request's line and headers to arrive (else 408)"),
+    "body_timeout_s": ("--body-timeout", float,
+                       "seconds for a request's body to arrive after its headers (else 408)"),
+    "idle_timeout_s": ("--idle-timeout", float,
+                       "seconds a keep-alive connection may wait for its next request"),
+    "max_keepalive_requests": ("--max-keepalive-requests", int,
+                               "requests per connection, then Connection: close (0: no limit)"),
+    "max_connections": ("--max-connections", int,
+                        "open connections of the query port (0: the open-file limit less a "
+                        "reserve for the other ports and files)"),
+    "reserve_connections": ("--reserve-connections", int,
+                            "connections past --max-connections that may still ask the health "
+                            "checks (one request each)"),
+}  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``HttpLimits`` flags of ``schooner-frontend`` (and the management port's budget)."""
+    group = parser.add_argument_group("HTTP limits (both ports; README 'Limits')")
+    defaults = HttpLimits()
+    for name, (flag, kind, text) in _FLAGS.items():
+        group.add_argument(flag, type=kind, default=getattr(defaults, name),
+                           help=f"{text} (default {getattr(defaults, name)})")  # fmt: skip
+    group.add_argument("--management-max-connections", type=int, default=256,
+                       help="open connections of the management port (default 256)")  # fmt: skip
+
+
+def from_arguments(args: argparse.Namespace, problems: list[str]) -> dict[str, Any]:
+    """``FrontendConfig`` fields from the flags of ``add_arguments``; adds to ``problems``."""
+    limits = HttpLimits(**{name: getattr(args, flag[2:].replace("-", "_"))
+                           for name, (flag, _, _) in _FLAGS.items()})  # fmt: skip
+    problems.extend(limits.problems(lambda name: _FLAGS[name][0]))
+    if args.management_max_connections < 1:
+        problems.append("--management-max-connections must be at least 1")
+    return {"http_limits": limits, "management_max_connections": args.management_max_connections}
 
 
 def clip(text: str, limit: int = QUOTE_CHARS) -> str:

@@ -7,6 +7,10 @@ returns the wire bytes, or raises ``BadInput`` with a cause a client can act on:
 * ints: array of integers within int32 -> int32 little endian (no floats, no booleans);
 * strings: a string -> UTF-8;
 * bytes: a base64 string -> the decoded bytes.
+
+A request holds at most ``MAX_INPUTS_PER_REQUEST`` inputs by default (``--max-inputs-per-request``;
+more: 413). For the numeric types, ``surely_too_many`` says so from the body's bytes, before
+the JSON is decoded (decoding 2 M small arrays alone blocks the event loop for a second).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from schooner.runtime.wire import InputType
 
 __all__ = [
     "BadInput", "CONVERTERS", "CONVERTERS_WITHOUT_BOOLEANS", "FAST_CODES", "fast_single_input",
-    "may_hold_booleans", "convert",
+    "may_hold_booleans", "convert", "MAX_INPUTS_PER_REQUEST", "surely_too_many",
 ]  # fmt: skip
 
 try:  # the optional C shortcut (frontend/_fastpath.c); the same results when it answers
@@ -31,6 +35,11 @@ except ImportError:  # built without a C compiler: every body takes the general 
 
 # Input types the shortcut handles, with its code for each.
 FAST_CODES = {InputType.DOUBLES: "d", InputType.FLOATS: "f", InputType.INTS: "i"}
+
+MAX_INPUTS_PER_REQUEST = 10_000
+# "[" a valid numeric body may hold besides one per input: its outer input_batch array, and
+# any in the "version" string
+_BRACKETS_SLACK = 64
 
 _NUMBER_TYPES = {int, float}
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
@@ -46,6 +55,19 @@ def may_hold_booleans(body: bytes) -> bool:
     makes this answer yes needlessly). A one-byte search is a ``memchr``, ten times faster
     than a substring search, and a numeric body rarely holds an ``r`` or an ``l``."""
     return (b"r" in body and b"true" in body) or (b"l" in body and b"false" in body)
+
+
+def surely_too_many(body: bytes, input_type: InputType, limit: int) -> bool:
+    """Whether a Clipper request body for an app of ``input_type`` holds more than ``limit``
+    inputs or is invalid, decided without decoding it: for the numeric types every input is
+    one flat array, so a valid body holds at most ``limit`` + ``_BRACKETS_SLACK`` "[".
+    A byte count (``memchr``-fast), and only for bodies long enough to hold that many
+    inputs (each at least 3 bytes: ``[n],``). False says nothing: the caller counts."""
+    return (
+        len(body) > 3 * limit
+        and input_type in FAST_CODES
+        and body.count(b"[") > limit + _BRACKETS_SLACK
+    )
 
 
 def _pack(value: list[object], code: str) -> bytes | None:

@@ -40,8 +40,13 @@ import numpy as np
 import orjson
 
 from schooner.frontend.dispatch import Dispatcher, Query
-from schooner.frontend.http import Reply, Request, Router
-from schooner.frontend.inputs import FAST_CODES, BadInput, may_hold_booleans
+from schooner.frontend.http import Reply, Request, Router, clip
+from schooner.frontend.inputs import (
+    FAST_CODES,
+    MAX_INPUTS_PER_REQUEST,
+    BadInput,
+    may_hold_booleans,
+)
 from schooner.frontend.query_api import QueryApi, _as_json
 from schooner.frontend.state import App, StateStore
 from schooner.runtime.wire import InputType
@@ -96,7 +101,7 @@ _WIRE_NAME = {InputType.DOUBLES: "FP64", InputType.FLOATS: "FP32", InputType.INT
 _INT_RANGES = {name: (int(np.iinfo(dt).min), int(np.iinfo(dt).max))
                for name, dt in DATATYPES.items() if dt is not None and dt.kind in "iu"}  # fmt: skip
 # Bounds on what one request may ask for (a peer controls all of it).
-MAX_ROWS = 65_536
+MAX_ROWS = MAX_INPUTS_PER_REQUEST  # the default; OipApi takes QueryApi.max_inputs
 MAX_VALUES = 1 << 24
 MAX_NAME = 256
 
@@ -187,6 +192,11 @@ class OipApi:
     def ready(self) -> bool:
         return self._is_ready()
 
+    @property
+    def max_inputs(self) -> int:
+        """Rows one request may hold (REST and gRPC): the query API's inputs per request."""
+        return self._queries.max_inputs
+
     def app(self, name: str) -> App:
         app = self._state.apps.get(name)
         if app is None:
@@ -235,10 +245,12 @@ class OipApi:
         header, binary = _split(request)
         fast = _fast_data(app, header) if not binary else None
         body = _parse(fast[1] if fast is not None else header)
-        rows = _rows(app, body, binary, may_hold_booleans(header), fast[0] if fast else None)
+        limit = self._queries.max_inputs
+        rows = _rows(app, body, binary, may_hold_booleans(header), fast[0] if fast else None,
+                     limit)  # fmt: skip
         if rows is None:  # the shortcut did not fit this request: the general path decides
             body = _parse(header)
-            rows = _rows(app, body, binary, may_hold_booleans(header), None)
+            rows = _rows(app, body, binary, may_hold_booleans(header), None, limit)
         assert rows is not None
         outputs = _requested_outputs(body)
         request_id = body.get("id")
@@ -361,7 +373,7 @@ def _split(request: Request) -> tuple[bytes, memoryview]:
 
 
 def _rows(app: App, body: dict[str, Any], binary: memoryview, booleans: bool,
-          packed: bytes | None) -> list[bytes] | None:  # fmt: skip
+          packed: bytes | None, max_rows: int = MAX_ROWS) -> list[bytes] | None:  # fmt: skip
     """The wire bytes of each row of the request's one input tensor. ``packed``: its data,
     already converted by ``_fast_data``; None returned when that does not fit the tensor."""
     inputs = body.get("inputs")
@@ -374,7 +386,7 @@ def _rows(app: App, body: dict[str, Any], binary: memoryview, booleans: bool,
     if type(tensor) is not dict:
         raise OipError(400, "each input must be a JSON object")
     datatype = str(tensor.get("datatype"))
-    n, width = check_tensor(app, datatype, tensor.get("shape"))
+    n, width = check_tensor(app, datatype, tensor.get("shape"), max_rows)
     parameters = tensor.get("parameters") or {}
     if type(parameters) is not dict:
         raise OipError(400, "'parameters' must be an object")
@@ -382,7 +394,7 @@ def _rows(app: App, body: dict[str, Any], binary: memoryview, booleans: bool,
     try:
         if size is not None:
             if type(size) is not int or size < 0 or size > len(binary):
-                raise OipError(400, f"binary_data_size {size!r} does not fit the "
+                raise OipError(400, f"binary_data_size {clip(repr(size))} does not fit the "
                                     f"{len(binary)} bytes after the JSON header")  # fmt: skip
             if size != len(binary):
                 raise OipError(400, f"{len(binary) - size} bytes after the input's binary data")
@@ -406,8 +418,10 @@ def _rows(app: App, body: dict[str, Any], binary: memoryview, booleans: bool,
         raise OipError(400, str(exc)) from None
 
 
-def check_tensor(app: App, datatype: object, shape: object) -> tuple[int, int]:
-    """(rows, values per row) of an input tensor of ``app``; OipError if it cannot be one."""
+def check_tensor(app: App, datatype: object, shape: object,
+                 max_rows: int = MAX_ROWS) -> tuple[int, int]:  # fmt: skip
+    """(rows, values per row) of an input tensor of ``app``; OipError if it cannot be one
+    (413 for more than ``max_rows`` rows: the frontend's --max-inputs-per-request)."""
     if datatype not in DATATYPES:
         raise OipError(400, f"unknown datatype {str(datatype)[:32]!r}; the protocol's are "
                             f"{', '.join(DATATYPES)}")  # fmt: skip
@@ -420,8 +434,8 @@ def check_tensor(app: App, datatype: object, shape: object) -> tuple[int, int]:
     n = shape[0]
     if n == 0:
         raise OipError(400, "the first dimension (the batch) must be at least 1")
-    if n > MAX_ROWS:
-        raise OipError(400, f"at most {MAX_ROWS} rows per request, got {n}")
+    if n > max_rows:
+        raise OipError(413, f"at most {max_rows} rows (inputs) per request, got {n}")
     width = math.prod(shape[1:])
     if width > MAX_VALUES:
         raise OipError(400, f"at most {MAX_VALUES} values per row, got {width}")

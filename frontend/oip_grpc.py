@@ -10,7 +10,14 @@ pays nothing for it.
 Tensors: ``raw_input_contents`` (what tritonclient sends) or typed ``contents``; outputs are
 always sent as ``raw_output_contents``, as Triton does. The three outputs, their datatypes
 and the ``defaults`` parameter are those of the REST API (``schooner.frontend.oip``).
-Errors map onto gRPC codes: 400 INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE.
+Errors map onto gRPC codes: 400 INVALID_ARGUMENT, 404 NOT_FOUND, 413 RESOURCE_EXHAUSTED,
+503 UNAVAILABLE.
+
+Bounds, the HTTP side's where gRPC has one: a request message at most ``max_message_bytes``
+(the frontend's --max-body-bytes), metadata at most ``max_metadata_bytes``
+(--max-header-bytes), a connection idle for ``idle_timeout_s`` (--idle-timeout) is closed,
+``MAX_STREAMS`` concurrent calls per connection (HTTP's pipelining bound), and at most
+--max-inputs-per-request rows per request (RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ __all__ = ["GrpcServer", "MAX_MESSAGE_BYTES"]
 log = logging.getLogger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a response message (and a request's, by default)
+MAX_STREAMS = 256  # concurrent calls on one connection (schooner.frontend.http.MAX_PIPELINE)
 
 # datatype -> the InferTensorContents field that holds it
 _CONTENTS = {
@@ -71,21 +79,26 @@ class GrpcServer:
     """The gRPC service on ``host:port``; ``await start()``, ``await stop()``."""
 
     def __init__(self, oip: OipApi, state: StateStore, version: str, host: str,
-                 port: int) -> None:  # fmt: skip
+                 port: int, *, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 max_metadata_bytes: int = 64 * 1024, idle_timeout_s: float = 60.0) -> None:  # fmt: skip
         (self._grpc, self._aio), self._pb = _modules()
         self._oip = oip
         self._state = state
         self._version = version
         self._address = f"{host}:{port}"
+        self._options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_metadata_size", max_metadata_bytes),
+            ("grpc.max_concurrent_streams", MAX_STREAMS),
+            ("grpc.max_connection_idle_ms", int(idle_timeout_s * 1000)),
+        ]
         self._server: Any = None
         self.port = 0
 
     async def start(self) -> int:
         grpc, pb = self._grpc, self._pb
-        server = self._aio.server(options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ])  # fmt: skip
+        server = self._aio.server(options=self._options)
         methods = {
             "ServerLive": (self.server_live, pb.ServerLiveRequest),
             "ServerReady": (self.server_ready, pb.ServerReadyRequest),
@@ -119,7 +132,8 @@ class GrpcServer:
     async def _abort(self, context: Any, exc: OipError) -> None:
         codes = self._grpc.StatusCode
         code = {400: codes.INVALID_ARGUMENT, 404: codes.NOT_FOUND, 405: codes.UNIMPLEMENTED,
-                503: codes.UNAVAILABLE}.get(exc.status, codes.INTERNAL)  # fmt: skip
+                413: codes.RESOURCE_EXHAUSTED, 503: codes.UNAVAILABLE,
+                }.get(exc.status, codes.INTERNAL)  # fmt: skip
         await context.abort(code, str(exc))
 
     async def server_live(self, request: Any, context: Any) -> Any:
@@ -185,7 +199,7 @@ class GrpcServer:
                                 f"{len(request.inputs)}")  # fmt: skip
         tensor = request.inputs[0]
         datatype = tensor.datatype
-        n, width = check_tensor(app, datatype, list(tensor.shape))
+        n, width = check_tensor(app, datatype, list(tensor.shape), self._oip.max_inputs)
         if request.raw_input_contents:
             if len(request.raw_input_contents) != 1:
                 raise OipError(400, "one raw_input_contents entry per input")

@@ -14,14 +14,16 @@ from collections.abc import Callable
 import orjson
 
 from schooner.frontend.dispatch import NO_MODEL, SHED, Dispatcher, Query
-from schooner.frontend.http import JSON, Reply, Request, Router, json_error
+from schooner.frontend.http import JSON, Reply, Request, Router, clip, json_error
 from schooner.frontend.inputs import (
     CONVERTERS,
     CONVERTERS_WITHOUT_BOOLEANS,
     FAST_CODES,
+    MAX_INPUTS_PER_REQUEST,
     BadInput,
     fast_single_input,
     may_hold_booleans,
+    surely_too_many,
 )
 from schooner.frontend.metrics import CONTENT_TYPE, FrontendMetrics
 from schooner.frontend.state import App, StateStore
@@ -49,7 +51,9 @@ class QueryApi:
         dispatcher: Dispatcher,
         metrics: FrontendMetrics,
         is_ready: Callable[[], bool],
+        max_inputs: int = MAX_INPUTS_PER_REQUEST,
     ) -> None:
+        self.max_inputs = max_inputs  # inputs per request, here and in the OIP (else 413)
         self._state = state
         self._dispatcher = dispatcher
         self._metrics = metrics
@@ -83,10 +87,14 @@ class QueryApi:
         self._metrics.rejected(status)
         reply(*json_error(status, error, cause))
 
+    def _too_many(self, n: int | None = None) -> str:
+        held = f"'input_batch' holds {n} inputs; " if n is not None else ""
+        return f"{held}a request may hold at most {self.max_inputs} (--max-inputs-per-request)"
+
     def predict(self, request: Request, reply: Reply) -> None:
         app = self._state.apps.get(request.param or "")
         if app is None:
-            cause = f"no application named {request.param!r}"
+            cause = f"no application named {clip(request.param or '')!r}"
             self._reject(reply, 404, "unknown application", cause)
             return
         if fast_single_input is not None:
@@ -96,6 +104,9 @@ class QueryApi:
             if data is not None:
                 self._submit(request, app, [data], False, self._model_version(app, None), reply)
                 return
+        if surely_too_many(request.body, app.input_type, self.max_inputs):
+            self._reject(reply, 413, "too many inputs", self._too_many())
+            return
         try:
             body = orjson.loads(request.body)
         except orjson.JSONDecodeError as exc:
@@ -116,6 +127,9 @@ class QueryApi:
                 values = body["input_batch"]
                 if type(values) is not list or not values:
                     raise BadInput("'input_batch' must be a non-empty JSON array of inputs")
+                if len(values) > self.max_inputs:
+                    self._reject(reply, 413, "too many inputs", self._too_many(len(values)))
+                    return
                 inputs = []
                 for i, value in enumerate(values):
                     try:
@@ -204,7 +218,7 @@ class QueryApi:
         if type(version) is not str:
             raise BadInput("'version' must be a string")
         if (model, version) not in self._state.models:
-            raise BadInput(f"model {model!r} has no version {version!r}")
+            raise BadInput(f"model {model!r} has no version {clip(version)!r}")
         return (model, version)
 
 
