@@ -64,13 +64,26 @@ class ClipperConnection:
         query_frontend_image: str | None = None,
         mgmt_frontend_image: str | None = None,
         cache_size: int | None = None,
+        num_frontend_replicas: int = 1,
     ) -> None:
         """Start a new cluster with the container manager and connect to it.
 
         Returns once the management API answers; raises ClipperException quoting the
-        frontend's log if it exits while starting.
+        frontend's log if it exits while starting. ``num_frontend_replicas`` above 1 needs
+        a manager that runs several frontends (``KubernetesContainerManager``).
         """
-        self.cm.start_clipper(query_frontend_image, mgmt_frontend_image, cache_size)
+        if num_frontend_replicas != 1:
+            from schooner.admin.managers.kubernetes import KubernetesContainerManager
+
+            if not isinstance(self.cm, KubernetesContainerManager):
+                raise ClipperException(
+                    f"{type(self.cm).__name__} runs one frontend; num_frontend_replicas="
+                    f"{num_frontend_replicas} needs KubernetesContainerManager"
+                )
+            self.cm.start_clipper(query_frontend_image, mgmt_frontend_image, cache_size,
+                                  num_frontend_replicas=num_frontend_replicas)  # fmt: skip
+        else:
+            self.cm.start_clipper(query_frontend_image, mgmt_frontend_image, cache_size)
         self.connected = True
         logger.info("Clipper-compatible cluster is running at %s", self.cm.get_query_addr())
 
@@ -85,7 +98,7 @@ class ClipperConnection:
             raise ClipperException(
                 "not connected to a cluster: call start_clipper() or connect() first"
             )
-        return ManagementClient(self.cm.get_admin_addr())
+        return ManagementClient(self.cm.get_admin_addr(), token=self.cm.admin_token())
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
         return self._api().post(path, body)

@@ -3,6 +3,9 @@
 This is the one boundary where HTTP failures become ``ClipperException``: a refused
 connection, a timeout, or an error answer (whose ``error`` and ``cause`` fields are kept
 in the message and on the exception as ``status``, ``error`` and ``cause``).
+
+``token`` is the management API's credential (``Authorization: Bearer``); it is never part of
+an error message or a log line.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ class ManagementError(ClipperException):
 class ManagementClient:
     """Calls on one frontend's management API at ``http://<address>``."""
 
-    def __init__(self, address: str, timeout: float = 30.0) -> None:
+    def __init__(self, address: str, timeout: float = 30.0, token: str | None = None) -> None:
         self.address = address
         self.timeout = timeout
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def url(self, path: str) -> str:
         return f"http://{self.address}{path}"
@@ -44,13 +48,16 @@ class ManagementClient:
         data = json.dumps(body).encode("utf-8")
         req = urllib.request.Request(
             self.url(path), data=data, method="POST",
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            headers={"Content-Type": "application/json", "Accept": "application/json",
+                     **self._headers},
         )
         return self._send(path, req, timeout)
 
     def get(self, path: str, timeout: float | None = None) -> Any:
         """GET ``path``; returns the decoded JSON answer."""
-        req = urllib.request.Request(self.url(path), headers={"Accept": "application/json"})
+        req = urllib.request.Request(
+            self.url(path), headers={"Accept": "application/json", **self._headers}
+        )
         return self._send(path, req, timeout)
 
     def ping(self, timeout: float = 2.0) -> bool:

@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from schooner.frontend import credentials, http
 from schooner.frontend.server import FrontendConfig, run_until_signal
 from schooner.runtime.errors import MissingExtra
 
@@ -29,7 +30,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
     p.add_argument("--query-port", type=int, default=1337)
     p.add_argument("--management-host", default="127.0.0.1")
     p.add_argument("--management-port", type=int, default=1338)
-    p.add_argument("--rpc-host", default="0.0.0.0")
+    p.add_argument("--rpc-host", default="127.0.0.1",
+                   help="address containers connect to (0.0.0.0 for containers on other "
+                   "machines: then give them the cluster secret)")  # fmt: skip
     p.add_argument("--rpc-port", type=int, default=7000)
     p.add_argument(
         "--rpc-socket",
@@ -53,16 +56,39 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
         help="seconds of silence after which a container is dropped",
     )
     p.add_argument(
+        "--max-queued-per-model", type=int, default=100_000,
+        help="queries that may wait for one model version; more are shed at once",
+    )  # fmt: skip
+    p.add_argument(
+        "--replica-grace", type=float, default=10.0,
+        help="seconds a model without replicas keeps its queries (up to their SLO) after the "
+        "frontend starts or its last replica was lost; otherwise it answers 'no replica' at once",
+    )  # fmt: skip
+    p.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
     )
+    p.add_argument(
+        "--max-inputs-per-request", type=int, default=10_000,
+        help="inputs of one request (Clipper's input_batch, an OIP tensor's rows); more: 413",
+    )  # fmt: skip
+    http.add_arguments(p)
+    credentials.add_arguments(p)
     a = p.parse_args(argv)
-    problems = []
+    problems: list[str] = []
+    security = credentials.from_arguments(a, problems)
+    http_limits = http.from_arguments(a, problems)
+    if a.max_inputs_per_request < 1:
+        problems.append("--max-inputs-per-request must be at least 1")
     if a.inflight_per_replica < 1:
         problems.append("--inflight-per-replica must be at least 1")
     if a.max_body_bytes < 1:
         problems.append("--max-body-bytes must be positive")
     if a.replica_timeout <= 0:
         problems.append("--replica-timeout must be positive")
+    if a.max_queued_per_model < 1:
+        problems.append("--max-queued-per-model must be at least 1")
+    if a.replica_grace < 0:
+        problems.append("--replica-grace must not be negative")
     if a.rpc_socket is not None and not 0 < len(a.rpc_socket.encode()) <= 107:
         problems.append("--rpc-socket must be 1 to 107 bytes (the limit of a Unix socket address)")
     if problems:
@@ -81,6 +107,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
         inflight_per_replica=a.inflight_per_replica,
         max_body_bytes=a.max_body_bytes,
         replica_timeout_s=a.replica_timeout,
+        max_queued_per_model=a.max_queued_per_model,
+        replica_grace_s=a.replica_grace,
+        max_inputs_per_request=a.max_inputs_per_request,
+        **http_limits,
+        **security,
     )
     return config, a.log_level
 

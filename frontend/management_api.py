@@ -4,10 +4,18 @@ Each handler reads a JSON object, applies one change to the ``StateStore`` (writ
 to SQLite before the answer) and tells the dispatcher what it needs to know (batch sizes).
 Failures answer ``{"error", "cause"}`` with 400, 404 or 409. Runs on the event loop; every
 operation is a few dict updates and one small SQLite transaction.
+
+Credential: every route but the health checks (``GET /health``, ``GET /admin/ping``) needs
+``Authorization: Bearer <token>`` with the frontend's admin token (compared in constant
+time); without it they answer 401, naming no secret. ``allow_anonymous`` (the frontend's
+``--allow-anonymous-admin``, for Clipper's own admin client, which cannot send a token)
+lets a caller without the token in too, with one exception: artifact paths
+(``model_data_path``) are left out of what an anonymous caller is told.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +30,16 @@ from schooner.runtime.wire import InputType
 __all__ = ["ManagementApi"]
 
 _OK = b'{"ok":true}'
+_UNAUTHORIZED = (
+    401,
+    orjson.dumps({"error": "unauthorized", "cause": "this management API needs its admin token "
+                  "(Authorization: Bearer <token>); ClipperConnection and the schooner CLI "
+                  "send it when they can read the cluster's admin.token"}),  # fmt: skip
+    b"application/json",
+    b"WWW-Authenticate: Bearer\r\n",
+)
 Body = dict[str, Any]
+MAX_EXPECT_S = 3600  # the longest a manager may announce replicas as starting
 
 
 def _field(body: Body, name: str, kind: type | tuple[type, ...], *, default: Any = ...) -> Any:
@@ -57,10 +74,33 @@ def _one_model_name(body: Body) -> str:
 class ManagementApi:
     """Handlers of the management port. ``routes`` fills a router with them."""
 
-    def __init__(self, state: StateStore, dispatcher: Dispatcher, metrics: FrontendMetrics):
+    def __init__(
+        self,
+        state: StateStore,
+        dispatcher: Dispatcher,
+        metrics: FrontendMetrics,
+        *,
+        token: bytes | None = None,
+        allow_anonymous: bool = False,
+    ):
         self._state = state
         self._dispatcher = dispatcher
         self._metrics = metrics
+        self._expected = b"Bearer " + token if token else None
+        self._allow_anonymous = allow_anonymous or token is None
+
+    def _authorized(self, request: Request) -> bool:
+        expected, sent = self._expected, request.authorization
+        return expected is not None and sent is not None and hmac.compare_digest(sent, expected)
+
+    def _guard(self, handler: Callable[[Request, Reply], None]) -> Callable[[Request, Reply], None]:
+        def guarded(request: Request, reply: Reply) -> None:
+            if self._allow_anonymous or self._authorized(request):
+                handler(request, reply)
+            else:
+                reply(*_UNAUTHORIZED)
+
+        return guarded
 
     def routes(self, router: Router) -> Router:
         post: dict[str, Callable[[Body], object]] = {
@@ -77,19 +117,20 @@ class ManagementApi:
             "get_model": self.get_model,
             "get_linked_models": self.get_linked_models,
             "get_all_containers": self.get_all_containers,
+            "set_app_on_overload": self.set_app_on_overload,
+            "expect_replicas": self.expect_replicas,
         }
         for name, operation in post.items():
-            router.add("POST", f"/admin/{name}", self._json_handler(operation))
+            router.add("POST", f"/admin/{name}", self._guard(self._json_handler(operation)))
         router.add("GET", "/admin/ping", lambda request, reply: reply(200, _OK))
         router.add("GET", "/health", lambda request, reply: reply(200, _OK))
         router.add(
             "GET", "/metrics",
-            lambda request, reply: reply(200, self._metrics.render(), CONTENT_TYPE),
+            self._guard(lambda request, reply: reply(200, self._metrics.render(), CONTENT_TYPE)),
         )  # fmt: skip
         return router
 
-    @staticmethod
-    def _json_handler(operation: Callable[[Body], object]) -> Callable[[Request, Reply], None]:
+    def _json_handler(self, operation: Callable[[Body], object]) -> Callable[[Request, Reply], None]:
         def handle(request: Request, reply: Reply) -> None:
             try:
                 body = orjson.loads(request.body) if request.body.strip() else {}
@@ -104,6 +145,8 @@ class ManagementApi:
             except StateError as exc:
                 reply(*json_error(exc.status, exc.error, str(exc)))
                 return
+            if result is not None and not self._authorized(request):
+                result = _without_paths(result)
             reply(200, _OK if result is None else orjson.dumps(result))
 
         return handle
@@ -113,8 +156,13 @@ class ManagementApi:
     def add_app(self, body: Body) -> None:
         slo = _field(body, "latency_slo_micros", int)
         default = _field(body, "default_output", str, default="None")
-        app = App(_field(body, "name", str), _input_type(body), default, slo)
+        app = App(_field(body, "name", str), _input_type(body), default, slo,
+                  on_overload=_field(body, "on_overload", str, default="default"))  # fmt: skip
         self._state.add_app(app)
+
+    def set_app_on_overload(self, body: Body) -> None:
+        """``{"name", "on_overload": "default" | "503"}``: how the app answers what it sheds."""
+        self._state.set_on_overload(_field(body, "name", str), _field(body, "on_overload", str))
 
     def delete_app(self, body: Body) -> None:
         self._state.delete_app(_field(body, "name", str))
@@ -182,8 +230,29 @@ class ManagementApi:
 
     # ----------------------------------------------------------------- replicas
 
+    def expect_replicas(self, body: Body) -> None:
+        """``{"model_name", "model_version", "seconds"}``: a manager is starting replicas of
+        this version, so its queries wait for them (up to their SLO) for that long instead of
+        being answered "no replica" at once; ``seconds`` 0 says they are not coming."""
+        name = _field(body, "model_name", str)
+        version = _field(body, "model_version", str)
+        seconds = _field(body, "seconds", (int, float))
+        if not 0 <= seconds <= MAX_EXPECT_S:
+            raise Invalid(f"seconds must be between 0 and {MAX_EXPECT_S}")
+        self._state.model(name, version)
+        self._dispatcher.expect_replicas((name, version), float(seconds))
+
     def get_all_containers(self, body: Body) -> list[object]:
         replicas = list(self._dispatcher.replicas.values())
         if _field(body, "verbose", bool, default=False):
             return [r.describe() for r in replicas]
         return [f"{r.queue.label}:{r.replica_id}" for r in replicas]
+
+
+def _without_paths(result: object) -> object:
+    """What an anonymous caller may see: answers without artifact paths."""
+    if isinstance(result, dict):
+        return {k: v for k, v in result.items() if k != "model_data_path"}
+    if isinstance(result, list):
+        return [_without_paths(item) for item in result]
+    return result

@@ -24,18 +24,35 @@ KEEP_ALIVE when the sender is registered, REQUEST_CONTAINER_METADATA when not (s
 containers re-register after a frontend restart); NewContainer registers; responses go to
 the dispatcher. Malformed messages are logged with the sender's identity and dropped;
 nothing a container sends can stop this loop.
+
+Who may register (``RpcSecurity``): with a cluster secret, a container that announces
+``CAP_AUTH`` is challenged and registered only when its answer proves it holds the secret
+(``wire``'s authenticated registration); a plain v3 container (Clipper's) is registered only
+when ``allow_unauthenticated`` is set. Without a secret every container is registered, as
+in Clipper. The local socket also checks its peer's uid (``SO_PEERCRED``): only processes
+of the frontend's own user (or root) are served; as a file it is created owner-only (0600).
+
+Bounds (``wire.Limits``): a message of more frames or bytes than allowed is never decoded.
+On ZeroMQ the ROUTER's ``MAXMSGSIZE`` makes libzmq drop a connection that sends a larger
+frame, and frames are counted while they are received (the rest of an oversized message is
+discarded without building frame objects); the sender is forgotten (it must register
+again). On the local socket a declared length over the limit closes the connection before
+the body is buffered. Either way: one bounded log line per peer (``wire.excerpt``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import logging
 import os
 import socket
+import struct
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import zmq
@@ -44,15 +61,40 @@ from zmq.utils.monitor import recv_monitor_message
 from schooner.runtime import wire
 from schooner.runtime.errors import WireError
 from schooner.runtime.transport import unix_address
-from schooner.runtime.wire import Heartbeat, HeartbeatType, NewContainer, PredictResponse
+from schooner.runtime.wire import (
+    AuthResponse,
+    Heartbeat,
+    HeartbeatType,
+    Limits,
+    NewContainer,
+    PredictResponse,
+    excerpt,
+)
 
-__all__ = ["RpcEndpoint", "LocalEndpoint", "ContainerEvents"]
+__all__ = ["RpcEndpoint", "LocalEndpoint", "ContainerEvents", "RpcSecurity"]
 
 log = logging.getLogger(__name__)
 
 _KEEP_ALIVE = wire.encode_heartbeat_reply(HeartbeatType.KEEP_ALIVE)
 _SEND_METADATA = wire.encode_heartbeat_reply(HeartbeatType.REQUEST_CONTAINER_METADATA)
 _MAX_PER_WAKEUP = 512  # messages read before yielding to the rest of the loop
+
+
+_NONCE_BYTES = 32
+_PEERCRED = struct.Struct("3i")  # pid, uid, gid
+
+
+@dataclass(frozen=True)
+class RpcSecurity:
+    """Who may register and how large a message may be (both endpoints share one)."""
+
+    secret: bytes | None = field(default=None, repr=False)
+    allow_unauthenticated: bool = False
+    limits: Limits = field(default_factory=Limits)
+
+    def admits_plain(self) -> bool:
+        """Whether a container that cannot authenticate (plain v3) is registered."""
+        return self.secret is None or self.allow_unauthenticated
 
 
 def _readable(sock: zmq.Socket[Any]) -> bool:
@@ -71,22 +113,27 @@ class ContainerEvents(Protocol):
 
 
 class _Peer:
-    __slots__ = ("fd", "last_seen", "registered", "warned")
+    __slots__ = ("fd", "last_seen", "registered", "warned", "pending", "nonce")
 
     def __init__(self, fd: int, now: float) -> None:
         self.fd = fd
         self.last_seen = now
         self.registered = False
         self.warned = False
+        self.pending: NewContainer | None = None  # challenged, waiting for its answer
+        self.nonce = b""
 
 
 class _Peers(ABC):
     """Who is connected to an endpoint, and the protocol duties towards each of them."""
 
-    def __init__(self, events: ContainerEvents, silence_timeout: float) -> None:
+    def __init__(
+        self, events: ContainerEvents, silence_timeout: float, security: RpcSecurity | None
+    ) -> None:
         self._events = events
         self._silence_timeout = silence_timeout
         self._peers: dict[bytes, _Peer] = {}
+        self.security = security or RpcSecurity()
 
     @abstractmethod
     def send(self, identity: bytes, frames: Sequence[Any]) -> bool:
@@ -97,11 +144,8 @@ class _Peers(ABC):
         try:
             msg = wire.decode_from_container(buffers)
         except WireError as exc:
-            level = logging.DEBUG if peer.warned else logging.WARNING
-            peer.warned = True
-            log.log(
-                level, "dropping a malformed message from container %s: %s", identity.hex(), exc
-            )
+            self._warn(peer, "dropping a malformed message from container %s: %s",
+                       identity.hex(), exc)  # fmt: skip
             return
         if type(msg) is PredictResponse:
             if peer.registered:
@@ -114,8 +158,59 @@ class _Peers(ABC):
             if peer.registered:
                 log.debug("container %s registered again; ignored", identity.hex())
                 return
-            peer.registered = True
-            self._events.add_replica(identity, msg)
+            self._new_container(identity, peer, msg)
+        elif type(msg) is AuthResponse:
+            self._authenticate(identity, peer, msg)
+
+    @staticmethod
+    def _warn(peer: _Peer, message: str, *args: Any) -> None:
+        """One warning per peer; later ones at debug level (a peer cannot flood the log)."""
+        level = logging.DEBUG if peer.warned else logging.WARNING
+        peer.warned = True
+        log.log(level, message, *args)
+
+    def _new_container(self, identity: bytes, peer: _Peer, info: NewContainer) -> None:
+        secret = self.security.secret
+        if secret is not None and info.capabilities & wire.CAP_AUTH:
+            if peer.pending != info:  # the same NewContainer again: the same challenge
+                peer.pending, peer.nonce = info, os.urandom(_NONCE_BYTES)
+            self.send(identity, wire.encode_auth_challenge(peer.nonce))
+            return
+        if not self.security.admits_plain():
+            self._refuse(identity, peer, info, "it did not authenticate (a plain RPC v3 "
+                         "container; see --allow-unauthenticated-containers)")  # fmt: skip
+            return
+        self._register(identity, peer, info)
+
+    def _authenticate(self, identity: bytes, peer: _Peer, answer: AuthResponse) -> None:
+        if peer.registered:
+            log.debug("container %s answered a challenge again; ignored", identity.hex())
+            return
+        info, nonce = peer.pending, peer.nonce
+        peer.pending, peer.nonce = None, b""
+        secret = self.security.secret
+        if info is None or secret is None:
+            self._warn(peer, "container %s answered a challenge it was not sent", identity.hex())
+            return
+        if not hmac.compare_digest(answer.mac, wire.auth_mac(secret, nonce, info)):
+            self._refuse(identity, peer, info, "its answer to the challenge is wrong (it "
+                         "does not hold this cluster's secret)")  # fmt: skip
+            return
+        self._register(identity, peer, info)
+
+    def _register(self, identity: bytes, peer: _Peer, info: NewContainer) -> None:
+        peer.registered = True
+        self._events.add_replica(identity, info)
+
+    def _refuse(self, identity: bytes, peer: _Peer, info: NewContainer, why: str) -> None:
+        self._warn(peer, "refused container %s registering as %s:%s: %s", identity.hex(),
+                   excerpt(info.name), excerpt(info.version), why)  # fmt: skip
+        self._refused(identity)
+
+    def _refused(self, identity: bytes) -> None:
+        """A container was refused: the local endpoint closes its connection; a ZeroMQ
+        peer cannot be closed, so it stays known but unregistered."""
+        return None
 
     def _forget(self, identity: bytes, reason: str) -> None:
         peer = self._peers.pop(identity, None)
@@ -161,11 +256,14 @@ class RpcEndpoint(_Peers):
         events: ContainerEvents,
         *,
         silence_timeout: float = 30.0,
+        security: RpcSecurity | None = None,
     ) -> None:
-        super().__init__(events, silence_timeout)
+        super().__init__(events, silence_timeout, security)
         self._sock: zmq.Socket[Any] = context.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # libzmq drops a connection that sends a frame larger than a whole message may be.
+        self._sock.setsockopt(zmq.MAXMSGSIZE, self.security.limits.max_bytes)
         self._monitor: zmq.Socket[Any] = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._monitor.setsockopt(zmq.LINGER, 0)
         self._fd_owner: dict[int, bytes] = {}
@@ -233,14 +331,48 @@ class RpcEndpoint(_Peers):
             if not _readable(sock):
                 return
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = self._recv_bounded()
             except zmq.Again:
                 return
+            if frames is None:
+                continue
             try:
                 self._handle(frames, now)
             except Exception:
                 log.exception("failed to handle a message from a container")
         self._schedule_drain()
+
+    def _recv_bounded(self) -> list[zmq.Frame] | None:
+        """One message (identity first), or None if it was over the limits (discarded, and
+        its sender forgotten). Frames are counted as they arrive: an oversized message
+        never becomes a list of a million frame objects."""
+        sock = self._sock
+        limits = self.security.limits
+        frame = sock.recv(zmq.NOBLOCK, copy=False)
+        frames = [frame]
+        max_frames, max_bytes, size = limits.max_frames + 1, limits.max_bytes, 0
+        while frame.more:
+            if len(frames) >= max_frames:
+                why = f"more than {limits.max_frames} frames"
+                break
+            frame = sock.recv(zmq.NOBLOCK, copy=False)
+            size += len(frame)
+            if size > max_bytes:
+                why = f"more than {max_bytes} bytes"
+                break
+            frames.append(frame)
+        else:
+            return frames
+        discarded = 0
+        while sock.get(zmq.RCVMORE):
+            sock.recv(zmq.NOBLOCK)
+            discarded += 1
+        identity = frames[0].bytes
+        peer = self._peers.get(identity) or _Peer(-1, 0.0)
+        self._warn(peer, "dropped container %s: it sent a message of %s (%d frames discarded)",
+                   identity.hex(), why, discarded)  # fmt: skip
+        self._forget(identity, f"it sent a message of {why}")
+        return None
 
     def _handle(self, frames: list[zmq.Frame], now: float) -> None:
         id_frame = frames[0]
@@ -309,10 +441,17 @@ class _LocalConnection(asyncio.Protocol):
         self._endpoint = endpoint
         self.identity = identity
         self.transport: asyncio.Transport | None = None
-        self._reader = wire.StreamReader()
+        self._reader = wire.StreamReader(endpoint.security.limits)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        uid = _peer_uid(transport.get_extra_info("socket"))
+        if uid is not None and uid not in (os.getuid(), 0):
+            log.warning("refused a local connection from uid %d (this frontend serves only "
+                        "uid %d and root)", uid, os.getuid())  # fmt: skip
+            self.transport = None
+            transport.close()
+            return
         self._endpoint._connected(self)
 
     def data_received(self, data: bytes) -> None:
@@ -331,15 +470,34 @@ class _LocalConnection(asyncio.Protocol):
         self._endpoint._forget(self.identity, "it disconnected")
 
 
+def _peer_uid(sock: Any) -> int | None:
+    """The uid of the process at the other end of a Unix socket (None where unknown)."""
+    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        _pid, uid, _gid = _PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )
+    except OSError:
+        return None
+    return int(uid)
+
+
 class LocalEndpoint(_Peers):
     """A Unix stream socket for Schooner containers on this machine (stream framing).
 
-    ``path`` is a file path, or ``@name`` for Linux's abstract namespace (nothing on disk,
-    nothing left behind by a crash).
+    ``path`` is a file path (created owner-only, 0600), or ``@name`` for Linux's abstract
+    namespace (no file and no file permissions: only the uid check guards it).
     """
 
-    def __init__(self, events: ContainerEvents, *, silence_timeout: float = 30.0) -> None:
-        super().__init__(events, silence_timeout)
+    def __init__(
+        self,
+        events: ContainerEvents,
+        *,
+        silence_timeout: float = 30.0,
+        security: RpcSecurity | None = None,
+    ) -> None:
+        super().__init__(events, silence_timeout, security)
         self._connections: dict[bytes, _LocalConnection] = {}
         self._ids = itertools.count(1)
         self._server: asyncio.AbstractServer | None = None
@@ -351,12 +509,17 @@ class LocalEndpoint(_Peers):
         if isinstance(address, str) and os.path.exists(address):
             os.unlink(address)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        umask = os.umask(0o177)  # the socket file is born owner-only: no window to connect
         try:
             sock.bind(address)
+            if isinstance(address, str):
+                os.chmod(address, 0o600)
             sock.listen(128)
         except OSError:
             sock.close()
             raise
+        finally:
+            os.umask(umask)
         self._server = await loop.create_unix_server(self._accept, sock=sock)
         self.path = path
 
@@ -392,6 +555,9 @@ class LocalEndpoint(_Peers):
                 self._message(identity, peer, frames)
             except Exception:
                 log.exception("failed to handle a message from a container")
+
+    def _refused(self, identity: bytes) -> None:
+        self._forget(identity, "it was refused")
 
     def _forgotten(self, identity: bytes, peer: _Peer) -> None:
         connection = self._connections.pop(identity, None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import zmq
@@ -22,8 +22,9 @@ from schooner.frontend.management_api import ManagementApi
 from schooner.frontend.metrics import FrontendMetrics
 from schooner.frontend.oip import OipApi
 from schooner.frontend.query_api import QueryApi
-from schooner.frontend.rpc import LocalEndpoint, RpcEndpoint
+from schooner.frontend.rpc import LocalEndpoint, RpcEndpoint, RpcSecurity
 from schooner.frontend.state import StateStore
+from schooner.runtime.wire import Limits
 
 __all__ = ["FrontendConfig", "Frontend"]
 
@@ -39,7 +40,7 @@ class FrontendConfig:
     query_port: int = 1337
     management_host: str = "127.0.0.1"
     management_port: int = 1338
-    rpc_host: str = "0.0.0.0"
+    rpc_host: str = "127.0.0.1"
     rpc_port: int = 7000
     rpc_socket: str | None = None  # a Unix socket for local containers (``@name``: abstract)
     grpc_host: str = "127.0.0.1"
@@ -48,6 +49,22 @@ class FrontendConfig:
     inflight_per_replica: int = 2
     max_body_bytes: int = 16 * 1024 * 1024
     replica_timeout_s: float = 30.0
+    # Security (docs: README "Security"): the cluster secret containers prove they hold, and
+    # the management API's token; None turns each check off.
+    rpc_secret: bytes | None = field(default=None, repr=False)
+    allow_unauthenticated_containers: bool = False
+    admin_token: bytes | None = field(default=None, repr=False)
+    allow_anonymous_admin: bool = False
+    rpc_max_message_bytes: int = 256 * 1024 * 1024  # wire.DEFAULT_MAX_MESSAGE_BYTES
+    rpc_max_frames: int = 65_536  # wire.DEFAULT_MAX_FRAMES
+    max_queued_per_model: int = 100_000  # queries waiting per model version; more are shed
+    replica_grace_s: float = 10.0  # after start-up or a replica's loss, wait for replicas
+    # HTTP limits of both ports (the table in schooner.frontend.http; README "Limits"); its
+    # max_body_bytes is the field above, and its max_connections the query port's (0: the
+    # open-file limit, raised to the hard limit at start, less the other ports' reserve)
+    http_limits: http.HttpLimits = http.HttpLimits()
+    management_max_connections: int = 256
+    max_inputs_per_request: int = 10_000  # inputs of one Clipper or OIP request (else 413)
 
 
 class Frontend:
@@ -87,30 +104,42 @@ class Frontend:
         loop = self._loop = asyncio.get_running_loop()
         self.state = StateStore.open(cfg.state_db)
         self._context = zmq.Context()
+        security = RpcSecurity(cfg.rpc_secret, cfg.allow_unauthenticated_containers,
+                               Limits(cfg.rpc_max_frames, cfg.rpc_max_message_bytes))  # fmt: skip
+        if cfg.rpc_secret is None:
+            log.warning("no RPC secret configured: any process that reaches the RPC port can "
+                        "register as a model replica (see --rpc-secret-file)")  # fmt: skip
         self.rpc = RpcEndpoint(
-            self._context, self._dispatcher_events(), silence_timeout=cfg.replica_timeout_s
-        )
+            self._context, self._dispatcher_events(), silence_timeout=cfg.replica_timeout_s,
+            security=security,
+        )  # fmt: skip
         self.ports["rpc"] = self.rpc.bind(cfg.rpc_host, cfg.rpc_port)
         self.rpc.start(loop)
         if cfg.rpc_socket is not None:
             self.local = LocalEndpoint(
-                self._require_dispatcher(), silence_timeout=cfg.replica_timeout_s
-            )
+                self._require_dispatcher(), silence_timeout=cfg.replica_timeout_s,
+                security=security,
+            )  # fmt: skip
             await self.local.start(loop, cfg.rpc_socket)
 
-        management = ManagementApi(self.state, self._require_dispatcher(), self.metrics)
-        queries = QueryApi(self.state, self._require_dispatcher(), self.metrics, self.is_ready)
+        management = ManagementApi(self.state, self._require_dispatcher(), self.metrics,
+                                   token=cfg.admin_token,
+                                   allow_anonymous=cfg.allow_anonymous_admin)  # fmt: skip
+        queries = QueryApi(self.state, self._require_dispatcher(), self.metrics, self.is_ready,
+                           max_inputs=cfg.max_inputs_per_request)  # fmt: skip
         oip = OipApi(self.state, self._require_dispatcher(), queries, self.is_ready,
                      _schooner_version())  # fmt: skip
         max_body = cfg.max_body_bytes
+        query_limits, mgmt_limits = _listener_limits(cfg)
         mgmt_server = await http.serve(
             management.routes(http.Router()), cfg.management_host, cfg.management_port,
-            max_body_bytes=max_body,
+            max_body_bytes=max_body, limits=mgmt_limits, name="management port",
         )  # fmt: skip
         self._servers.append(mgmt_server)
         query_server = await http.serve(
             oip.routes(queries.routes(http.Router())), cfg.query_host, cfg.query_port,
-            max_body_bytes=max_body,
+            max_body_bytes=max_body, limits=query_limits, reserved=HEALTH_PATHS,
+            name="query port",
         )  # fmt: skip
         self._servers.append(query_server)
         self.ports["management"] = mgmt_server.sockets[0].getsockname()[1]
@@ -119,7 +148,9 @@ class Frontend:
             from schooner.frontend.oip_grpc import GrpcServer  # grpcio only when asked for
 
             self._grpc = GrpcServer(oip, self.state, _schooner_version(), cfg.grpc_host,
-                                    cfg.grpc_port)  # fmt: skip
+                                    cfg.grpc_port, max_message_bytes=cfg.max_body_bytes,
+                                    max_metadata_bytes=cfg.http_limits.max_header_bytes,
+                                    idle_timeout_s=cfg.http_limits.idle_timeout_s)  # fmt: skip
             self.ports["grpc"] = await self._grpc.start()
         self._housekeeping = loop.call_later(HOUSEKEEPING_S, self._housekeep)
         self._ready = True
@@ -148,13 +179,17 @@ class Frontend:
                 if endpoint is not None and endpoint.owns(identity):
                     endpoint.unregister(identity)
 
+        cfg = self.config
         dispatcher = Dispatcher(
-            send, self.metrics, inflight_per_replica=self.config.inflight_per_replica
-        )
+            send, self.metrics, inflight_per_replica=cfg.inflight_per_replica,
+            max_queued=cfg.max_queued_per_model, replica_grace_s=cfg.replica_grace_s,
+        )  # fmt: skip
         dispatcher.on_pending = self._arm_sweep
         dispatcher.on_unreachable = unreachable
         for model in self.state.models.values():
             dispatcher.configure_model(model.key, model.batch_size)
+            # replicas of a restarted frontend reconnect within their session timeout
+            dispatcher.expect_replicas(model.key, cfg.replica_grace_s)
         self.dispatcher = dispatcher
         return dispatcher
 
@@ -224,6 +259,27 @@ class Frontend:
             self.state.close()
             self.state = None
         log.info("frontend stopped")
+
+
+# Paths a query-port connection past --max-connections may still ask (load balancers' checks).
+HEALTH_PATHS = ("/health", "/ready", "/v2/health/live", "/v2/health/ready")
+FD_RESERVE = 1024  # open files kept for the RPC port, replicas, the state file and logs
+
+
+def _listener_limits(cfg: FrontendConfig) -> tuple[http.HttpLimits, http.HttpLimits]:
+    """The query port's and the management port's limits. With no --max-connections, the
+    query port may use the open files (soft limit, raised to the hard one) that neither
+    the management port nor ``FD_RESERVE`` keeps."""
+    limits = cfg.http_limits
+    query = limits.max_connections
+    soft = http.raise_fd_limit()
+    if not query:
+        spare = soft - min(FD_RESERVE, soft // 4) - cfg.management_max_connections
+        query = max(16, spare - 2 * limits.reserve_connections)
+    log.info("connection limits: query port %d (+%d for health checks), management port %d",
+             query, limits.reserve_connections, cfg.management_max_connections)  # fmt: skip
+    return (replace(limits, max_connections=query),
+            replace(limits, max_connections=cfg.management_max_connections))  # fmt: skip
 
 
 def _schooner_version() -> str:

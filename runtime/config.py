@@ -17,7 +17,8 @@ CLIPPER_MODEL_PATH             /model                       artifact directory
 SCHOONER_DEVICE                cpu                          cpu, cuda or cuda:N
 SCHOONER_MAX_BATCH_SIZE        0                            inputs per predict call, 0 = any
 SCHOONER_METRICS_PORT          (unset: no HTTP server)      /metrics and /health; 0 = any port
-SCHOONER_METRICS_HOST          0.0.0.0                      address the HTTP server binds
+SCHOONER_METRICS_HOST          127.0.0.1                    address the HTTP server binds
+                                                            (0.0.0.0 to scrape from elsewhere)
 SCHOONER_READY_FILE            /model_is_ready.check        written once the model is loaded
 SCHOONER_HEARTBEAT_INTERVAL    5                            seconds between idle heartbeats
 SCHOONER_SESSION_TIMEOUT       30                           silence (s) before reconnecting
@@ -28,7 +29,23 @@ SCHOONER_RPC_SOCKET            (unset: ZeroMQ to CLIPPER_*) the frontend's local
                                                             (``@name``: abstract namespace);
                                                             replaces CLIPPER_IP/CLIPPER_PORT
 SCHOONER_LOG_LEVEL             INFO                         logging level
+SCHOONER_RPC_SECRET            (unset)                      the cluster's secret: the
+                                                            container proves it holds it when
+                                                            it registers (never sent itself)
+SCHOONER_RPC_SECRET_FILE       (unset)                      a file holding that secret (read
+                                                            at start-up; wins over the above)
+SCHOONER_RPC_MAX_MESSAGE_BYTES 268435456 (256 MiB)          bytes one message from the
+                                                            frontend may hold (larger: dropped)
+SCHOONER_RPC_MAX_FRAMES        65536                        frames one message may hold
+SCHOONER_EVERY_FRONTEND        0                            1: CLIPPER_IP names every frontend
+                                                            (a headless Service); serve each
+                                                            address it resolves to, one
+                                                            session each (runtime.frontends)
 =============================  ===========================  ==================================
+
+The secret's variables are defined here once (``RPC_SECRET_ENV``, ``RPC_SECRET_FILE_ENV``):
+the local manager hands its replicas the file, Docker an ``--env-file``, Kubernetes a
+Secret. The secret never appears in a log line, an error, ``repr`` or a command line.
 """
 
 from __future__ import annotations
@@ -43,7 +60,14 @@ from pathlib import Path
 from typing import Any
 
 from schooner.runtime.errors import ConfigError
-from schooner.runtime.wire import InputType
+from schooner.runtime.wire import (
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_NAME_BYTES,
+    InputType,
+    Limits,
+    excerpt,
+)
 
 __all__ = [
     "ContainerConfig",
@@ -53,7 +77,23 @@ __all__ = [
     "EXIT_CONFIG",
     "EXIT_ARTIFACT",
     "UNIX_SOCKET_PATH_LIMIT",
+    "RPC_SECRET_ENV",
+    "RPC_SECRET_FILE_ENV",
+    "read_secret_file",
+    "create_secret_file",
+    "ADMIN_TOKEN_ENV",
+    "ADMIN_TOKEN_FILE",
 ]
+
+# The cluster secret a replica proves it holds when it registers (and the frontend checks):
+# one value, or a file holding it. Every manager and the frontend use these names.
+RPC_SECRET_ENV = "SCHOONER_RPC_SECRET"
+RPC_SECRET_FILE_ENV = "SCHOONER_RPC_SECRET_FILE"
+_SECRET_FILE_LIMIT = 4096
+# The management API's token: a value (a Kubernetes Secret, a Docker env file) or the file a
+# frontend keeps beside its state database, which ClipperConnection and the CLI read.
+ADMIN_TOKEN_ENV = "SCHOONER_ADMIN_TOKEN"
+ADMIN_TOKEN_FILE = "admin.token"
 
 # A cluster's well-known ports (Clipper's): the query API, the management API, and the RPC
 # port containers register on. Every manager, the CLI and the container default to these.
@@ -86,7 +126,7 @@ class ContainerConfig:
     device: str = "cpu"
     max_batch_size: int = 0
     metrics_port: int | None = None
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"
     ready_file: Path | None = Path("/model_is_ready.check")
     heartbeat_interval: float = 5.0
     session_timeout: float = 30.0
@@ -94,6 +134,21 @@ class ContainerConfig:
     zero_copy: bool = False
     rpc_socket: str | None = None
     log_level: str = "INFO"
+    rpc_secret: str | None = dataclasses.field(default=None, repr=False)
+    rpc_secret_file: Path | None = None
+    rpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    rpc_max_frames: int = DEFAULT_MAX_FRAMES
+    every_frontend: bool = False
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.rpc_max_frames, self.rpc_max_message_bytes)
+
+    def secret(self) -> bytes | None:
+        """The cluster secret (from its file, else the variable), or None."""
+        if self.rpc_secret_file is not None:
+            return read_secret_file(self.rpc_secret_file)
+        return self.rpc_secret.encode() if self.rpc_secret else None
 
     @property
     def frontend_address(self) -> str:
@@ -117,13 +172,19 @@ class ContainerConfig:
             try:
                 values[field] = parse(raw.strip())
             except (ValueError, TypeError) as exc:
-                problems.append(f"{name}={raw!r}: {exc}")
+                shown = "(not shown)" if name == RPC_SECRET_ENV else excerpt(raw)
+                problems.append(f"{name}={shown}: {exc}")
         config = cls(**values)
         if config.session_timeout <= config.heartbeat_interval:
             problems.append(
                 f"SCHOONER_SESSION_TIMEOUT ({config.session_timeout}) must exceed "
                 f"SCHOONER_HEARTBEAT_INTERVAL ({config.heartbeat_interval})"
             )
+        if config.rpc_secret_file is not None:
+            try:
+                read_secret_file(config.rpc_secret_file)
+            except ValueError as exc:
+                problems.append(f"{RPC_SECRET_FILE_ENV}: {exc}")
         if problems:
             raise ConfigError(problems)
         return config
@@ -150,6 +211,55 @@ def _format(value: object) -> str:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return str(value)
+
+
+def read_secret_file(path: Path) -> bytes:
+    """A secret kept in a file (surrounding whitespace dropped). ValueError, naming the file
+    and never its content, when it cannot be used."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_SECRET_FILE_LIMIT + 1).strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not data or len(data) > _SECRET_FILE_LIMIT:
+        raise ValueError(f"{path} must hold 1 to {_SECRET_FILE_LIMIT} bytes")
+    return data
+
+
+def create_secret_file(path: Path) -> bytes:
+    """The secret in ``path``; a fresh random one (256 bits, hex) written there first,
+    owner-only (0600), if the file does not exist yet."""
+    import secrets
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return read_secret_file(path)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return read_secret_file(path)
+
+
+def _secret(raw: str) -> str:
+    if len(raw.encode()) > _SECRET_FILE_LIMIT:
+        raise ValueError(f"at most {_SECRET_FILE_LIMIT} bytes")
+    return raw
+
+
+def _limit(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def _name(raw: str) -> str:
+    if len(raw.encode()) > MAX_NAME_BYTES:
+        raise ValueError(f"at most {MAX_NAME_BYTES} bytes (the RPC limit)")
+    return raw
 
 
 def _socket_path(raw: str) -> str:
@@ -215,8 +325,8 @@ def _log_level(raw: str) -> str:
 
 # Every variable a container reads, in one table: its name, the field it sets, its parser.
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "CLIPPER_MODEL_NAME": ("model_name", str),
-    "CLIPPER_MODEL_VERSION": ("model_version", str),
+    "CLIPPER_MODEL_NAME": ("model_name", _name),
+    "CLIPPER_MODEL_VERSION": ("model_version", _name),
     "CLIPPER_IP": ("frontend_host", str),
     "CLIPPER_PORT": ("frontend_port", _port),
     "CLIPPER_INPUT_TYPE": ("input_type", InputType.parse),
@@ -232,6 +342,11 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SCHOONER_ZERO_COPY": ("zero_copy", _bool),
     "SCHOONER_RPC_SOCKET": ("rpc_socket", _socket_path),
     "SCHOONER_LOG_LEVEL": ("log_level", _log_level),
+    RPC_SECRET_ENV: ("rpc_secret", _secret),
+    RPC_SECRET_FILE_ENV: ("rpc_secret_file", Path),
+    "SCHOONER_RPC_MAX_MESSAGE_BYTES": ("rpc_max_message_bytes", _limit(1024)),
+    "SCHOONER_RPC_MAX_FRAMES": ("rpc_max_frames", _limit(8)),
+    "SCHOONER_EVERY_FRONTEND": ("every_frontend", _bool),
 }
 _REQUIRED = frozenset({"model_name", "model_version"})
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ContainerConfig)}

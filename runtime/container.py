@@ -44,6 +44,7 @@ __all__ = ["Container"]
 log = logging.getLogger(__name__)
 
 _REQUEST_METADATA = wire.HeartbeatType.REQUEST_CONTAINER_METADATA
+_AUTH_CHALLENGE = wire.HeartbeatType.AUTH_CHALLENGE
 
 
 class Container:
@@ -68,10 +69,14 @@ class Container:
         self._last_sent = 0.0
         self._connect_delay = 0.0
         self._stopped = threading.Event()
+        self._secret = config.secret()
+        capabilities = wire.SCHOONER_CAPABILITIES | (wire.CAP_AUTH if self._secret else 0)
+        self._identity = wire.NewContainer(
+            config.model_name, config.model_version, config.input_type, capabilities
+        )
         self._hello = wire.encode_new_container(
-            config.model_name, config.model_version, config.input_type,
-            wire.SCHOONER_CAPABILITIES,
-        )  # fmt: skip
+            config.model_name, config.model_version, config.input_type, capabilities
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -103,9 +108,10 @@ class Container:
                 self._context = zmq.Context.instance()
             # Received frames as bytes (one memcpy, cheapest for small messages) or as
             # zero-copy buffers (large tensors): SCHOONER_ZERO_COPY picks; see config.
-            return ZmqChannel(self._context, cfg.frontend_address, timeout, not cfg.zero_copy)
+            return ZmqChannel(self._context, cfg.frontend_address, timeout, not cfg.zero_copy,
+                              cfg.limits)  # fmt: skip
         try:
-            channel = SocketChannel(cfg.rpc_socket, timeout)
+            channel = SocketChannel(cfg.rpc_socket, timeout, cfg.limits)
         except ChannelClosed as exc:
             # The frontend is not listening (yet, or any more): retry with a growing pause,
             # as ZeroMQ's reconnection would.
@@ -181,6 +187,14 @@ class Container:
                 self._send(self._hello)
                 log.info("registered as %s:%s (%s)", self.config.model_name,
                          self.config.model_version, self.config.input_type.clipper_name)
+            elif message.hb_type == _AUTH_CHALLENGE:
+                if self._secret is None:  # never sent to a container without CAP_AUTH
+                    log.warning("the frontend sent a challenge, but this container has no "
+                                "secret (SCHOONER_RPC_SECRET)")  # fmt: skip
+                    return None
+                self._send(wire.encode_auth_response(
+                    wire.auth_mac(self._secret, message.nonce, self._identity)))  # fmt: skip
+                log.info("answered the frontend's challenge")
             return None
         return message
 

@@ -64,9 +64,18 @@ class ZmqChannel:
 
     timeouts: tuple[type[BaseException], ...] = (zmq.Again,)
 
-    def __init__(self, context: zmq.Context[Any], address: str, timeout: float, copy: bool):
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        address: str,
+        timeout: float,
+        copy: bool,
+        limits: wire.Limits | None = None,
+    ):
         sock = context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        # libzmq drops the connection on a frame larger than a message may be (it reconnects).
+        sock.setsockopt(zmq.MAXMSGSIZE, (limits or wire.Limits()).max_bytes)
         # Block in recv (one wake-up per message), but never longer than ``timeout``, so a
         # stop request or a due heartbeat is noticed promptly.
         sock.setsockopt(zmq.RCVTIMEO, max(1, int(timeout * 1000)))
@@ -92,7 +101,7 @@ class SocketChannel:
 
     timeouts: tuple[type[BaseException], ...] = (BlockingIOError, TimeoutError)
 
-    def __init__(self, path: str, timeout: float):
+    def __init__(self, path: str, timeout: float, limits: wire.Limits | None = None):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(unix_address(path))
@@ -109,7 +118,7 @@ class SocketChannel:
         timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
         self._sock = sock
-        self._reader = wire.StreamReader()
+        self._reader = wire.StreamReader(limits)
         self._messages: list[list[memoryview]] = []
         self._next = 0
 

@@ -33,10 +33,40 @@ processes: one write and one wake-up per message). A stream carries no frame bou
 so each message is written as ``u32 n | u32 len_0 .. len_{n-1} | frame_0 .. frame_{n-1}``
 (little endian, the frames exactly as a DEALER would see them). ``stream_header`` writes
 that prefix; ``StreamReader`` cuts a received byte stream back into messages.
+
+Schooner extension, "authenticated registration" (capability bit ``CAP_AUTH``)
+--------------------------------------------------------------------------------
+A container that was given the cluster's secret (``SCHOONER_RPC_SECRET``) sets ``CAP_AUTH``
+in its NewContainer capabilities. A frontend that holds a secret does not register such a
+container at once; it answers with a challenge, a heartbeat reply of a type only a
+``CAP_AUTH`` container is ever sent:
+
+* challenge, frontend -> container: ``"" | u32 3 | u32 2 | u32 2 | nonce`` (16 to 64 random
+  bytes, fresh for every challenge);
+* answer, container -> frontend: ``"" | u32 4 | mac``, where ``mac`` is the 32-byte
+  HMAC-SHA256 of the cluster secret over ``AUTH_CONTEXT | nonce`` and the NewContainer's
+  name, version, input type and capability frames, each preceded by its length as a u32
+  (``auth_mac``). The secret itself never travels.
+
+The frontend registers the container only when the mac is right (compared in constant
+time). A frontend without a secret registers a ``CAP_AUTH`` container as any other; a
+Clipper frontend reads only the first ``u32`` of the capability frame, so it never sends a
+challenge either. A plain v3 container (no ``CAP_AUTH``) cannot authenticate: a frontend
+with a secret refuses it unless the operator allowed unauthenticated containers.
+
+Limits (everything a peer controls is bounded)
+----------------------------------------------
+``Limits`` holds the bounds a receiver applies before it decodes a message: frames per
+message and bytes per message (``DEFAULT_MAX_FRAMES``, ``DEFAULT_MAX_MESSAGE_BYTES``), so
+a peer cannot make a receiver build millions of frame objects or buffer gigabytes. Model
+names and versions are at most ``MAX_NAME_BYTES`` bytes (checked by
+``decode_from_container``). ``excerpt`` shortens anything a peer sent before it is logged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,11 +100,52 @@ __all__ = [
     "decode_from_container",
     "stream_header",
     "StreamReader",
+    "CAP_AUTH",
+    "AUTH_CONTEXT",
+    "AuthResponse",
+    "Limits",
+    "DEFAULT_MAX_FRAMES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_NAME_BYTES",
+    "auth_mac",
+    "encode_auth_challenge",
+    "encode_auth_response",
+    "excerpt",
 ]
 
 RPC_VERSION = 3
 CAP_PACKED = 1
+CAP_AUTH = 2  # the container holds the cluster secret and answers a challenge
 SCHOONER_CAPABILITIES = CAP_PACKED
+AUTH_CONTEXT = b"schooner-rpc-auth-v1\0"
+NONCE_MIN_BYTES, NONCE_MAX_BYTES, MAC_BYTES = 16, 64, 32
+
+# Bounds a receiver applies to every message (``Limits``); see the module docstring.
+DEFAULT_MAX_FRAMES = 65_536
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+MAX_NAME_BYTES = 255  # a model name or version in NewContainer
+_EXCERPT = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one message may hold: at most ``max_frames`` frames and ``max_bytes`` bytes."""
+
+    max_frames: int = DEFAULT_MAX_FRAMES
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_frames < 8 or self.max_bytes < 1024:
+            raise ValueError("a message must be allowed at least 8 frames and 1024 bytes")
+
+
+def excerpt(data: bytes | bytearray | memoryview | str, limit: int = _EXCERPT) -> str:
+    """``data`` for a log line: at most ``limit`` characters, with the full length if cut."""
+    text = data if isinstance(data, str) else bytes(data[: limit + 1]).decode("utf-8", "replace")
+    size = len(data)
+    if size <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({size} {'characters' if isinstance(data, str) else 'bytes'})"
 
 
 class MessageType(IntEnum):
@@ -82,11 +153,13 @@ class MessageType(IntEnum):
     CONTAINER_CONTENT = 1
     HEARTBEAT = 2
     PACKED_CONTENT = 3  # Schooner extension, container -> frontend only
+    AUTH_RESPONSE = 4  # Schooner extension (CAP_AUTH), container -> frontend only
 
 
 class HeartbeatType(IntEnum):
     KEEP_ALIVE = 0
     REQUEST_CONTAINER_METADATA = 1
+    AUTH_CHALLENGE = 2  # Schooner extension, only ever sent to a CAP_AUTH container
 
 
 class RequestType(IntEnum):
@@ -157,9 +230,14 @@ _T_NEW = _U32.pack(MessageType.NEW_CONTAINER)
 _T_CONTENT = _U32.pack(MessageType.CONTAINER_CONTENT)
 _T_HEARTBEAT = _U32.pack(MessageType.HEARTBEAT)
 _T_PACKED = _U32.pack(MessageType.PACKED_CONTENT)
+_T_AUTH = _U32.pack(MessageType.AUTH_RESPONSE)
 _R_PREDICT = _U32.pack(RequestType.PREDICT)
 _R_PACKED = _U32.pack(RequestType.PREDICT_PACKED)
-_HB = (_U32.pack(HeartbeatType.KEEP_ALIVE), _U32.pack(HeartbeatType.REQUEST_CONTAINER_METADATA))
+_HB = (
+    _U32.pack(HeartbeatType.KEEP_ALIVE),
+    _U32.pack(HeartbeatType.REQUEST_CONTAINER_METADATA),
+    _U32.pack(HeartbeatType.AUTH_CHALLENGE),
+)
 
 
 # --------------------------------------------------------------------------- messages
@@ -172,9 +250,18 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatReply:
-    """Frontend -> container: ``"" | u32 3 | u32 2 | u32 hb_type``."""
+    """Frontend -> container: ``"" | u32 3 | u32 2 | u32 hb_type`` (``| nonce`` for a
+    challenge)."""
 
     hb_type: HeartbeatType
+    nonce: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse:
+    """Container -> frontend, the answer to a challenge: ``"" | u32 4 | mac``."""
+
+    mac: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +331,7 @@ class PredictResponse:
 
 
 FromFrontend = HeartbeatReply | PredictRequest
-FromContainer = Heartbeat | NewContainer | PredictResponse
+FromContainer = Heartbeat | NewContainer | PredictResponse | AuthResponse
 
 
 # --------------------------------------------------------------------------- helpers
@@ -289,6 +376,19 @@ def encode_new_container(
     ]
 
 
+def auth_mac(secret: bytes, nonce: bytes, info: NewContainer) -> bytes:
+    """The answer to a challenge: HMAC-SHA256 of the secret over the nonce and what the
+    container registers as (so a captured answer fits no other nonce and no other model)."""
+    fields = encode_new_container(info.name, info.version, info.input_type, info.capabilities)
+    parts = [AUTH_CONTEXT, nonce, *fields[2:]]
+    message = b"".join(_U32.pack(len(p)) + p for p in parts)
+    return hmac.new(secret, message, hashlib.sha256).digest()
+
+
+def encode_auth_response(mac: bytes) -> list[bytes]:
+    return [_EMPTY, _T_AUTH, mac]
+
+
 def encode_predict_response(msg_id: bytes, outputs: Sequence[bytes]) -> list[bytes]:
     """Plain v3 response: header ``[N, len_0..]`` (no input-type field), a frame per output."""
     n = len(outputs)
@@ -328,9 +428,16 @@ def decode_from_frontend(frames: Sequence[Buffer]) -> FromFrontend:
             return _decode_packed_request(msg_id, frames)
         raise WireError(f"request type {_u32(rtype, 'request type')} is not supported")
     if mtype == _T_HEARTBEAT:
+        if len(frames) == 5 and frames[3] == _HB[HeartbeatType.AUTH_CHALLENGE]:
+            nonce = bytes(frames[4])
+            if not NONCE_MIN_BYTES <= len(nonce) <= NONCE_MAX_BYTES:
+                raise WireError(f"challenge nonce of {len(nonce)} bytes")
+            return HeartbeatReply(HeartbeatType.AUTH_CHALLENGE, nonce)
         if len(frames) != 4:
             raise WireError(f"heartbeat reply has {len(frames)} frames, expected 4")
         hb = _u32(frames[3], "heartbeat type")
+        if hb == HeartbeatType.AUTH_CHALLENGE:
+            raise WireError("a challenge needs its nonce frame")
         try:
             return HeartbeatReply(HeartbeatType(hb))
         except ValueError:
@@ -386,6 +493,13 @@ def encode_heartbeat_reply(hb_type: HeartbeatType) -> list[bytes]:
     return [_EMPTY, _V3, _T_HEARTBEAT, _HB[hb_type]]
 
 
+def encode_auth_challenge(nonce: bytes) -> list[bytes]:
+    """The challenge (only ever sent to a container that announced CAP_AUTH)."""
+    if not NONCE_MIN_BYTES <= len(nonce) <= NONCE_MAX_BYTES:
+        raise ValueError(f"a nonce is {NONCE_MIN_BYTES} to {NONCE_MAX_BYTES} bytes")
+    return [_EMPTY, _V3, _T_HEARTBEAT, _HB[HeartbeatType.AUTH_CHALLENGE], nonce]
+
+
 def encode_predict_request(
     msg_id: int, input_type: InputType, inputs: Sequence[Buffer]
 ) -> list[Buffer]:
@@ -420,6 +534,10 @@ def decode_from_container(frames: Sequence[Buffer]) -> FromContainer:
         return _decode_plain_response(frames)
     if mtype == MessageType.PACKED_CONTENT:
         return _decode_packed_response(frames)
+    if mtype == MessageType.AUTH_RESPONSE:
+        if len(frames) != 3 or len(frames[2]) != MAC_BYTES:
+            raise WireError(f"an auth response is 3 frames, the last {MAC_BYTES} bytes")
+        return AuthResponse(bytes(frames[2]))
     raise WireError(f"unknown message type {mtype}")
 
 
@@ -435,12 +553,18 @@ def _decode_new_container(frames: Sequence[Buffer]) -> NewContainer:
     if version != RPC_VERSION:
         raise WireError(f"container speaks RPC version {version}, this frontend speaks 3")
     caps = _U32.unpack_from(vframe, 4)[0] if len(vframe) == 8 else 0
+    for i, what in ((2, "model name"), (3, "model version")):
+        if len(frames[i]) > MAX_NAME_BYTES:
+            raise WireError(f"NewContainer {what} of {len(frames[i])} bytes "
+                            f"(at most {MAX_NAME_BYTES})")  # fmt: skip
+    if len(frames[4]) > 3:
+        raise WireError(f"NewContainer input type frame of {len(frames[4])} bytes")
     try:
         name = bytes(frames[2]).decode("utf-8")
         model_version = bytes(frames[3]).decode("utf-8")
         input_type = InputType(int(bytes(frames[4]).decode("ascii")))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise WireError(f"bad NewContainer metadata: {exc}") from exc
+        raise WireError(f"bad NewContainer metadata: {excerpt(str(exc))}") from None
     if not name or not model_version:
         raise WireError("NewContainer needs a model name and version")
     return NewContainer(name, model_version, input_type, caps)
@@ -489,10 +613,6 @@ def _decode_packed_response(frames: Sequence[Buffer]) -> PredictResponse:
 
 # --------------------------------------------------------------------------- stream framing
 
-STREAM_MAX_FRAMES = 1 << 20
-STREAM_MAX_BYTES = 1 << 31
-
-
 def _nbytes(frame: Buffer) -> int:
     return frame.nbytes if type(frame) is memoryview else len(frame)
 
@@ -509,15 +629,18 @@ class StreamReader:
     ``feed`` takes whatever the socket returned and gives back every message completed by
     it; a partial message is kept until the rest arrives. While it is incomplete, further
     chunks are only appended (a large tensor arriving in many chunks is copied once, not
-    once per chunk). A prefix that cannot be valid (too many frames, a message over 2 GiB)
-    raises WireError: the stream is out of step and the connection must be closed.
+    once per chunk). A prefix over ``limits`` (more frames, or a declared length of more
+    bytes, than a message may hold) raises WireError as soon as the prefix is read, before
+    the message body is buffered: the connection must be closed.
     """
 
-    __slots__ = ("_buf", "_need")
+    __slots__ = ("_buf", "_need", "_max_frames", "_max_bytes")
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits | None = None) -> None:
         self._buf = bytearray()
         self._need = 0  # bytes the buffer must hold before the pending message can be cut
+        limits = limits or Limits()
+        self._max_frames, self._max_bytes = limits.max_frames, limits.max_bytes
 
     @property
     def buffered(self) -> int:
@@ -541,15 +664,15 @@ class StreamReader:
                 need = 4
                 break
             (n,) = unpack(view, pos)
-            if n > STREAM_MAX_FRAMES:
-                raise WireError(f"stream message of {n} frames: out of step")
+            if n > self._max_frames:
+                raise WireError(f"a message of {n} frames (at most {self._max_frames})")
             need = head = 4 + 4 * n
             if left < head:
                 break
             sizes = struct.unpack_from(f"<{n}I", view, pos + 4)
             need = total = head + sum(sizes)
-            if total > STREAM_MAX_BYTES:
-                raise WireError(f"stream message of {total} bytes: out of step")
+            if total > self._max_bytes:
+                raise WireError(f"a message of {total} bytes (at most {self._max_bytes})")
             if left < total:
                 break
             at = pos + head

@@ -327,11 +327,14 @@ def spawn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Spawn]:
 # --------------------------------------------------------------------------- Schooner processes
 
 
-def post_json(url: str, body: Any = None, *, timeout: float = 10.0) -> tuple[int, Any]:
+def post_json(
+    url: str, body: Any = None, *, timeout: float = 10.0, headers: Mapping[str, str] | None = None
+) -> tuple[int, Any]:
     """POST a JSON body; returns (status, parsed JSON or the raw text if it is not JSON)."""
     import requests
 
-    resp = requests.post(url, json=body if body is not None else {}, timeout=timeout)
+    resp = requests.post(url, json=body if body is not None else {}, timeout=timeout,
+                         headers=dict(headers or {}))  # fmt: skip
     try:
         return resp.status_code, resp.json()
     except ValueError:
@@ -368,10 +371,20 @@ class FrontendProcess:
     def management_url(self) -> str:
         return f"http://{self.host}:{self.management_port}"
 
+    @property
+    def admin_token(self) -> str:
+        """The management API's token (``admin.token`` beside the state database, unless the
+        test gave the frontend another one)."""
+        return (self.state_db.parent / "admin.token").read_text().strip()
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
     def admin(self, path: str, body: Any = None, *, expect: int | None = 200) -> Any:
         """POST to the management API (``path`` like "add_app" or "/admin/add_app")."""
         path = path if path.startswith("/") else f"/admin/{path}"
-        status, answer = post_json(self.management_url + path, body)
+        status, answer = post_json(self.management_url + path, body, headers=self.admin_headers)
         if expect is not None and status != expect:
             raise AssertionError(
                 f"{path} {body!r} answered {status} {answer!r}, expected {expect}\n"

@@ -132,6 +132,10 @@ class ContainerManager(ABC):
     def get_admin_addr(self) -> str:
         """``host:port`` of the management API."""
 
+    def admin_token(self) -> str | None:
+        """The management API's token (``ClipperConnection`` sends it), None if unknown."""
+        return None
+
     def get_metric_addr(self) -> str:
         """``host:port`` serving Prometheus metrics at ``/metrics``: Schooner's frontend
         serves them itself, on the query port."""

@@ -76,8 +76,10 @@ def test_register_model_then_a_container_started_by_hand_serves(conn, start_cont
     assert body["default_explanation"] == "no replica of model by-hand:1 is connected"
     assert conn.get_num_replicas("by-hand", 1) == 0  # the manager runs none of it
 
+    # A container started by hand proves it belongs to the cluster with the cluster's secret.
     start_container(closure_artifact(tagged("hand")), rpc_port=conn.cm.settings.rpc_port,
-                    model_name="by-hand", model_version="1")  # fmt: skip
+                    model_name="by-hand", model_version="1",
+                    env={"SCHOONER_RPC_SECRET_FILE": str(conn.cm.layout.rpc_secret_file)})  # fmt: skip
     wait_for_replicas(conn, "by-hand", ["1"])
     body = answer(conn, "by-hand", 2.0)
     assert (body["default"], body["output"]) == (False, "hand:2.0")

@@ -4,6 +4,9 @@
     ├── cluster.json        ports and hosts, written by start_clipper, read by everyone else
     ├── supervisor.pid      the supervisor's pid (also its process group)
     ├── control.sock        the supervisor's control channel
+    ├── rpc.sock            the frontend's Unix socket for local replicas (0600)
+    ├── rpc.secret          the cluster secret replicas prove they hold (0600)
+    ├── admin.token         the management API's token (0600), read by ClipperConnection
     ├── state.db            the frontend's SQLite state (apps, models, links)
     ├── logs/               supervisor.log, frontend.log, replica-<model>-<version>-<n>.log
     ├── ready/              one ready file per replica (SCHOONER_READY_FILE)
@@ -21,10 +24,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from schooner.runtime.config import (
+    ADMIN_TOKEN_FILE,
     DEFAULT_MANAGEMENT_PORT,
     DEFAULT_QUERY_PORT,
     DEFAULT_RPC_PORT,
     UNIX_SOCKET_PATH_LIMIT,
+    create_secret_file,
+    read_secret_file,
 )
 from schooner.runtime.errors import ClipperException
 
@@ -86,14 +92,25 @@ class ClusterLayout:
     @property
     def rpc_socket(self) -> str | None:
         """The frontend's Unix socket for this cluster's local replicas (RPC v3 without
-        ZeroMQ): on Linux a name in the abstract namespace derived from the cluster
-        directory (no file, nothing stale after a crash), elsewhere ``rpc.sock`` in the
-        directory; None where that path is too long for a socket address."""
+        ZeroMQ): ``rpc.sock`` in the (owner-only) cluster directory, itself owner-only. Where
+        that path is too long for a socket address: on Linux a name in the abstract namespace
+        derived from the directory (guarded by the frontend's peer-uid check and the cluster
+        secret, since it has no file permissions), elsewhere None (ZeroMQ is used)."""
+        path = os.fspath(self.root / "rpc.sock")
+        if len(os.fsencode(path)) <= UNIX_SOCKET_PATH_LIMIT:
+            return path
         if sys.platform.startswith("linux"):
             digest = hashlib.sha256(os.fsencode(self.root.resolve())).hexdigest()[:24]
             return f"@schooner-rpc-{digest}"
-        path = os.fspath(self.root / "rpc.sock")
-        return path if len(os.fsencode(path)) <= UNIX_SOCKET_PATH_LIMIT else None
+        return None
+
+    @property
+    def rpc_secret_file(self) -> Path:
+        return self.root / "rpc.secret"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.root / ADMIN_TOKEN_FILE
 
     @property
     def state_db(self) -> Path:
@@ -129,8 +146,19 @@ class ClusterLayout:
         return self.ready / f"{model_name}-{model_version}-{slot}.ready"
 
     def create(self) -> None:
+        """The folders, and the cluster's two credentials (each made once, owner-only)."""
         for folder in (self.root, self.logs, self.ready, self.artifacts):
             folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        create_secret_file(self.rpc_secret_file)
+        create_secret_file(self.admin_token_file)
+
+    def admin_token(self) -> str | None:
+        """The management API's token, if the cluster has one."""
+        try:
+            return read_secret_file(self.admin_token_file).decode()
+        except ValueError:
+            return None
 
     def read_settings(self) -> ClusterSettings:
         return ClusterSettings.from_json(self.settings_file.read_text())

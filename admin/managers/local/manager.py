@@ -96,7 +96,10 @@ class LocalContainerManager(ContainerManager):
 
     @property
     def management(self) -> ManagementClient:
-        return ManagementClient(self.get_admin_addr())
+        return ManagementClient(self.get_admin_addr(), token=self.admin_token())
+
+    def admin_token(self) -> str | None:
+        return self.layout.admin_token()
 
     def _control(self, op: str, timeout: float = 30.0, **arguments: Any) -> Any:
         return control.request(self.layout.control_socket, op, timeout=timeout, **arguments)

@@ -89,6 +89,8 @@ class Supervisor:
             "--management-host", s.management_host, "--management-port", str(s.management_port),
             "--rpc-host", s.rpc_host, "--rpc-port", str(s.rpc_port),
             "--state-db", os.fspath(self.layout.state_db),
+            "--rpc-secret-file", os.fspath(self.layout.rpc_secret_file),
+            "--admin-token-file", os.fspath(self.layout.admin_token_file),
             *(["--rpc-socket", self.layout.rpc_socket] if self.layout.rpc_socket else []),
         ]
 
@@ -106,6 +108,7 @@ class Supervisor:
             device=str(request.get("device") or "cpu"),
             max_batch_size=max(0, batch_size),
             ready_file=ready_file,
+            rpc_secret_file=self.layout.rpc_secret_file,
             rpc_socket=(
                 self.layout.rpc_socket
                 if self.layout.rpc_socket and self._frontend_serves_socket else None
