@@ -11,6 +11,7 @@
 from schooner.admin.connection import ClipperConnection
 from schooner.admin.managers.base import ContainerManager
 from schooner.admin.managers.docker import DockerContainerManager
+from schooner.admin.managers.kubernetes import KubernetesContainerManager
 from schooner.admin.managers.local import LocalContainerManager
 from schooner.runtime.errors import ClipperException
 
@@ -19,5 +20,6 @@ __all__ = [
     "ContainerManager",
     "LocalContainerManager",
     "DockerContainerManager",
+    "KubernetesContainerManager",
     "ClipperException",
 ]

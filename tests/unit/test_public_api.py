@@ -11,7 +11,7 @@ from schooner.runtime import errors, wire
 def test_admin_exports():
     assert sorted(schooner.admin.__all__) == sorted(
         ["ClipperConnection", "ContainerManager", "LocalContainerManager", "DockerContainerManager",
-         "ClipperException"]
+         "KubernetesContainerManager", "ClipperException"]
     )
     for name in schooner.admin.__all__:
         assert hasattr(schooner.admin, name)
