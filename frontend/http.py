@@ -84,6 +84,7 @@ MAX_PIPELINE = 256
 QUOTE_CHARS = 200  # the most of a peer's path or value an error body or log line repeats
 TRIM_AFTER_BYTES = 1 << 20  # a request or response this large: give memory back after it
 SWEEP_S = 1.0  # the longest interval between two sweeps of a listener's connections
+LINGER_BYTES = 1 << 20  # read and dropped after the last answer, before a reset instead
 
 
 @dataclass(frozen=True)
@@ -379,11 +380,12 @@ class _Listener:
 class _Slot:
     """A pipelined request's place in line; ``data`` is set when its answer is ready."""
 
-    __slots__ = ("data", "close")
+    __slots__ = ("data", "close", "cancel")
 
     def __init__(self) -> None:
         self.data: bytes | None = None
         self.close = False
+        self.cancel: Callable[[], None] | None = None  # the handler's (Request.cancel), if set
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -447,8 +449,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._broken = True
-        self._slots.clear()
         self._transport = self._linger = None
+        slots, self._slots = self._slots, deque()
+        for slot in slots:  # requests still waiting for an answer nobody will read
+            if slot.data is None and slot.cancel is not None:
+                try:
+                    slot.cancel()
+                except Exception:
+                    log.exception("cancelling a request of a closed connection failed")
         listener = self._listener
         if self in listener.conns:
             listener.conns.discard(self)
@@ -470,6 +478,10 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._broken:
+            if self._linger is not None:  # half-closed: drop what comes, up to a bound
+                self._head_bytes += len(data)
+                if self._head_bytes > LINGER_BYTES:
+                    self._abort()
             return
         phase, left = self._phase, self._left
         try:
@@ -596,6 +608,8 @@ class HttpProtocol(asyncio.Protocol):
         except Exception:
             log.exception("handler for %s %s failed", request.method, clip(request.path))
             reply(*json_error(500, "internal error", "the server failed to handle the request"))
+        if slot.data is None:  # answered later: if the client leaves first, tell the handler
+            slot.cancel = request.cancel
 
     # ----------------------------------------------------------------- the sweep
 
@@ -677,8 +691,8 @@ class HttpProtocol(asyncio.Protocol):
     def _close(self) -> None:
         """Write nothing more. A close with unread input would reset the connection and
         could destroy the last answer before the peer reads it, so close only our side
-        and read (and drop) what still comes until the peer closes too, or the sweep
-        gives up after ``header_timeout_s``."""
+        and read (and drop) what still comes until the peer closes too; after
+        ``LINGER_BYTES`` or ``header_timeout_s`` the connection is reset."""
         self._broken = True
         transport, self._transport = self._transport, None
         if transport is None:
@@ -686,6 +700,7 @@ class HttpProtocol(asyncio.Protocol):
         if transport.can_write_eof():
             self._linger = transport
             self._mark = self._listener.tick
+            self._head_bytes = 0  # now counts the bytes dropped
             transport.write_eof()
             transport.resume_reading()
         else:
