@@ -8,6 +8,7 @@ Suites (``python -m benchmarks <suite> --help`` for each one's options):
 * ``startup``  — deploy call to first answer, and an idle container's memory, per framework
 * ``frameworks`` — a small model per framework, container vs in-process
 * ``oip``      — the Open Inference Protocol (REST JSON, binary, gRPC) vs Clipper's path, MLServer
+* ``reliability`` — overload goodput and shedding, kill -9 and hung replicas, largest requests
 
 Every suite takes ``--smoke`` (short, no peers: what CI runs), ``--json FILE`` (raw
 results), ``--repeats N`` (median of N runs), ``--server-cpu``/``--load-cpu``/``--no-pin``.
@@ -25,6 +26,7 @@ SUITES = {
     "startup": "benchmarks.startup",
     "frameworks": "benchmarks.frameworks",
     "oip": "benchmarks.oip",
+    "reliability": "benchmarks.reliability",
 }
 
 

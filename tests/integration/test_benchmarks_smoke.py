@@ -76,7 +76,7 @@ def test_entry_point_names_every_suite():
     result = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0
-    for suite in ("hotpath", "e2e", "adaptive", "startup", "frameworks", "oip"):
+    for suite in ("hotpath", "e2e", "adaptive", "startup", "frameworks", "oip", "reliability"):
         assert f"``{suite}``" in result.stderr
     unknown = subprocess.run([sys.executable, "-m", "benchmarks", "nope"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -173,3 +173,24 @@ def test_hotpath_entry_point_smoke(tmp_path):
     assert "| schooner | packed | 1 | 600 |" in result.stdout
     rows = json.loads(out.read_text())
     assert {r["batch"] for r in rows} == {8, 1} and all(r["gb_per_s"] > 0 for r in rows)
+
+
+@pytest.mark.timeout(600)
+def test_reliability_smoke(tmp_path):
+    """Every reliability scenario runs against a real local cluster and prints its row; what
+    overload and the largest requests must never do (fail a request, stall forever) holds."""
+    out = tmp_path / "reliability.json"
+    result = _run_suite("reliability", "--smoke", "--json", str(out))
+    rows = {r["scenario"]: r for r in json.loads(out.read_text())}
+    assert {"overload 2x", "overload 10x", "replica kill -9 at 0.5x",
+            "frontend kill -9 at 0.5x"} <= set(rows)  # fmt: skip
+    assert any(s.startswith("replica SIGSTOP") for s in rows)
+    for factor in ("2x", "10x"):
+        row = rows[f"overload {factor}"]
+        assert row["failed"] == 0 and row["shed"] > 0
+    assert rows["replica kill -9 at 0.5x"]["failed"] == 0
+    largest = [r for s, r in rows.items() if s.startswith("largest request")]
+    assert largest[0]["status"] == 200
+    # 414 (or, when the client was still sending 64 MB as the frontend closed, a reset)
+    assert largest[1]["status"] in (414, 0)
+    assert "| overload 10x |" in result.stdout
