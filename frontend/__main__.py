@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +48,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
         "needs the grpc extra)",
     )  # fmt: skip
     p.add_argument("--state-db", default="schooner-state.db", help="SQLite file of the state")
+    p.add_argument(
+        "--state-redis", default=None, metavar="HOST:PORT",
+        help="share the state with other frontends in this Redis instead of --state-db (its "
+        "password, if any, from SCHOONER_STATE_PASSWORD; needs the redis extra)",
+    )  # fmt: skip
+    p.add_argument("--state-prefix", default="schooner",
+                   help="prefix of the state's keys in --state-redis (one per cluster)")
     p.add_argument("--inflight-per-replica", type=int, default=2, help="batches per replica")
     p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
     p.add_argument(
@@ -79,6 +87,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
     http_limits = http.from_arguments(a, problems)
     if a.max_inputs_per_request < 1:
         problems.append("--max-inputs-per-request must be at least 1")
+    if a.state_redis is not None:
+        from schooner.frontend.shared_state import parse_address
+
+        try:
+            parse_address(a.state_redis)
+        except ValueError as exc:
+            problems.append(f"--state-redis: {exc}")
     if a.inflight_per_replica < 1:
         problems.append("--inflight-per-replica must be at least 1")
     if a.max_body_bytes < 1:
@@ -104,6 +119,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
         grpc_host=a.grpc_host,
         grpc_port=a.grpc_port,
         state_db=a.state_db,
+        state_redis=a.state_redis,
+        state_prefix=a.state_prefix,
+        state_password=os.environ.get("SCHOONER_STATE_PASSWORD") or None,
         inflight_per_replica=a.inflight_per_replica,
         max_body_bytes=a.max_body_bytes,
         replica_timeout_s=a.replica_timeout,

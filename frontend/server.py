@@ -46,6 +46,10 @@ class FrontendConfig:
     grpc_host: str = "127.0.0.1"
     grpc_port: int | None = None  # the OIP's gRPC service; None: not served
     state_db: str = "schooner-state.db"
+    # several frontends: the Redis (HOST:PORT) they share, their keys' prefix, its password
+    state_redis: str | None = None
+    state_prefix: str = "schooner"
+    state_password: str | None = field(default=None, repr=False)
     inflight_per_replica: int = 2
     max_body_bytes: int = 16 * 1024 * 1024
     replica_timeout_s: float = 30.0
@@ -84,6 +88,7 @@ class Frontend:
         self._stopped = asyncio.Event()
         self._sweep: asyncio.TimerHandle | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
+        self._state_poll: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ports: dict[str, int] = {}
 
@@ -102,7 +107,13 @@ class Frontend:
     async def start(self) -> None:
         cfg = self.config
         loop = self._loop = asyncio.get_running_loop()
-        self.state = StateStore.open(cfg.state_db)
+        if cfg.state_redis is not None:
+            from schooner.frontend.shared_state import RedisStateStore
+
+            self.state = RedisStateStore.connect(cfg.state_redis, cfg.state_password,
+                                                 cfg.state_prefix)  # fmt: skip
+        else:
+            self.state = StateStore.open(cfg.state_db)
         self._context = zmq.Context()
         security = RpcSecurity(cfg.rpc_secret, cfg.allow_unauthenticated_containers,
                                Limits(cfg.rpc_max_frames, cfg.rpc_max_message_bytes))  # fmt: skip
@@ -153,13 +164,16 @@ class Frontend:
                                     idle_timeout_s=cfg.http_limits.idle_timeout_s)  # fmt: skip
             self.ports["grpc"] = await self._grpc.start()
         self._housekeeping = loop.call_later(HOUSEKEEPING_S, self._housekeep)
+        if cfg.state_redis is not None:
+            self._state_poll = asyncio.ensure_future(self._follow_shared_state())
         self._ready = True
         log.info(
             "frontend ready: query port %d, management port %d, rpc port %d%s%s, state %s "
             "(%d apps, %d models)",
             self.ports["query"], self.ports["management"], self.ports["rpc"],
             f" and socket {cfg.rpc_socket}" if cfg.rpc_socket else "",
-            f", grpc port {self.ports['grpc']}" if "grpc" in self.ports else "", cfg.state_db,
+            f", grpc port {self.ports['grpc']}" if "grpc" in self.ports else "",
+            f"shared in redis {cfg.state_redis}" if cfg.state_redis else cfg.state_db,
             len(self.state.apps), len(self.state.models),
         )  # fmt: skip
 
@@ -228,10 +242,38 @@ class Frontend:
         except Exception:
             log.exception("housekeeping failed")
 
+    async def _follow_shared_state(self) -> None:
+        """Apply the changes other frontends make to the shared state (shared_state)."""
+        from schooner.frontend.shared_state import POLL_INTERVAL_S, RedisStateStore
+
+        assert isinstance(self.state, RedisStateStore) and self._loop is not None
+        state, dispatcher, down = self.state, self._require_dispatcher(), False
+        while True:
+            await asyncio.sleep(POLL_INTERVAL_S)
+            before = set(state.models)
+            try:
+                fetched = await self._loop.run_in_executor(None, state.poll)
+            except Exception as exc:  # StateUnavailable: serve from memory meanwhile
+                if not down:
+                    log.warning("%s; serving the state as last seen", exc)
+                down = True
+                continue
+            if down:
+                log.info("the state database answers again")
+                down = False
+            if state.apply(*fetched):
+                for key in before - set(state.models):
+                    dispatcher.configure_model(key, -1)
+                for model in state.models.values():
+                    dispatcher.configure_model(model.key, model.batch_size)
+
     # ----------------------------------------------------------------- shutdown
 
     async def close(self) -> None:
         self._ready = False
+        if self._state_poll is not None:
+            self._state_poll.cancel()
+            self._state_poll = None
         for timer in (self._sweep, self._housekeeping):
             if timer is not None:
                 timer.cancel()

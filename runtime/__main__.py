@@ -20,6 +20,7 @@ from schooner.frameworks.registry import resolve
 from schooner.runtime.config import EXIT_ARTIFACT, EXIT_CONFIG, ContainerConfig
 from schooner.runtime.container import Container
 from schooner.runtime.errors import ConfigError, SchoonerError
+from schooner.runtime.frontends import EveryFrontend
 from schooner.runtime.metrics import ContainerMetrics, MetricsServer
 
 log = logging.getLogger("schooner.runtime")
@@ -66,7 +67,10 @@ def main() -> int:
         log.error("cannot load the model at %s: %s", config.model_path, exc)
         return EXIT_ARTIFACT
 
-    container = Container(config, framework, metrics)
+    container: Container | EveryFrontend = (
+        EveryFrontend(config, framework, metrics) if config.every_frontend
+        else Container(config, framework, metrics)
+    )  # fmt: skip
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("%s: finishing the current batch and stopping", signal.Signals(signum).name)
