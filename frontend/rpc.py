@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 _KEEP_ALIVE = wire.encode_heartbeat_reply(HeartbeatType.KEEP_ALIVE)
 _SEND_METADATA = wire.encode_heartbeat_reply(HeartbeatType.REQUEST_CONTAINER_METADATA)
 _MAX_PER_WAKEUP = 512  # messages read before yielding to the rest of the loop
+_FRAMES_PER_WAKEUP = 8192  # frames read before yielding (a message may span wake-ups)
 
 
 _NONCE_BYTES = 32
@@ -270,6 +271,12 @@ class RpcEndpoint(_Peers):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_scheduled = False
         self.port = 0
+        # the message being received (it may span wake-ups), or the one being discarded
+        self._partial: list[zmq.Frame] = []
+        self._partial_bytes = 0
+        self._discard: str | None = None
+        self._discard_identity = b""
+        self._discarded = 0
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -327,52 +334,75 @@ class RpcEndpoint(_Peers):
         self._drain_monitor()
         sock = self._sock
         now = time.monotonic()
+        budget = _FRAMES_PER_WAKEUP
         for _ in range(_MAX_PER_WAKEUP):
-            if not _readable(sock):
+            if budget <= 0:
+                break
+            if not self._partial and self._discard is None and not _readable(sock):
                 return
             try:
-                frames = self._recv_bounded()
+                frames, used = self._read(budget)
             except zmq.Again:
                 return
+            budget -= used
             if frames is None:
-                continue
+                continue  # the budget ran out inside a message, or it was discarded
             try:
                 self._handle(frames, now)
             except Exception:
                 log.exception("failed to handle a message from a container")
         self._schedule_drain()
 
-    def _recv_bounded(self) -> list[zmq.Frame] | None:
-        """One message (identity first), or None if it was over the limits (discarded, and
-        its sender forgotten). Frames are counted as they arrive: an oversized message
-        never becomes a list of a million frame objects."""
+    def _read(self, budget: int) -> tuple[list[zmq.Frame] | None, int]:
+        """Read at most ``budget`` frames: a whole message (identity first), or None when
+        the message goes on past the budget (``_partial`` keeps it, the next wake-up goes
+        on) or was over the limits. An oversized message is discarded frame by frame
+        without being kept, its sender forgotten; the loop serves other work between
+        budgets, so a message of a million frames never stalls it."""
         sock = self._sock
         limits = self.security.limits
-        frame = sock.recv(zmq.NOBLOCK, copy=False)
-        frames = [frame]
-        max_frames, max_bytes, size = limits.max_frames + 1, limits.max_bytes, 0
-        while frame.more:
-            if len(frames) >= max_frames:
-                why = f"more than {limits.max_frames} frames"
-                break
+        frames, used = self._partial, 0
+        if not frames and self._discard is None:
+            frames = [sock.recv(zmq.NOBLOCK, copy=False)]
+            used = 1
+        while used < budget:
+            if self._discard is not None:
+                if not sock.get(zmq.RCVMORE):
+                    self._discarded_message()
+                    return None, used
+                sock.recv(zmq.NOBLOCK)
+                self._discarded += 1
+                used += 1
+                continue
+            if not frames[-1].more:
+                self._partial, self._partial_bytes = [], 0
+                return frames, used
+            if len(frames) > limits.max_frames:
+                self._start_discard(frames[0].bytes, f"more than {limits.max_frames} frames")
+                frames = []
+                continue
             frame = sock.recv(zmq.NOBLOCK, copy=False)
-            size += len(frame)
-            if size > max_bytes:
-                why = f"more than {max_bytes} bytes"
-                break
+            used += 1
+            self._partial_bytes += len(frame)
+            if self._partial_bytes > limits.max_bytes:
+                self._start_discard(frames[0].bytes, f"more than {limits.max_bytes} bytes")
+                frames = []
+                continue
             frames.append(frame)
-        else:
-            return frames
-        discarded = 0
-        while sock.get(zmq.RCVMORE):
-            sock.recv(zmq.NOBLOCK)
-            discarded += 1
-        identity = frames[0].bytes
+        self._partial = frames
+        return None, used
+
+    def _start_discard(self, identity: bytes, why: str) -> None:
+        self._partial, self._partial_bytes = [], 0
+        self._discard, self._discard_identity, self._discarded = why, identity, 0
+
+    def _discarded_message(self) -> None:
+        identity, why = self._discard_identity, self._discard
+        self._discard = None
         peer = self._peers.get(identity) or _Peer(-1, 0.0)
-        self._warn(peer, "dropped container %s: it sent a message of %s (%d frames discarded)",
-                   identity.hex(), why, discarded)  # fmt: skip
+        self._warn(peer, "dropped container %s: it sent a message of %s (%d more frames "
+                   "discarded)", identity.hex(), why, self._discarded)  # fmt: skip
         self._forget(identity, f"it sent a message of {why}")
-        return None
 
     def _handle(self, frames: list[zmq.Frame], now: float) -> None:
         id_frame = frames[0]
