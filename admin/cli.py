@@ -5,6 +5,11 @@
     schooner status [--cluster NAME]
     schooner logs   [--cluster NAME] [--follow] [-n LINES] [COMPONENT]
     schooner images build NAME [--python-base REF] [--wheel PATH ...]
+    schooner render kubernetes [--cluster NAME] [--namespace NS] [--create-namespace]
+                    [--frontend-replicas N] [--frontend-image REF] [--redis-ip HOST]
+                    [--redis-port N] [--service-type query|management|rpc=TYPE ...]
+                    [--model NAME VERSION IMAGE ...] [--input-type T] [--replicas N]
+                    [--without-secret]
 
 COMPONENT is ``supervisor``, ``frontend``, or a replica (``model``, ``model:version`` or
 ``model:version:slot``). Clusters live under ``$SCHOONER_HOME`` (default ``~/.schooner``).
@@ -60,7 +65,58 @@ def build_parser() -> argparse.ArgumentParser:
                             "engine has it, else python:3.11-slim-bookworm)")
     build.add_argument("--wheel", action="append", default=[], type=Path,
                        help="a local wheel pip prefers (e.g. a CPU build of torch)")
+    render = commands.add_parser(
+        "render", help="print a cluster's Kubernetes objects as YAML (for kubectl apply)",
+        description="print the objects KubernetesContainerManager would create, as YAML",
+    )  # fmt: skip
+    render.add_argument("target", choices=["kubernetes"])
+    render.add_argument("--cluster", default="default-cluster", help="cluster name")
+    render.add_argument("--namespace", default="default")
+    render.add_argument("--create-namespace", action="store_true")
+    render.add_argument("--frontend-replicas", type=int, default=1)
+    render.add_argument("--frontend-image", default=None)
+    render.add_argument("--redis-ip", default=None, help="a Redis of your own the frontends share")
+    render.add_argument("--redis-port", type=int, default=6379)
+    render.add_argument("--service-type", action="append", default=[], metavar="WHICH=TYPE",
+                        help="query, management or rpc = ClusterIP, NodePort or LoadBalancer")
+    render.add_argument("--model", nargs=3, action="append", default=[],
+                        metavar=("NAME", "VERSION", "IMAGE"), help="a model version to run")
+    render.add_argument("--input-type", default="doubles", help="the models' input type")
+    render.add_argument("--replicas", type=int, default=1, help="pods per model version")
+    render.add_argument("--without-secret", action="store_true",
+                        help="leave the credentials Secret out (you create it; its keys are "
+                        "container-secret, management-token, state-password)")  # fmt: skip
     return parser
+
+
+def _render(args: argparse.Namespace, out: TextIO) -> int:
+    """The objects as YAML; the Secret's values are new random ones (unless left out)."""
+    import secrets
+
+    from schooner.admin.managers import kubernetes_manifests as k8s
+
+    try:
+        import yaml
+    except ImportError:
+        sys.stderr.write("error: rendering needs PyYAML: pip install schooner[kubernetes]\n")
+        return 1
+    types = dict(item.partition("=")[::2] for item in args.service_type)
+    spec = k8s.ClusterSpec(
+        cluster_name=args.cluster, namespace=args.namespace,
+        num_frontend_replicas=args.frontend_replicas,
+        frontend_image=args.frontend_image or k8s.DEFAULT_FRONTEND_IMAGE,
+        service_types={**k8s.DEFAULT_SERVICE_TYPES, **types}, redis_ip=args.redis_ip,
+        redis_port=args.redis_port,
+    )  # fmt: skip
+    values = {key: secrets.token_urlsafe(32) for key in k8s.SECRET_KEYS}
+    objects = k8s.cluster_objects(spec, values, create_namespace=args.create_namespace)
+    if args.without_secret:
+        objects = [o for o in objects if o["kind"] != "Secret"]
+    for name, version, image in args.model:
+        objects.append(k8s.model_deployment(spec, k8s.ModelSpec(
+            name, version, args.input_type, image, num_replicas=args.replicas)))  # fmt: skip
+    out.write(yaml.safe_dump_all(objects, sort_keys=False))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             return _start(args, out)
         if args.command == "images":
             return _build_image(args, out)
+        if args.command == "render":
+            return _render(args, out)
         manager = LocalContainerManager(cluster_name=args.cluster)
         if args.command == "logs":
             return _logs(manager, args.component, args.lines, args.follow, out)

@@ -339,7 +339,8 @@ def frontend_args(spec: ClusterSpec) -> list[str]:
     ]  # fmt: skip
     if spec.shared_state:
         host = spec.redis_ip or names.redis(spec.cluster_name)
-        args += ["--state-redis", f"{host}:{spec.redis_port}"]
+        args += ["--state-redis", f"{host}:{spec.redis_port}",
+                 "--state-prefix", f"schooner:{spec.cluster_name}"]
     else:
         args += ["--state-db", f"{STATE_DIR}/state.db"]
     return args
@@ -526,9 +527,9 @@ def model_env(spec: ClusterSpec, model: ModelSpec) -> list[dict[str, Any]]:
         metrics_port=MODEL_METRICS_PORT,
         metrics_host="0.0.0.0",  # Prometheus and the liveness probe reach the pod's address
         ready_file=Path(READY_FILE),
+        every_frontend=True,  # CLIPPER_IP is the headless Service: serve every frontend pod
     )
-    # CLIPPER_IP is the headless Service: serve every frontend pod it resolves to
-    env = {**config.to_env(), "SCHOONER_EVERY_FRONTEND": "1"}
+    env = config.to_env()
     items: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(env.items())]
     return items + _with_secret(_secret_env("container-secret"), names.secret(spec.cluster_name))
 

@@ -91,7 +91,7 @@ def test_one_frontend_keeps_sqlite_on_a_volume_several_share_redis():
     deployment = k8s.frontend_deployment(two)
     assert deployment["spec"]["replicas"] == 2
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[-2:] == ["--state-redis", "redis-at-two:6379"]
+    assert args[-4:] == ["--state-redis", "redis-at-two:6379", "--state-prefix", "schooner:two"]
     ext = k8s.ClusterSpec(cluster_name="ext", num_frontend_replicas=2, redis_ip="db.example")
     kinds = [(o["kind"], o["metadata"]["name"]) for o in k8s.cluster_objects(ext, {})]
     assert ("Deployment", "redis-at-ext") not in kinds
@@ -108,7 +108,7 @@ def test_model_pods_get_the_replica_contract_and_serve_every_frontend():
     config = ContainerConfig.from_env(env)
     assert (config.model_name, config.model_version) == (WEIRD, "3")
     assert config.frontend_host == "query-frontend-pods-at-c.ns.svc"
-    assert env["SCHOONER_EVERY_FRONTEND"] == "1"
+    assert config.every_frontend and env["SCHOONER_EVERY_FRONTEND"] == "1"
     assert config.max_batch_size == 16 and config.device == "cuda"
     assert pod["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert deployment["metadata"]["annotations"][k8s.MODEL_NAME_ANNOTATION] == WEIRD
