@@ -172,8 +172,15 @@ class FrontendProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The management API's credential (the token file beside the state database)."""
+        token = (self.state_db.parent / "admin.token").read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
+
     def admin(self, op: str, **body: Any) -> Any:
-        r = requests.post(f"http://127.0.0.1:{self.mgmt_port}/admin/{op}", json=body, timeout=10)
+        r = requests.post(f"http://127.0.0.1:{self.mgmt_port}/admin/{op}", json=body, timeout=10,
+                          headers=self.auth)  # fmt: skip
         assert r.status_code == 200, r.text
         return r.json()
 
@@ -467,15 +474,17 @@ def test_management_api_errors_and_metrics(frontend: FrontendProcess) -> None:
     assert requests.get(f"{base}/ping", timeout=5).json() == {"ok": True}
     frontend.deploy("a", "m")
     r = requests.post(f"{base}/add_app", json={"name": "a", "input_type": "doubles",
-                                               "latency_slo_micros": 1000}, timeout=5)
+                                               "latency_slo_micros": 1000}, timeout=5,
+                      headers=frontend.auth)
     assert r.status_code == 409
-    r = requests.post(f"{base}/get_application", json={"name": "zz"}, timeout=5)
+    r = requests.post(f"{base}/get_application", json={"name": "zz"}, timeout=5,
+                      headers=frontend.auth)
     assert r.status_code == 404 and r.json()["cause"]
     frontend.admin(
         "add_app", name="s", input_type="strings", default_output="x", latency_slo_micros=1000
     )
     r = requests.post(f"{base}/add_model_links", json={"app_name": "s", "model_names": ["m"]},
-                      timeout=5)
+                      timeout=5, headers=frontend.auth)
     assert r.status_code == 400 and "strings" in r.json()["cause"]
     frontend.predict("a", {"input": [1.0]})
     q = f"http://127.0.0.1:{frontend.query_port}"
