@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from schooner.frontend import credentials, http
 from schooner.frontend.server import FrontendConfig, run_until_signal
-from schooner.runtime.errors import MissingExtra
+from schooner.runtime.errors import ConfigError, MissingExtra
 
 __all__ = ["main", "parse_args"]
 
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = uvloop.run
     try:
         runner(run_until_signal(config))
-    except (OSError, MissingExtra) as exc:
+    except (OSError, MissingExtra, ConfigError) as exc:
         log.error("the frontend cannot start: %s", exc)
         return 1
     except Exception as exc:  # a ZMQError on bind, an unreadable state file

@@ -44,9 +44,10 @@ from schooner.runtime.config import (
     create_secret_file,
     read_secret_file,
 )
+from schooner.runtime.errors import ConfigError
 from schooner.runtime.wire import DEFAULT_MAX_FRAMES, DEFAULT_MAX_MESSAGE_BYTES
 
-__all__ = ["add_arguments", "from_arguments"]
+__all__ = ["add_arguments", "from_arguments", "admin_token"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -90,19 +91,28 @@ def from_arguments(
     except ValueError as exc:
         problems.append(f"the RPC secret: {exc}")
     token: bytes | None = None
+    token_file: str | None = None
     if env.get(ADMIN_TOKEN_ENV, "").strip():
         token = env[ADMIN_TOKEN_ENV].strip().encode()
-    else:
-        path = Path(a.admin_token_file or Path(a.state_db).parent / ADMIN_TOKEN_FILE)
-        try:
-            token = create_secret_file(path)
-        except (OSError, ValueError) as exc:
-            problems.append(f"the admin token {path}: {exc}")
+    else:  # read (or made) when the frontend starts: parsing has no side effect
+        token_file = os.fspath(a.admin_token_file or Path(a.state_db).parent / ADMIN_TOKEN_FILE)
     return {
         "rpc_secret": secret,
         "allow_unauthenticated_containers": a.allow_unauthenticated_containers,
         "admin_token": token,
+        "admin_token_file": token_file,
         "allow_anonymous_admin": a.allow_anonymous_admin,
         "rpc_max_message_bytes": a.rpc_max_message_bytes,
         "rpc_max_frames": a.rpc_max_frames,
     }
+
+
+def admin_token(token: bytes | None, token_file: str | None) -> bytes | None:
+    """The management API's token: ``token``, else the one in ``token_file`` (made there,
+    random and owner-only, if the file does not exist). ConfigError names the file only."""
+    if token is not None or token_file is None:
+        return token
+    try:
+        return create_secret_file(Path(token_file))
+    except (OSError, ValueError) as exc:
+        raise ConfigError([f"the admin token file {token_file}: {exc}"]) from None

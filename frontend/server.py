@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from schooner.frontend import http
+from schooner.frontend import credentials, http
 from schooner.frontend.dispatch import Dispatcher
 from schooner.frontend.management_api import ManagementApi
 from schooner.frontend.metrics import FrontendMetrics
@@ -58,6 +58,7 @@ class FrontendConfig:
     rpc_secret: bytes | None = field(default=None, repr=False)
     allow_unauthenticated_containers: bool = False
     admin_token: bytes | None = field(default=None, repr=False)
+    admin_token_file: str | None = None  # read, or made, at start when admin_token is None
     allow_anonymous_admin: bool = False
     rpc_max_message_bytes: int = 256 * 1024 * 1024  # wire.DEFAULT_MAX_MESSAGE_BYTES
     rpc_max_frames: int = 65_536  # wire.DEFAULT_MAX_FRAMES
@@ -134,7 +135,8 @@ class Frontend:
             await self.local.start(loop, cfg.rpc_socket)
 
         management = ManagementApi(self.state, self._require_dispatcher(), self.metrics,
-                                   token=cfg.admin_token,
+                                   token=credentials.admin_token(cfg.admin_token,
+                                                                 cfg.admin_token_file),
                                    allow_anonymous=cfg.allow_anonymous_admin)  # fmt: skip
         queries = QueryApi(self.state, self._require_dispatcher(), self.metrics, self.is_ready,
                            max_inputs=cfg.max_inputs_per_request)  # fmt: skip
