@@ -46,9 +46,11 @@ from schooner.admin.managers.base import (
 from schooner.admin.replicas import wait_for_replicas
 from schooner.frameworks.artifact import REQUIREMENTS_NAME
 from schooner.runtime.config import (
+    ADMIN_TOKEN_ENV,
     DEFAULT_MANAGEMENT_PORT,
     DEFAULT_QUERY_PORT,
     DEFAULT_RPC_PORT,
+    RPC_SECRET_ENV,
     ContainerConfig,
 )
 from schooner.runtime.errors import ClipperException, ConfigError
@@ -146,6 +148,7 @@ class DockerContainerManager(ContainerManager):
         self.deploy_timeout_s = deploy_timeout_s
         self.engine = Engine(host=docker_host)
         self.capture_dependencies = capture_dependencies
+        self._secrets: dict[str, str] = {}  # the cluster secret and admin token (_credentials)
         try:  # the container's own parser judges the device
             ContainerConfig.from_env(
                 {"CLIPPER_MODEL_NAME": "-", "CLIPPER_MODEL_VERSION": "-", "SCHOONER_DEVICE": device}
@@ -169,7 +172,21 @@ class DockerContainerManager(ContainerManager):
 
     @property
     def management(self) -> ManagementClient:
-        return ManagementClient(self.get_admin_addr())
+        return ManagementClient(self.get_admin_addr(), token=self.admin_token())
+
+    def _credentials(self) -> dict[str, str]:
+        """The cluster secret and the admin token, as the frontend container was given them
+        (by its private env file; ``docker inspect`` shows them only to who may run Docker,
+        who can do anything to the cluster anyway). Empty while no frontend exists."""
+        if not self._secrets:
+            found = self.engine.inspect("container", [self.frontend_name])
+            env = (found[0].get("Config") or {}).get("Env") or [] if found else []
+            pairs = dict(item.partition("=")[::2] for item in env)
+            self._secrets = {k: pairs[k] for k in (RPC_SECRET_ENV, ADMIN_TOKEN_ENV) if k in pairs}
+        return self._secrets
+
+    def admin_token(self) -> str | None:
+        return self._credentials().get(ADMIN_TOKEN_ENV)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -218,9 +235,14 @@ class DockerContainerManager(ContainerManager):
             arg for inside, outside in self.ports.items()
             for arg in ("--publish", f"{self.publish_address}:{outside}:{inside}")
         ]
+        import secrets
+
+        # A fresh secret and token per cluster, handed over by the private env file.
+        self._secrets = {RPC_SECRET_ENV: secrets.token_hex(32),
+                         ADMIN_TOKEN_ENV: secrets.token_hex(32)}  # fmt: skip
         self._run_container(
             self.frontend_name, image, labels,
-            [*publish, "--volume", f"{self.volume_name}:{_STATE_DIR}"], {},
+            [*publish, "--volume", f"{self.volume_name}:{_STATE_DIR}"], dict(self._secrets),
         )
         try:
             self._wait_for_frontend()
@@ -299,6 +321,7 @@ class DockerContainerManager(ContainerManager):
             ours = (network.get("Labels") or {}).get(CLIPPER_DOCKER_LABEL) == self.cluster_name
             if ours and not network.get("Containers"):
                 self.engine.run(["network", "rm", network["Id"]], check=False)
+        self._secrets = {}
 
     def _remove_containers(self, labels: dict[str, str], graceful: bool = False) -> None:
         self._remove(self.engine.ids("container", labels), graceful)
@@ -425,6 +448,7 @@ class DockerContainerManager(ContainerManager):
             input_type=InputType.parse(input_type),
             device="cuda" if self._gpus else "cpu",
             max_batch_size=max(0, batch_size),
+            rpc_secret=self._credentials().get(RPC_SECRET_ENV),
         )
         container = f"schooner-{self.cluster_name}-{name}-{version}-{slot}"
         labels = self._labels(**{
