@@ -174,6 +174,8 @@ class ContainerConfig:
             except (ValueError, TypeError) as exc:
                 shown = "(not shown)" if name == RPC_SECRET_ENV else excerpt(raw)
                 problems.append(f"{name}={shown}: {exc}")
+                if field in _REQUIRED:
+                    values[field] = ""
         config = cls(**values)
         if config.session_timeout <= config.heartbeat_interval:
             problems.append(
