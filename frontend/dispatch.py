@@ -333,6 +333,12 @@ class Dispatcher:
         self._metrics.answered(query.app, self._clock() - query.arrival, reason)
         query.on_done(query)
 
+    def answer(self, query: Query, output: str) -> None:
+        """Answer with a model's ``output`` found without a replica (the prediction cache, an
+        ensemble's combination); counted like any answer."""
+        if not query.done:
+            self._answer(query, output, self._clock())
+
     def _answer(self, query: Query, output: str, now: float) -> None:
         query.done = True
         query.output = output

@@ -24,6 +24,7 @@ import orjson
 from schooner.frontend.dispatch import Dispatcher
 from schooner.frontend.http import Reply, Request, Router, json_error
 from schooner.frontend.metrics import CONTENT_TYPE, FrontendMetrics
+from schooner.frontend.selection import DEFAULTS, SelectionError, normalize
 from schooner.frontend.state import App, Invalid, Model, StateError, StateStore
 from schooner.runtime.wire import InputType
 
@@ -119,6 +120,10 @@ class ManagementApi:
             "get_all_containers": self.get_all_containers,
             "set_app_on_overload": self.set_app_on_overload,
             "expect_replicas": self.expect_replicas,
+            "set_traffic_split": self.set_traffic_split,
+            "set_shadow": self.set_shadow,
+            "set_selection_policy": self.set_selection_policy,
+            "set_prediction_cache": self.set_prediction_cache,
         }
         for name, operation in post.items():
             router.add("POST", f"/admin/{name}", self._guard(self._json_handler(operation)))
@@ -173,7 +178,59 @@ class ManagementApi:
         return list(self._state.apps)
 
     def get_application(self, body: Body) -> dict[str, object]:
-        return self._state.app(_field(body, "name", str)).to_dict()
+        app = self._state.app(_field(body, "name", str))
+        info = app.to_dict()
+        learned = self._state.policy_state.get(app.name)
+        if learned is not None:
+            info["policy_state"] = orjson.loads(learned)
+        return info
+
+    # ----------------------------------------------------------------- selection
+
+    def _select(self, name: str, changes: dict[str, Any]) -> None:
+        """Apply ``changes`` to the app's selection (schooner.frontend.selection)."""
+        app = self._state.app(name)
+        current = dict(app.selection) if app.selection is not None else dict(DEFAULTS)
+        try:
+            selection = normalize(current | changes)
+        except SelectionError as exc:
+            raise Invalid(str(exc)) from None
+        self._state.set_selection(name, selection)
+
+    def set_traffic_split(self, body: Body) -> None:
+        """``{"name", "split": {"model:version" | "model": weight, ...}, "sticky_field"}``:
+        the app's queries go to those members in proportion to the weights; a request with
+        ``sticky_field`` set keeps its member. One member: all traffic to it."""
+        split = _field(body, "split", dict)
+        changes: dict[str, Any] = {"policy": "split", "models": split}
+        if "sticky_field" in body:
+            changes["sticky_field"] = body["sticky_field"]
+        self._select(_field(body, "name", str), changes)
+
+    def set_shadow(self, body: Body) -> None:
+        """``{"name", "model": "model:version" | null, "fraction": 0..1}``: mirror that
+        fraction of the app's queries to ``model`` (null: stop); answers are compared only."""
+        model = _field(body, "model", str, default=None)
+        fraction = _field(body, "fraction", (int, float), default=1.0)
+        shadow = None if model is None else {"model": model, "fraction": fraction}
+        self._select(_field(body, "name", str), {"shadow": shadow})
+
+    def set_selection_policy(self, body: Body) -> None:
+        """``{"name", "policy", "models"?, "epsilon"?, "gamma"?, "combine"?, "straggler"?}``:
+        fixed, split, epsilon_greedy, exp3 or ensemble over the members (those given, else
+        the app's current ones)."""
+        changes: dict[str, Any] = {"policy": _field(body, "policy", str)}
+        for key in ("models", "epsilon", "gamma", "combine", "straggler", "sticky_field"):
+            if key in body:
+                changes[key] = body[key]
+        if changes["policy"] == "fixed" and "models" not in body:
+            changes["models"] = []
+        self._select(_field(body, "name", str), changes)
+
+    def set_prediction_cache(self, body: Body) -> None:
+        """``{"name", "size_mb"}``: the app's prediction cache, at most that many MB (0: off)."""
+        size = _field(body, "size_mb", (int, float))
+        self._select(_field(body, "name", str), {"cache_mb": size})
 
     # ----------------------------------------------------------------- models
 

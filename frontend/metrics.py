@@ -121,6 +121,24 @@ class FrontendMetrics:
             "schooner_frontend_cancelled_queries",
             "Queries dropped unanswered because their client went away", registry=r,
         )  # fmt: skip
+        # the selection layer and the prediction cache (schooner.frontend.selection, .cache)
+        self._cache_events = Counter(
+            "schooner_frontend_cache_events",
+            "Prediction cache: hit, miss, coalesced (waited for an identical pending query), "
+            "evict, invalidated (dropped on a version change), per app", ["app", "event"],
+            registry=r,
+        )  # fmt: skip
+        self._shadow = Counter(
+            "schooner_frontend_shadow_comparisons",
+            "Shadow copies: agree/disagree with the primary's answer, primary_default, "
+            "shadow_default (shed, late or failed), skipped (not sent), per app",
+            ["app", "outcome"], registry=r,
+        )  # fmt: skip
+        self._feedback = Counter(
+            "schooner_frontend_feedback",
+            "POST /<app>/update feedback: scored, unmatched (no recent answer), no_policy",
+            ["app", "outcome"], registry=r,
+        )  # fmt: skip
         self._cache: dict[tuple[str, ...], Any] = {}
 
     def _child(self, metric: object, *labels: str) -> object:
@@ -154,6 +172,15 @@ class FrontendMetrics:
 
     def rejected(self, status: int) -> None:
         self._child(self._bad_requests, str(status)).inc()  # type: ignore[attr-defined]
+
+    def cache_event(self, app: str, event: str, count: int = 1) -> None:
+        self._child(self._cache_events, app, event).inc(count)  # type: ignore[attr-defined]
+
+    def shadow(self, app: str, outcome: str, count: int = 1) -> None:
+        self._child(self._shadow, app, outcome).inc(count)  # type: ignore[attr-defined]
+
+    def feedback(self, app: str, outcome: str) -> None:
+        self._child(self._feedback, app, outcome).inc()  # type: ignore[attr-defined]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

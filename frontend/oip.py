@@ -179,7 +179,7 @@ class OipApi:
                 reply(200, orjson.dumps(self.metadata(app, version)))
             elif rest == ["ready"]:
                 _only(method, "GET")
-                ready = key is not None and bool(self.replicas(key))
+                ready = self.serves(app, key)
                 reply(200 if ready else 400, orjson.dumps({"name": app.name, "ready": ready}))
             elif rest == ["infer"]:
                 _only(method, "POST")
@@ -208,6 +208,10 @@ class OipApi:
             return self._queries.model_version(app, version)
         except BadInput as exc:
             raise OipError(404, str(exc)) from None
+
+    def serves(self, app: App, key: tuple[str, str] | None) -> bool:
+        """A replica the app's queries can go to is connected (any member, for a routed app)."""
+        return key is not None and self._queries.serves(app, key)
 
     def replicas(self, key: tuple[str, str]) -> list[Any]:
         mq = self._dispatcher.queues.get(key)
@@ -260,7 +264,12 @@ class OipApi:
         def respond(queries: list[Query]) -> None:
             _reply_rest(reply, app, queries, outputs, request_id, version)
 
-        self.submit(app, rows, key, respond)
+        sticky = None
+        field = app.selection["sticky_field"] if app.selection is not None else None
+        parameters = body.get("parameters") if field else None
+        if field and type(parameters) is dict:
+            sticky = parameters.get(field)  # the request's key of the app's traffic split
+        self.submit(app, rows, key, respond, sticky)
 
     def _one_row(self, app: App, request: Request, reply: Reply) -> bool:
         """The commonest request: one row of the app's own datatype (``{"inputs": [{"name": ...,
@@ -311,14 +320,15 @@ class OipApi:
 
     def submit(
         self, app: App, rows: list[bytes], key: tuple[str, str] | None,
-        respond: Callable[[list[Query]], None],
+        respond: Callable[[list[Query]], None], sticky: object = None,
     ) -> None:
         """Queue one query per row; ``respond(queries)`` once every row is answered.
-        The REST and the gRPC handlers both come here."""
+        The REST and the gRPC handlers both come here (``sticky``: the request's key of a
+        traffic split, from its ``parameters``)."""
         collector = _Rows(len(rows), respond)
         queries = self._queries.make_queries(app, rows, collector.add)
         collector.first_id = queries[0].id
-        self._queries.dispatch(app, queries, key)
+        self._queries.dispatch(app, queries, key, sticky)
 
 
 def _only(method: str, allowed: str) -> None:

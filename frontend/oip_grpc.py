@@ -152,7 +152,7 @@ class GrpcServer:
             key = self._oip.key(app, request.version or None)
         except OipError as exc:
             await self._abort(context, exc)
-        return self._pb.ModelReadyResponse(ready=key is not None and bool(self._oip.replicas(key)))
+        return self._pb.ModelReadyResponse(ready=self._oip.serves(app, key))
 
     async def model_metadata(self, request: Any, context: Any) -> Any:
         try:

@@ -8,13 +8,15 @@ with the app's default output by the deadline sweep).
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 
 import orjson
 
 from schooner.frontend.dispatch import NO_MODEL, SHED, Dispatcher, Query
-from schooner.frontend.http import JSON, Reply, Request, Router, clip, json_error
+from schooner.frontend.http import JSON, Reply, Request, clip, json_error
+from schooner.frontend.http import Router as HttpRouter
 from schooner.frontend.inputs import (
     CONVERTERS,
     CONVERTERS_WITHOUT_BOOLEANS,
@@ -26,7 +28,8 @@ from schooner.frontend.inputs import (
     surely_too_many,
 )
 from schooner.frontend.metrics import CONTENT_TYPE, FrontendMetrics
-from schooner.frontend.state import App, StateStore
+from schooner.frontend.selection import ROUTED, Router
+from schooner.frontend.state import App, StateError, StateStore
 
 __all__ = ["QueryApi"]
 
@@ -59,9 +62,12 @@ class QueryApi:
         self._metrics = metrics
         self._is_ready = is_ready
         self._ids = QueryIds(state)
+        self._routers: dict[str, Router] = {}  # apps with a selection (selection.Router)
+        self.rng = random.Random()
 
-    def routes(self, router: Router) -> Router:
+    def routes(self, router: HttpRouter) -> HttpRouter:
         router.add_pattern("POST", "predict", self.predict)
+        router.add_pattern("POST", "update", self.update)
         router.add("GET", "/health", self.health)
         router.add("GET", "/ready", self.ready)
         router.add("GET", "/metrics", self.metrics)
@@ -143,11 +149,14 @@ class QueryApi:
         except BadInput as exc:
             self._reject(reply, 400, "invalid input", str(exc))
             return
-        self._submit(request, app, inputs, batch, key, reply)
+        sticky = None
+        if key is ROUTED and app.selection is not None and app.selection["sticky_field"]:
+            sticky = body.get(app.selection["sticky_field"])
+        self._submit(request, app, inputs, batch, key, reply, sticky)
 
     def _submit(
         self, request: Request, app: App, inputs: list[bytes], batch: bool,
-        key: tuple[str, str] | None, reply: Reply,
+        key: tuple[str, str] | None, reply: Reply, sticky: object = None,
     ) -> None:  # fmt: skip
         """Queue the request's inputs (or answer them with the default when no model is
         there to ask); if the client goes away first, its queries are dropped."""
@@ -158,7 +167,7 @@ class QueryApi:
             group.first_id = queries[0].id  # ids of one request are consecutive
         else:
             queries = self.make_queries(app, inputs, _single_reply(app, reply, overload))
-        self.dispatch(app, queries, key)
+        self.dispatch(app, queries, key, sticky)
         if not queries[-1].done:
             request.cancel = lambda: self._dispatcher.cancel(queries)
 
@@ -186,9 +195,15 @@ class QueryApi:
             Query(first + i, name, data, now, slo, on_done) for i, data in enumerate(inputs)
         ]
 
-    def dispatch(self, app: App, queries: list[Query], key: tuple[str, str] | None) -> None:
+    def dispatch(
+        self, app: App, queries: list[Query], key: tuple[str, str] | None, sticky: object = None
+    ) -> None:
         """Hand ``queries`` to model version ``key``, or answer them with the app's default
-        output at once when it has no model to ask (``key`` None)."""
+        output at once when it has no model to ask (``key`` None); ``ROUTED``: the app's
+        selection decides (``sticky``: the request's sticky key, if it has one)."""
+        if key is ROUTED:
+            self.router(app).dispatch(queries, app.latency_slo_micros, sticky)
+            return
         if key is None:
             explanation = (
                 f"no model is linked to app {app.name!r}"
@@ -206,7 +221,10 @@ class QueryApi:
         return self._model_version(app, version)
 
     def _model_version(self, app: App, version: object) -> tuple[str, str] | None:
-        """The model version a query goes to, or None when the app has none to offer."""
+        """The model version a query goes to, or None when the app has none to offer;
+        ``ROUTED`` when the app's selection chooses (a pinned version bypasses it)."""
+        if version is None and app.selection is not None:
+            return ROUTED
         model = app.linked_model
         if model is None:
             return None
@@ -220,6 +238,81 @@ class QueryApi:
         if (model, version) not in self._state.models:
             raise BadInput(f"model {model!r} has no version {clip(version)!r}")
         return (model, version)
+
+
+    # ----------------------------------------------------------------- selection
+
+    def router(self, app: App) -> Router:
+        """The app's ``selection.Router``, made again when its selection changed (a new
+        split, policy, shadow or cache: the cache starts empty, a policy from its saved
+        state)."""
+        router = self._routers.get(app.name)
+        selection = app.selection
+        assert selection is not None
+        if router is None or router.selection is not selection:
+            if router is not None and router.selection == selection:
+                router.selection = selection  # the same settings, reloaded
+                return router
+            state = self._state
+            name = app.name
+
+            def save(text: str) -> None:
+                try:
+                    state.save_policy_state(name, text)
+                except StateError:
+                    pass  # the app went meanwhile, or a shared store refused: learn on
+
+            router = self._routers[name] = Router(
+                name, selection, state.current.get, self._dispatcher, self._metrics,
+                policy_state=state.policy_state.get(name), save_state=save, rng=self.rng,
+                linked=lambda: state.apps[name].linked_model if name in state.apps else None,
+            )  # fmt: skip
+        return router
+
+    def serves(self, app: App, key: tuple[str, str] | None) -> bool:
+        """A replica of ``key`` (of some model of a routed app) is connected."""
+        if key is ROUTED:
+            keys = self.router(app).keys()
+        else:
+            keys = [key]
+        queues = self._dispatcher.queues
+        return any(k is not None and k in queues and queues[k].replicas for k in keys)
+
+    def update(self, request: Request, reply: Reply) -> None:
+        """Clipper's feedback: ``POST /<app>/update {"input": ..., "label": ...}`` scores the
+        answer the app's selection policy gave for that input (``selection.Router.feedback``)."""
+        app = self._state.apps.get(request.param or "")
+        if app is None:
+            cause = f"no application named {clip(request.param or '')!r}"
+            self._reject(reply, 404, "unknown application", cause)
+            return
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError as exc:
+            self._reject(reply, 400, "invalid JSON", f"the body is not valid JSON: {exc}")
+            return
+        if type(body) is not dict or "input" not in body or "label" not in body:
+            self._reject(reply, 400, "invalid request", "the body must be a JSON object with "
+                         "'input' and 'label'")  # fmt: skip
+            return
+        try:
+            data = CONVERTERS[app.input_type](body["input"])
+        except BadInput as exc:
+            self._reject(reply, 400, "invalid input", str(exc))
+            return
+        if app.selection is None:
+            self._metrics.feedback(app.name, "no_policy")
+            result: dict[str, object] = {"scored": False, "cause": f"app {app.name!r} has no "
+                                         "learning policy"}  # fmt: skip
+        else:
+            result = self.router(app).feedback(data, body["label"])
+        reply(200, orjson.dumps(result))
+
+    def describe(self, app: App) -> dict[str, object]:
+        """The live part of an app's selection (a policy's probabilities, cache counts)."""
+        if app.selection is None:
+            return {}
+        return self.router(app).describe()
 
 
 class QueryIds:

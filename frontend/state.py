@@ -16,6 +16,7 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from schooner.runtime.errors import SchoonerError
 from schooner.runtime.wire import InputType
@@ -60,6 +61,9 @@ class App:
     latency_slo_micros: int
     linked_model: str | None = None
     on_overload: str = "default"  # one of OVERLOAD_ANSWERS
+    # model selection and prediction cache (schooner.frontend.selection.normalize); None:
+    # the linked model's current version answers, uncached (today's path)
+    selection: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -69,11 +73,15 @@ class App:
             "latency_slo_micros": self.latency_slo_micros,
             "linked_models": [self.linked_model] if self.linked_model else [],
             "on_overload": self.on_overload,
+            "selection": self.selection,
         }
 
     def settings(self) -> dict[str, object]:
         """What ``app_settings`` stores for the app (everything Clipper's apps lack)."""
-        return {"on_overload": self.on_overload}
+        settings: dict[str, object] = {"on_overload": self.on_overload}
+        if self.selection is not None:
+            settings["selection"] = self.selection
+        return settings
 
 
 @dataclass(slots=True)
@@ -134,6 +142,10 @@ CREATE TABLE IF NOT EXISTS app_settings (
     app_name TEXT PRIMARY KEY,
     settings TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS policy_state (
+    app_name TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -149,6 +161,7 @@ class StateStore:
         self.apps: dict[str, App] = {}
         self.models: dict[tuple[str, str], Model] = {}
         self.current: dict[str, str] = {}  # model name -> current version
+        self.policy_state: dict[str, str] = {}  # app -> its selection policy's state (JSON)
         self._seq = itertools.count(1)
 
     # ----------------------------------------------------------------- lifecycle
@@ -185,9 +198,14 @@ class StateStore:
                 self.apps[app_name].linked_model = model_name
         for app_name, settings in self._db.execute("SELECT app_name, settings FROM app_settings"):
             if app_name in self.apps:
-                on_overload = json.loads(settings).get("on_overload", "default")
+                stored = json.loads(settings)
+                on_overload = stored.get("on_overload", "default")
                 if on_overload in OVERLOAD_ANSWERS:
                     self.apps[app_name].on_overload = on_overload
+                selection = stored.get("selection")
+                if isinstance(selection, dict):
+                    self.apps[app_name].selection = selection
+        self.policy_state = dict(self._db.execute("SELECT app_name, state FROM policy_state"))
 
     def _write(self, *statements: tuple[str, tuple[object, ...]]) -> None:
         with self._db:
@@ -231,8 +249,10 @@ class StateStore:
             ("DELETE FROM apps WHERE name = ?", (name,)),
             ("DELETE FROM links WHERE app_name = ?", (name,)),
             ("DELETE FROM app_settings WHERE app_name = ?", (name,)),
+            ("DELETE FROM policy_state WHERE app_name = ?", (name,)),
         )
         del self.apps[name]
+        self.policy_state.pop(name, None)
 
     def set_on_overload(self, name: str, on_overload: str) -> None:
         """What the app answers a query it sheds under overload with (OVERLOAD_ANSWERS)."""
@@ -244,6 +264,45 @@ class StateStore:
             ("INSERT OR REPLACE INTO app_settings VALUES (?, ?)", (name, json.dumps(settings)))
         )
         app.on_overload = on_overload
+
+    def set_selection(self, name: str, selection: dict[str, Any] | None) -> None:
+        """The app's model selection and cache (checked by ``selection.normalize`` first);
+        every model it names must exist and take the app's input type. A new policy or new
+        members start the policy's learning over (its state is dropped)."""
+        app = self.app(name)
+        named = [m for m, _ in selection["models"]] if selection else []
+        if selection and selection.get("shadow"):
+            named.append(selection["shadow"]["model"])
+        for member in named:
+            model_name, sep, version = member.partition(":")
+            found = [self.model(model_name, version)] if sep else self.versions(model_name)
+            if not found:
+                raise NotFound(f"no model named {model_name!r}")
+            if found[-1].input_type != app.input_type:
+                raise Invalid(
+                    f"app {name!r} takes {app.input_type.clipper_name} but model "
+                    f"{member} takes {found[-1].input_type.clipper_name}"
+                )
+        old = app.selection or {}
+        new = selection or {}
+        learning_kept = (old.get("policy"), old.get("models")) == (new.get("policy"),
+                                                                   new.get("models"))  # fmt: skip
+        settings = app.settings() | {"selection": selection}
+        writes: list[tuple[str, tuple[object, ...]]] = [
+            ("INSERT OR REPLACE INTO app_settings VALUES (?, ?)", (name, json.dumps(settings)))
+        ]
+        if not learning_kept:
+            writes.append(("DELETE FROM policy_state WHERE app_name = ?", (name,)))
+        self._write(*writes)
+        app.selection = selection
+        if not learning_kept:
+            self.policy_state.pop(name, None)
+
+    def save_policy_state(self, name: str, state: str) -> None:
+        """What the app's selection policy has learned (JSON), saved after each feedback."""
+        self.app(name)
+        self._write(("INSERT OR REPLACE INTO policy_state VALUES (?, ?)", (name, state)))
+        self.policy_state[name] = state
 
     # ----------------------------------------------------------------- query ids
 
@@ -327,9 +386,28 @@ class StateStore:
             self.current[name] = new_current
 
     def set_model_version(self, name: str, version: str) -> None:
+        """Make ``version`` current: all the traffic of the apps linked to the model goes to
+        it, so their selection policies go back to "fixed" (shadow and cache are kept)."""
         self.model(name, version)
-        self._write(("INSERT OR REPLACE INTO current_versions VALUES (?, ?)", (name, version)))
+        writes: list[tuple[str, tuple[object, ...]]] = [
+            ("INSERT OR REPLACE INTO current_versions VALUES (?, ?)", (name, version))
+        ]
+        reset: list[tuple[App, dict[str, Any] | None]] = []
+        for app in self.apps.values():
+            sel = app.selection
+            if app.linked_model == name and sel is not None and sel.get("policy") != "fixed":
+                kept = sel | {"policy": "fixed", "models": [], "sticky_field": None}
+                fixed = kept if kept.get("shadow") or kept.get("cache_mb") else None
+                reset.append((app, fixed))
+                settings = app.settings() | {"selection": fixed}
+                writes.append(("INSERT OR REPLACE INTO app_settings VALUES (?, ?)",
+                               (app.name, json.dumps(settings))))  # fmt: skip
+                writes.append(("DELETE FROM policy_state WHERE app_name = ?", (app.name,)))
+        self._write(*writes)
         self.current[name] = version
+        for app, fixed in reset:
+            app.selection = fixed
+            self.policy_state.pop(app.name, None)
 
     def current_model(self, name: str) -> Model | None:
         version = self.current.get(name)
