@@ -19,6 +19,10 @@ the whole state in memory for the request path, loaded into a private in-memory 
   dispatcher for models that appeared or went.
 * **Query ids** are reserved with ``INCRBY`` on ``<prefix>:next_query_id``: unique across
   every frontend and restart, atomically.
+* **What a selection policy learned** (saved after each feedback, far more often than the
+  rest changes) is not logged: each frontend saves its own in the hash
+  ``<prefix>:policy_state`` (last writer wins) and loads it at start; a mutation that resets
+  an app's policy clears its entry in the same transaction as its log entry.
 
 The password comes from ``SCHOONER_STATE_PASSWORD`` (a Kubernetes Secret), never argv.
 Limits: one log entry is at most ``MAX_ENTRY_BYTES``; the log grows by one entry per
@@ -49,8 +53,9 @@ _BACKOFF_S = 0.005  # a retry waits up to this times its number
 MAX_ENTRY_BYTES = 1024 * 1024
 _TIMEOUT_S = 5.0
 # StateStore's operations that write; each runs against the log's end (see the docstring)
-_MUTATIONS = ("add_app", "delete_app", "set_on_overload", "add_model", "delete_model",
-              "set_model_version", "link", "unlink")  # fmt: skip
+_MUTATIONS = ("add_app", "delete_app", "set_on_overload", "set_selection", "add_model",
+              "delete_model", "set_model_version", "link", "unlink")  # fmt: skip
+_POLICY_RESET = "DELETE FROM policy_state WHERE app_name = ?"
 
 
 class StateUnavailable(StateError):
@@ -79,6 +84,7 @@ class RedisStateStore(StateStore):
         self._redis = client
         self._log_key = f"{prefix}:log"
         self._ids_key = f"{prefix}:next_query_id"
+        self._policy_key = f"{prefix}:policy_state"
         self._applied = 0  # log entries applied here
         self.address = ""
 
@@ -105,6 +111,10 @@ class RedisStateStore(StateStore):
             db.close()
             raise OSError(str(exc)) from None
         store.apply(start, entries)
+        learned = store._call(lambda: store._redis.hgetall(store._policy_key))
+        for app, text in learned.items():
+            if app.decode() in store.apps:
+                store._save_locally(app.decode(), text.decode())
         return store
 
     def close(self) -> None:
@@ -155,6 +165,9 @@ class RedisStateStore(StateStore):
                     raise _Stale("the state changed on another frontend; retry")
                 pipe.multi()
                 pipe.rpush(self._log_key, entry)
+                for sql, args in statements:
+                    if sql == _POLICY_RESET:
+                        pipe.hdel(self._policy_key, *args)
                 pipe.execute()
 
         try:
@@ -175,6 +188,20 @@ class RedisStateStore(StateStore):
             raise StateUnavailable(
                 f"the state database at {self.address} does not answer: {type(exc).__name__}"
             ) from None
+
+    def save_policy_state(self, name: str, state: str) -> None:
+        """What the app's selection policy learned: this frontend's, in the shared hash (not
+        the log: see the module docstring)."""
+        self.app(name)
+        self._call(lambda: self._redis.hset(self._policy_key, name, state))
+        self._save_locally(name, state)
+
+    def _save_locally(self, name: str, state: str) -> None:
+        StateStore._write(self, ("INSERT OR REPLACE INTO policy_state VALUES (?, ?)",
+                                 (name, state)))  # fmt: skip
+        # (StateStore.policy_state arrives with model selection; getattr keeps this importable
+        # before it)
+        getattr(self, "policy_state")[name] = state  # noqa: B009
 
     def reserve_query_ids(self, count: int) -> int:
         if count <= 0:

@@ -371,6 +371,22 @@ class KubernetesContainerManager(ContainerManager):
             self.stop_all(graceful=False, _namespace=created_namespace)
             raise
         self.connect()
+        self._wait_for_management()
+
+    def _wait_for_management(self) -> None:
+        """Until the management API answers here (through its Service's address)."""
+        deadline = time.monotonic() + self.start_timeout_s
+        management = self._management()
+        while not management.ping(timeout=2.0):
+            if time.monotonic() >= deadline:
+                raise ClipperException(
+                    f"the frontend pods are available but the management API does not answer "
+                    f"at {self.get_admin_addr()} within {self.start_timeout_s:.0f}s: is that "
+                    "address reachable from here? (service_types, useInternalIP, "
+                    "kubernetes_proxy_addr). The cluster keeps running: connect() once it "
+                    "is, or stop_all()"
+                )
+            time.sleep(_POLL_S)
 
     def connect(self) -> None:
         """Read the running cluster back: its frontend replica count and addresses."""

@@ -17,7 +17,7 @@ import pytest
 from conftest import free_port, post_json, wait_until
 
 from schooner.frontend.shared_state import RedisStateStore, StateUnavailable
-from schooner.frontend.state import App, Conflict, Model
+from schooner.frontend.state import App, Conflict, Model, StateStore
 from schooner.runtime.wire import InputType
 
 pytest.importorskip("redis")
@@ -107,6 +107,23 @@ def test_racing_writers_lose_nothing(redis_address):
     check = store(redis_address)
     assert len(check.apps) == 40
     for s in [*stores, check]:
+        s.close()
+
+
+def test_learned_policy_state_is_shared_but_not_logged(redis_address):
+    if not hasattr(StateStore, "save_policy_state"):
+        pytest.skip("the state store has no selection policies yet")
+    a = store(redis_address)
+    a.add_app(App("sel", D, "0", 1000))
+    for n in range(50):  # saved after each feedback: must not grow the log
+        a.save_policy_state("sel", f'{{"n": {n}}}')
+    assert a._redis.llen(a._log_key) == 1
+    b = store(redis_address)  # a frontend starting loads what was learned
+    assert b.policy_state == {"sel": '{"n": 49}'}
+    b.delete_app("sel")  # a mutation that drops the state drops the shared entry with it
+    c = store(redis_address)
+    assert c.policy_state == {} and a._redis.hlen(a._policy_key) == 0
+    for s in (a, b, c):
         s.close()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import free_port
 from kube_standin import StandIn, api_client, node, standin_server
 
 from schooner.admin import KubernetesContainerManager
@@ -30,13 +31,22 @@ def standin():
 
 
 def manager(standin: StandIn, **kwargs) -> KubernetesContainerManager:
+    settings = {"start_timeout_s": 30, "deploy_timeout_s": 30, **kwargs}
     return KubernetesContainerManager(
         "c1", useInternalIP=True, namespace="schooner", create_namespace_if_not_exists=True,
-        api_client=api_client(standin), start_timeout_s=30, deploy_timeout_s=30, **kwargs,
+        api_client=api_client(standin), **settings,
     )  # fmt: skip
 
 
-def test_start_connect_and_stop_two_frontends(standin):
+@pytest.fixture
+def frontend(start_frontend, standin):
+    """A real frontend the stand-in's NodePort Services lead to (as a node port would)."""
+    process = start_frontend(extra_args=["--allow-anonymous-admin"])
+    standin.node_ports = {1337: process.query_port, 1338: process.management_port}
+    return process
+
+
+def test_start_connect_and_stop_two_frontends(standin, frontend):
     # another cluster's Deployment in the same namespace: stop_all must leave it
     standin.objects[("Deployment", "schooner", "query-frontend-at-other")] = {
         "metadata": {"name": "query-frontend-at-other", "namespace": "schooner",
@@ -67,10 +77,9 @@ def test_start_connect_and_stop_two_frontends(standin):
         "GET /api/v1/nodes",
         f"GET {NS}/services/mgmt-frontend-at-c1",
         "GET /api/v1/nodes",
+        f"GET {NS}/secrets/schooner-c1-credentials",  # the token, to ping the management API
     ]
-    query_port = standin.objects[("Service", "schooner", "query-frontend-at-c1")]["spec"][
-        "ports"][0]["nodePort"]  # fmt: skip
-    assert m.get_query_addr() == f"127.0.0.1:{query_port}"
+    assert m.get_query_addr() == f"127.0.0.1:{frontend.query_port}"
 
     # a new manager (another machine, another day) reads the replica count back
     again = manager(standin)
@@ -100,16 +109,21 @@ def test_start_connect_and_stop_two_frontends(standin):
     assert all(CLUSTER in c for c in lists), lists
 
 
+def test_a_management_api_out_of_reach_is_named(standin):
+    standin.node_ports = {1338: free_port()}  # nothing answers there
+    m = manager(standin, start_timeout_s=1)
+    with pytest.raises(ClipperException, match="management API does not answer at 127.0.0.1"):
+        m.start_clipper()
+
+
 def test_connect_without_a_cluster_says_how_to_start_one(standin):
     with pytest.raises(ClipperException, match="no cluster 'c1' runs in namespace"):
         manager(standin).connect()
 
 
 def test_deploy_and_scale_wait_for_replicas_that_connected(
-    standin, start_frontend, start_container, closure_artifact
+    standin, frontend, start_container, closure_artifact
 ):
-    frontend = start_frontend(extra_args=["--allow-anonymous-admin"])
-    standin.node_ports = {1337: frontend.query_port, 1338: frontend.management_port}
     m = manager(standin)
     m.start_clipper()
     assert m.get_admin_addr() == f"127.0.0.1:{frontend.management_port}"
@@ -125,7 +139,6 @@ def test_deploy_and_scale_wait_for_replicas_that_connected(
         "GET /api/v1/nodes",
         f"POST {APPS} sum-1-at-c1",
         f"GET {APPS}/sum-1-at-c1/status",
-        f"GET {NS}/secrets/schooner-c1-credentials",  # the management token, once
     ]
     assert m.get_num_replicas("sum", "1") == 1
 
@@ -152,7 +165,7 @@ def test_deploy_and_scale_wait_for_replicas_that_connected(
     assert standin.objects == {}
 
 
-def test_a_replica_that_cannot_pull_fails_the_deploy_naming_pods_and_events(standin):
+def test_a_replica_that_cannot_pull_fails_the_deploy_naming_pods_and_events(standin, frontend):
     m = manager(standin)
     m.start_clipper()
     standin.stuck["sum-1-at-c1"] = [
@@ -190,18 +203,41 @@ def _real_cluster() -> bool:
 @pytest.mark.skipif(not _real_cluster(), reason="needs a Kubernetes cluster: set KUBECONFIG")
 def test_the_whole_flow_on_a_real_cluster():
     """Runs where KUBECONFIG names a cluster (and SCHOONER_K8S_REGISTRY a registry its nodes
-    pull from, holding the frontend image); skipped elsewhere."""
+    pull from, holding the frontend image; the model image is built and pushed there, so a
+    Docker engine is needed too); skipped elsewhere."""
+    import json
+    import urllib.request
+
     from schooner.admin import ClipperConnection
+    from schooner.admin.deployers import python as python_deployer
 
     registry = os.environ["SCHOONER_K8S_REGISTRY"]
-    conn = ClipperConnection(KubernetesContainerManager(
+    manager = KubernetesContainerManager(
         cluster_name="schooner-test", namespace="schooner-test",
         create_namespace_if_not_exists=True, useInternalIP=True,
         frontend_image=f"{registry}/schooner/frontend:latest",
-    ))  # fmt: skip
+    )  # fmt: skip
+    conn = ClipperConnection(manager)
     try:
         conn.start_clipper(num_frontend_replicas=2)
-        conn.connect()
-        assert conn.cm.num_frontend_replicas == 2  # type: ignore[attr-defined]
+
+        def double_sum(xs):
+            return [str(2 * sum(x)) for x in xs]
+
+        python_deployer.create_endpoint(conn, "sum", "doubles", double_sum, registry=registry)
+        conn.set_num_replicas("sum", 2)
+        again = KubernetesContainerManager(cluster_name="schooner-test",
+                                           namespace="schooner-test", useInternalIP=True)
+        again.connect()
+        assert again.num_frontend_replicas == 2 and again.get_num_replicas("sum", "1") == 2
+        for x in range(8):  # whichever frontend pod the Service picks
+            request = urllib.request.Request(
+                f"http://{manager.get_query_addr()}/sum/predict",
+                data=json.dumps({"input": [float(x)]}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer = json.loads(response.read())
+            assert answer["default"] is False and float(answer["output"]) == 2 * x
     finally:
         conn.stop_all()
