@@ -10,16 +10,25 @@ load cpu) keeps 1, 16 and 64 connections busy. Systems:
   ``--max-batch`` (Schooner never waits for a batch to fill), talking over the frontend's
   local Unix socket as the local manager sets them up; ``schooner-zmq``: the same over
   RPC v3 on ZeroMQ (Clipper's transport, as for a container on another machine);
-* ``litserve`` (``LitAPI(max_batch_size, batch_timeout)``, one worker, fast queue) and ``ray``
-  (``@serve.batch(max_batch_size, batch_wait_timeout_s)``, one replica): the same max batch
-  size and the same wait budget (``--batch-wait-ms``, default 0 like Schooner's), in their
-  own environment (``--peer-python``).
+* the peers, each in its own environment (``benchmarks/peers/setup.sh``, or
+  ``--peers-setup``), each with one worker, batching on, at most ``--max-batch`` (32) inputs
+  per batch and ``--batch-wait-ms`` (5 ms) of waiting for a batch to fill where the peer
+  has that knob (Schooner never waits): ``litserve`` (``LitAPI(max_batch_size,
+  batch_timeout)``, fast queue), ``ray`` (``@serve.batch``, one replica), ``mosec``
+  (``append_worker(max_batch_size, max_wait_time)``), ``mlserver`` (adaptive batching,
+  ``max_batch_size``/``max_batch_time``, the Open Inference Protocol body), ``bentoml``
+  (``@bentoml.api(batchable=True, max_batch_size)``; no wait knob) and ``triton`` (Triton's
+  Python backend through ``nvidia-pytriton``, ``DynamicBatcher(max_queue_delay)``, the OIP
+  body). ``benchmarks.peers.forms`` says each body and answer; a peer is measured only
+  after it answered the benchmark input with the label computed here. A peer that fails
+  to start gets a row saying why; one not installed, a row saying so.
 
 Every cell is the median of ``--repeats`` runs of ``--seconds`` each, after a one-second
 warm-up; server CPU time per request is the utime + stime of the system's process trees
 during the run, divided by the requests answered.
 
-    python -m benchmarks e2e                       # everything (about 7 minutes)
+    python -m benchmarks e2e                       # everything (about 20 minutes)
+    python -m benchmarks e2e --peers-setup         # make the peers' environments, then stop
     python -m benchmarks e2e --systems floor,schooner --models noop
     python -m benchmarks e2e --smoke               # floor and Schooner, short runs (CI)
 """
@@ -28,12 +37,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,16 +61,19 @@ from benchmarks.harness import (
     tree_cpu_seconds,
     write_json,
 )  # fmt: skip
+from benchmarks.peers import forms
 from benchmarks.systems import (
+    PEER_SPECS,
     PEERS,
     Running,
-    default_peer_python,
+    peers_home,
     start_floor,
     start_peer,
     start_schooner,
 )
 
-__all__ = ["main", "measure", "wrk_script", "load_wrk", "load_python", "Cell"]
+__all__ = ["main", "measure", "wrk_script", "load_wrk", "load_python", "Cell", "Absent",
+           "peer_pythons"]  # fmt: skip
 
 SYSTEMS = ("floor", "schooner", "schooner-zmq", *PEERS)
 Loader = Callable[[str, int, float, "int | None", Path], dict[str, float]]
@@ -77,6 +90,15 @@ class Cell:
     cpu_us_per_request: float
     errors: int
     runs: list[dict[str, float]]
+
+
+@dataclass
+class Absent:
+    """A system with no cells for a model, and why (not installed, failed to start)."""
+
+    model: str
+    system: str
+    reason: str
 
 
 # --------------------------------------------------------------------------- load
@@ -104,8 +126,8 @@ def wrk_script(tmp: Path, name: str, body: bytes, headers: dict[str, str]) -> Pa
     return script
 
 
-def _wrk_script(tmp: Path) -> Path:
-    return wrk_script(tmp, "post", models.body(), {"Content-Type": "application/json"})
+def _wrk_script(tmp: Path, form: str = "clipper") -> Path:
+    return wrk_script(tmp, f"post-{form}", forms.body(form), {"Content-Type": "application/json"})
 
 
 def load_wrk(url: str, connections: int, seconds: float, cpu: int | None, script: Path) -> dict[str, float]:
@@ -169,8 +191,8 @@ def start(system: str, model: str, artifact: Path, tmp: Path, placement: Placeme
         transport = "zmq" if system == "schooner-zmq" else "local"
         return start_schooner(model, artifact, tmp, cpu, batch_size=args.max_batch, transport=transport,
                               slo_micros=args.slo_ms * 1000)  # fmt: skip
-    return start_peer(system, args.peer_python, model, tmp, cpu, max_batch=args.max_batch,
-                      wait_s=args.batch_wait_ms / 1000)  # fmt: skip
+    return start_peer(system, args.peer_pythons[system], model, tmp, cpu,
+                      max_batch=args.max_batch, wait_s=args.batch_wait_ms / 1000)  # fmt: skip
 
 
 def idle_cpu(running: Running, seconds: float = 1.0) -> float:
@@ -180,19 +202,51 @@ def idle_cpu(running: Running, seconds: float = 1.0) -> float:
     return (tree_cpu_seconds(running.pids) - before) / seconds
 
 
-def peer_versions(python: str) -> str:
-    probe = ("from importlib import metadata as m; "
-             "print(', '.join(f'{n} {m.version(n)}' for n in ('litserve', 'ray', 'torch', 'uvicorn')))")  # fmt: skip
-    out = subprocess.run([python, "-c", probe], capture_output=True, text=True)
-    return out.stdout.strip() or "unknown versions"
+def peer_versions(python: str, packages: tuple[str, ...]) -> str:
+    """``name version, ...`` of ``packages`` as installed for ``python``."""
+    probe = ("import sys; from importlib import metadata as m\n"
+             "for n in sys.argv[1:]:\n"
+             "    try: print(n, m.version(n))\n"
+             "    except m.PackageNotFoundError: print(n, 'missing')")  # fmt: skip
+    out = subprocess.run([python, "-c", probe, *packages], capture_output=True, text=True)
+    return ", ".join(out.stdout.split("\n")[:-1]) or "unknown versions"
+
+
+def peer_pythons(spec: str, home: Path) -> dict[str, str]:
+    """Each peer's interpreter: its environment under ``home``, unless ``spec`` (a comma list
+    of ``PEER=PYTHON``; a bare ``PYTHON`` means LitServe's and Ray Serve's) says otherwise."""
+    out = {peer: str(home / PEER_SPECS[peer].env / "bin" / "python") for peer in PEERS}
+    for item in filter(None, spec.split(",")):
+        peer, _, python = item.rpartition("=")
+        for name in (peer,) if peer else ("litserve", "ray"):
+            if name not in PEER_SPECS:
+                raise ValueError(f"--peer-python: unknown peer {name!r}; one of {', '.join(PEERS)}")
+            out[name] = python
+    return out
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, fit for a table cell."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text.replace("|", "/")[:300]
+
+
+def setup_peers(peers: list[str], home: Path) -> int:
+    """Run ``benchmarks/peers/setup.sh`` for ``peers`` (their environments under ``home``)."""
+    names = sorted({PEER_SPECS[p].env for p in peers})
+    script = Path(repo_root()) / "benchmarks" / "peers" / "setup.sh"
+    env = {"SCHOONER_BENCH_PEERS": str(home)}
+    wanted = [{"venv": "litserve"}.get(n, n.removesuffix("-venv")) for n in names]
+    return subprocess.run(["bash", str(script), *wanted], env={**os.environ, **env}).returncode
 
 
 # --------------------------------------------------------------------------- report
 
 
-def table(cells: list[Cell]) -> str:
+def table(cells: list[Cell], absent: Sequence[Absent] = ()) -> str:
+    """The cells, then a row for each system that has none for a model, saying why."""
     floor = {(c.model, c.concurrency): c for c in cells if c.system == "floor"}
-    rows = []
+    rows: list[list[object]] = []
     for c in cells:
         base = floor.get((c.model, c.concurrency))
         ratio = f"{c.requests_per_s / base.requests_per_s:.2f}" if base and c.system != "floor" else ""
@@ -200,6 +254,8 @@ def table(cells: list[Cell]) -> str:
         rows.append([c.model, c.concurrency, c.system, f"{c.requests_per_s:,.0f}", ratio,
                      f"{c.p50_ms:.2f}", f"{c.p99_ms:.2f}", f"{c.cpu_us_per_request:,.0f}",
                      f"{busy:.0%}", c.errors])  # fmt: skip
+    for a in absent:
+        rows.append([a.model, "", a.system, a.reason, "", "", "", "", "", ""])
     return markdown_table(["model", "concurrency", "system", "req/s", "vs floor", "p50 ms",
                            "p99 ms", "server CPU µs/req", "server CPU busy", "errors"], rows,
                           "rrlrrrrrrr")  # fmt: skip
@@ -214,10 +270,14 @@ def verdicts(cells: list[Cell]) -> list[str]:
         r = s64.requests_per_s / f64.requests_per_s
         out.append(f"noop, 64 connections: Schooner {r:.2f}x the floor's req/s "
                    f"(target >= 0.25: {'met' if r >= 0.25 else 'MISSED'})")  # fmt: skip
+    for model in ("noop", "mlp"):
+        s = get.get((model, "schooner", 64))
         for peer in PEERS:
-            p = get.get(("noop", peer, 64))
-            if p:
-                out.append(f"noop, 64 connections: Schooner {s64.requests_per_s / p.requests_per_s:.1f}x {peer}")
+            p = get.get((model, peer, 64))
+            if s and p:
+                out.append(f"{model}, 64 connections: Schooner {s.requests_per_s / p.requests_per_s:.1f}x "
+                           f"{peer}'s req/s, {p.cpu_us_per_request / s.cpu_us_per_request:.1f}x less "
+                           f"server CPU per request")  # fmt: skip
     s1, f1 = get.get(("noop", "schooner", 1)), get.get(("noop", "floor", 1))
     if s1 and f1:
         r = s1.p50_ms / f1.p50_ms
@@ -230,73 +290,110 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks e2e",
                                      description=__doc__.split("\n\n")[0])  # fmt: skip
     add_common_args(parser)
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"of {', '.join(SYSTEMS)}")
     parser.add_argument("--models", default="noop,mlp")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--seconds", type=float, default=4.0, help="per run")
-    parser.add_argument("--max-batch", type=int, default=64, help="every system's batch limit")
-    parser.add_argument("--batch-wait-ms", type=float, default=0.0, help="peers' batch wait")
+    parser.add_argument("--max-batch", type=int, default=32,
+                        help="every system's batch limit (Schooner's batch_size too)")  # fmt: skip
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0,
+                        help="how long a peer waits for a batch to fill, where it has the knob")  # fmt: skip
     parser.add_argument("--slo-ms", type=int, default=1000, help="Schooner app's latency SLO")
-    parser.add_argument("--peer-python", default=default_peer_python())
+    parser.add_argument("--peers-home", type=Path, default=peers_home(),
+                        help="the peers' environments (default $SCHOONER_BENCH_PEERS or "
+                             "~/.cache/schooner/bench-peers)")  # fmt: skip
+    parser.add_argument("--peer-python", default="",
+                        help="PEER=PYTHON,...: another interpreter for a peer (a bare PYTHON: "
+                             "LitServe's and Ray Serve's)")  # fmt: skip
+    parser.add_argument("--peers-setup", action="store_true",
+                        help="make the environments of the peers in --systems "
+                             "(benchmarks/peers/setup.sh) and stop")  # fmt: skip
     parser.add_argument("--loader", choices=["auto", "wrk", "python"], default="auto",
                         help="wrk, or the closed-loop Python fallback (smoke runs only)")  # fmt: skip
     args = parser.parse_args(argv)
     systems = args.systems.split(",")
-    if args.smoke:
-        args.seconds, args.repeats = 1.0, 1
-        systems = [s for s in systems if s not in PEERS]
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    if args.peers_setup:
+        return setup_peers([s for s in systems if s in PEERS], args.peers_home)
+    try:
+        args.peer_pythons = peer_pythons(args.peer_python, args.peers_home)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.smoke:
+        args.seconds, args.repeats = 1.0, 1
+        systems = [s for s in systems if s not in PEERS]
     loader_name = args.loader
     if loader_name == "auto":
         loader_name = "wrk" if shutil.which("wrk") else "python"
     if loader_name == "python" and not args.smoke:
         parser.error("full runs need wrk (apt-get install -y wrk); the Python loader is for --smoke")
-    skipped = []
-    for peer in [s for s in systems if s in PEERS]:
-        if not python_has(args.peer_python, "litserve" if peer == "litserve" else "ray.serve"):
-            skipped.append(peer)
-    systems = [s for s in systems if s not in skipped]
+    missing = {p: args.peer_pythons[p] for p in systems if p in PEERS
+               and not python_has(args.peer_pythons[p], PEER_SPECS[p].module)}  # fmt: skip
     placement = placement_from(args)
     placement.pin_self()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     cells: list[Cell] = []
+    absent: list[Absent] = []
     idle: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="schooner-e2e-") as tmp_name:
         tmp = Path(tmp_name)
-        body = tmp / "body.json"
-        body.write_bytes(models.body())
         loader: Loader = load_wrk if loader_name == "wrk" else load_python
-        loader_arg = _wrk_script(tmp) if loader_name == "wrk" else body
+        loader_args = {}
+        for form in forms.FORMS:
+            if loader_name == "wrk":
+                loader_args[form] = _wrk_script(tmp, form)
+            else:
+                loader_args[form] = tmp / f"body-{form}.json"
+                loader_args[form].write_bytes(forms.body(form))
         from schooner.frameworks import closure
 
         for model in args.models.split(","):
             artifact = closure.save(models.build(model), tmp / f"{model}-artifact")
             for system in systems:
-                running = start(system, model, artifact, tmp, placement, args)
+                if system in missing:
+                    absent.append(Absent(model, system, f"not installed (no "
+                                         f"{PEER_SPECS[system].module} in {missing[system]})"))  # fmt: skip
+                    continue
+                form = PEER_SPECS[system].form if system in PEERS else "clipper"
+                try:
+                    running = start(system, model, artifact, tmp, placement, args)
+                except RuntimeError as exc:
+                    if system not in PEERS:
+                        raise
+                    print(f"{system} ({model}) failed to start: {exc}", file=sys.stderr)
+                    absent.append(Absent(model, system, f"failed to start: {one_line(exc)}"))
+                    continue
                 try:
                     idle[f"{system}/{model}"] = idle_cpu(running)
                     cells += measure(running, model, concurrencies, args.seconds, args.repeats,
-                                     placement, loader, loader_arg, warmup=not args.smoke)  # fmt: skip
+                                     placement, loader, loader_args[form], warmup=not args.smoke)  # fmt: skip
+                except RuntimeError as exc:
+                    if system not in PEERS:
+                        raise
+                    print(f"{system} ({model}) failed while measured: {exc}\n{running.log_tail()}",
+                          file=sys.stderr)  # fmt: skip
+                    absent.append(Absent(model, system, f"failed while measured: {one_line(exc)}"))
                 finally:
                     running.stop()
     detail = (f"256-float JSON input; load: {loader_name} (1 thread); {args.seconds:g} s per run, "
-              f"median of {args.repeats}; max batch {args.max_batch}, batch wait "
+              f"median of {args.repeats}; max batch {args.max_batch}, peers' batch wait "
               f"{args.batch_wait_ms:g} ms")  # fmt: skip
     print(header("end to end: Schooner vs the floor and peers", placement, detail, "torch", "uvloop"))
-    peers = [s for s in systems if s in PEERS]
-    if peers:
-        print(f"# peers: {peer_versions(args.peer_python)} (in {args.peer_python})")
-    if skipped:
-        print(f"# peers not installed in {args.peer_python}, skipped: {', '.join(skipped)}")
+    for peer in [s for s in systems if s in PEERS and s not in missing]:
+        spec, python = PEER_SPECS[peer], args.peer_pythons[peer]
+        knobs = spec.knobs.format(B=args.max_batch, B4=4 * args.max_batch,
+                                  W=f"{args.batch_wait_ms:g} ms")  # fmt: skip
+        print(f"# {peer}: {peer_versions(python, spec.packages)}; {knobs}; {spec.form} body "
+              f"(in {python})")  # fmt: skip
     print("# idle server CPU, % of a core: "
           + ", ".join(f"{k} {v:.0%}" for k, v in idle.items()))  # fmt: skip
-    print(table(cells))
+    print(table(cells, absent))
     for line in verdicts(cells):
         print(f"- {line}")
     write_json(args.json, {"suite": "e2e", "loader": loader_name, "cells": cells,
-                           "skipped": skipped, "idle_cpu": idle})  # fmt: skip
+                           "absent": absent, "idle_cpu": idle})  # fmt: skip
     return 0
 
 

@@ -7,14 +7,18 @@
   batch, no waiting for a batch to fill) and the container's max batch size follows it,
   as the local manager sets it.
 * ``floor``: ``benchmarks.floor``, a bare asyncio protocol.
-* ``litserve`` and ``ray``: ``benchmarks.peers.*`` run by the peers' own interpreter
-  (``--peer-python``; see the README for how that environment is made).
+* the peers (``PEERS``): ``benchmarks.peers.<name>`` run by the interpreter of that peer's
+  own environment (``PEER_SPECS``: which folder under the peers' home, which form of the
+  body, which URL, which batching knobs; ``benchmarks/peers/setup.sh`` makes them). A peer
+  is started only once it answers the benchmark input with the very label
+  ``benchmarks.models`` computes here (``benchmarks.peers.forms``).
 
 Each ``Running`` knows the process trees to charge server CPU time to.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -35,16 +39,57 @@ from benchmarks.harness import (
     tree_pids,
     wait_for_http,
 )  # fmt: skip
+from benchmarks.peers import forms
 
-__all__ = ["Running", "start_schooner", "start_floor", "start_peer", "PEERS", "default_peer_python"]
+__all__ = ["Running", "start_schooner", "start_floor", "start_peer", "PEERS", "PEER_SPECS",
+           "PeerSpec", "peers_home", "default_peer_python"]  # fmt: skip
 
-PEERS = ("litserve", "ray")
 APP = "bench"
 
 
-def default_peer_python() -> str:
-    home = Path(os.environ.get("SCHOONER_BENCH_PEERS", "~/.cache/schooner/bench-peers"))
-    return str(home.expanduser() / "venv" / "bin" / "python")
+@dataclass(frozen=True)
+class PeerSpec:
+    """How one peer is installed, asked and configured."""
+
+    env: str  # its environment's folder under the peers' home
+    module: str  # what its interpreter must import for it to count as installed
+    path: str  # the URL path it serves
+    form: str  # the body's form (``benchmarks.peers.forms``)
+    packages: tuple[str, ...]  # distributions whose versions the table's header prints
+    knobs: str  # its batching, in its own words: {B} max batch, {W} wait, {B4} 4x{B}
+
+
+PEER_SPECS: dict[str, PeerSpec] = {
+    "litserve": PeerSpec("venv", "litserve", "/predict", "clipper", ("litserve", "torch", "uvicorn"),
+                         "LitAPI(max_batch_size={B}, batch_timeout={W}), 1 worker, fast_queue"),
+    "ray": PeerSpec("venv", "ray.serve", "/predict", "clipper", ("ray", "torch"),
+                    "@serve.batch(max_batch_size={B}, batch_wait_timeout_s={W}), 1 replica, "
+                    "max_ongoing_requests={B4}"),
+    "mosec": PeerSpec("mosec-venv", "mosec", "/inference", "clipper", ("mosec", "torch"),
+                      "append_worker(num=1, max_batch_size={B}, max_wait_time={W})"),
+    "mlserver": PeerSpec("mlserver-venv", "mlserver", f"/v2/models/{APP}/infer", "oip",
+                         ("mlserver", "torch", "uvloop"),
+                         "max_batch_size={B}, max_batch_time={W}, parallel_workers=1"),
+    "bentoml": PeerSpec("bentoml-venv", "bentoml", "/predict", "row", ("bentoml", "torch"),
+                        "@bentoml.api(batchable=True, max_batch_size={B}), workers=1 "
+                        "(no wait knob: its dispatcher picks the wait)"),
+    "triton": PeerSpec("triton-venv", "pytriton", f"/v2/models/{APP}/infer", "oip",
+                       ("nvidia-pytriton", "torch"),
+                       "ModelConfig(max_batch_size={B}, DynamicBatcher(max_queue_delay={W})), "
+                       "1 instance, Python backend"),
+}  # fmt: skip
+PEERS = tuple(PEER_SPECS)
+
+
+def peers_home() -> Path:
+    """Where the peers' environments live: ``$SCHOONER_BENCH_PEERS`` or
+    ``~/.cache/schooner/bench-peers``."""
+    return Path(os.environ.get("SCHOONER_BENCH_PEERS", "~/.cache/schooner/bench-peers")).expanduser()
+
+
+def default_peer_python(peer: str = "litserve") -> str:
+    """The interpreter of ``peer``'s own environment."""
+    return str(peers_home() / PEER_SPECS[peer].env / "bin" / "python")
 
 
 @dataclass
@@ -170,19 +215,49 @@ def start_floor(model: str, tmp: Path, cpu: int | None, timeout_s: float = 60.0)
 
 
 def start_peer(kind: str, python: str, model: str, tmp: Path, cpu: int | None, *,
-               max_batch: int, wait_s: float, timeout_s: float = 180.0) -> Running:  # fmt: skip
-    """LitServe, Ray Serve or MLServer in its own environment, one worker, batching on."""
+               max_batch: int, wait_s: float, timeout_s: float = 240.0) -> Running:  # fmt: skip
+    """``kind`` (one of ``PEERS``) in its own environment (``python``), one worker, batching on,
+    returned once it answers the benchmark input in its form (``PEER_SPECS``) with the label
+    ``benchmarks.models`` gives here. A peer that exits, never answers or answers wrong is
+    stopped and raises ``RuntimeError``, whose first line is the reason."""
+    spec = PEER_SPECS[kind]
     port = free_port()
     log = tmp / f"{kind}-{model}-{port}.log"
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=repo_root())
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", BENTOML_DO_NOT_TRACK="True",
+               BENTOML_HOME=str(tmp / "bentoml-home"), PYTHONPATH=repo_root())  # fmt: skip
     proc = _popen([python, "-m", f"benchmarks.peers.{kind}", str(port), model, str(max_batch),
                    str(wait_s)], cpu, log, env, new_session=True)  # fmt: skip
-    if kind == "mlserver":  # the Open Inference Protocol, not Clipper's body
-        running = Running(kind, f"http://127.0.0.1:{port}/v2/models/{APP}/infer", [proc], [log])
-        try:
-            wait_for_http(running.url, timeout_s, proc, body=json.loads(models.oip_body()))
-        except BaseException:
-            running.stop()
-            raise
-        return running
-    return _answering(Running(kind, f"http://127.0.0.1:{port}/predict", [proc], [log]), timeout_s)
+    running = Running(kind, f"http://127.0.0.1:{port}{spec.path}", [proc], [log])
+    try:
+        _wait_for_label(running, spec.form, _expected(model), timeout_s)
+    except BaseException:
+        running.stop()
+        raise
+    return running
+
+
+@functools.cache
+def _expected(model: str) -> str:
+    return forms.expected(model)
+
+
+def _wait_for_label(running: Running, form: str, expected: str, timeout_s: float) -> None:
+    try:
+        reply = wait_for_http(running.url, timeout_s, running.procs[0],
+                              body=json.loads(forms.body(form)))  # fmt: skip
+        label = forms.answer(form, reply)
+    except (RuntimeError, ValueError) as exc:
+        raise RuntimeError(f"{exc}{_last_line(running)}\n{running.log_tail()}") from None
+    if label != expected:
+        raise RuntimeError(f"answered {label!r}, not {expected!r}\n{running.log_tail()}")
+
+
+def _last_line(running: Running) -> str:
+    """The last line of the peer's log that looks like an error, as ``; log: ...``."""
+    try:
+        lines = [x.strip() for x in running.logs[0].read_text(errors="replace").splitlines()]
+    except (OSError, IndexError):
+        return ""
+    marked = [x for x in lines if any(w in x for w in ("Error", "error", "Exception", "failed"))]
+    last = (marked or [x for x in lines if x] or [""])[-1]
+    return f"; log: {last[:200]}" if last else ""
