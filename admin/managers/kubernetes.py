@@ -126,6 +126,7 @@ def check_pullable(
     try:
         _head(url, timeout)
     except urllib.error.HTTPError as exc:
+        exc.close()
         if exc.code == 401 and "bearer" in exc.headers.get("WWW-Authenticate", "").lower():
             token = _anonymous_token(exc.headers["WWW-Authenticate"], timeout)
             if token is None:
@@ -135,6 +136,7 @@ def check_pullable(
             try:
                 _head(url, timeout, token)
             except urllib.error.HTTPError as again:
+                again.close()
                 raise _not_pullable(image, registry, again) from None
             return
         raise _not_pullable(image, registry, exc) from None

@@ -1,0 +1,67 @@
+"""The pull check before anything is applied, against Debian's registry server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import shutil
+import urllib.request
+
+import pytest
+from conftest import free_port
+
+from schooner.admin.managers.kubernetes import check_pullable
+from schooner.runtime.errors import ClipperException
+
+
+@pytest.fixture
+def registry(spawn, tmp_path):
+    server = shutil.which("docker-registry")
+    if server is None:
+        pytest.skip("Debian's docker-registry package is not installed (.ci/run installs it)")
+    port = free_port()
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: "
+                      f"{tmp_path / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+                      "log:\n  level: warn\n")  # fmt: skip
+    proc = spawn("registry", [server, "serve", str(config)])
+    def answers() -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=5):
+            return True
+
+    proc.wait_until(answers, timeout=30, what="the registry answers")
+    return f"127.0.0.1:{port}"
+
+
+def test_an_image_the_registry_lacks_is_refused_before_deploying(registry):
+    with pytest.raises(ClipperException, match=r"HTTP 404, the registry has no such image"):
+        check_pullable(f"{registry}/sum:1", nodes=3)
+
+
+def test_a_registry_that_does_not_answer_is_named():
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(ClipperException, match=f"registry {address} does not answer"):
+        check_pullable(f"{address}/sum:1", nodes=1)
+
+
+@pytest.mark.docker
+def test_a_pushed_image_passes(registry):
+    from schooner.admin.engine import Engine
+
+    engine = Engine()
+    if not engine.available():
+        pytest.skip("no Docker engine is running (start dockerd; .ci/run does)")
+    base = "schooner/debian-python:3.11"
+    if not engine.inspect("image", [base]):
+        pytest.skip(f"{base} is not built (base_images/debian/build.sh; .ci/run builds it)")
+    ref = f"{registry}/k8s-check:1"
+    engine.run(["tag", base, ref])
+    try:
+        engine.run(["push", ref], timeout=600.0)
+        check_pullable(ref, nodes=3)
+        check_pullable(f"{registry}/k8s-check@{_digest(engine, ref)}", nodes=3)
+    finally:
+        engine.run(["rmi", ref], check=False)
+
+
+def _digest(engine, ref: str) -> str:
+    (found,) = engine.inspect("image", [ref])
+    return str(found["RepoDigests"][0].partition("@")[2])
