@@ -78,7 +78,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    _mark_ready(config, metrics)
+    _mark_ready(config, metrics, server.port if server is not None else None)
     log.info("container ready: %s framework, model %s, frontend %s", framework_cls.name,
              artifact.path, config.frontend_address)  # fmt: skip
     try:
@@ -96,13 +96,15 @@ def main() -> int:
     return 0
 
 
-def _mark_ready(config: ContainerConfig, metrics: ContainerMetrics) -> None:
+def _mark_ready(config: ContainerConfig, metrics: ContainerMetrics, port: int | None) -> None:
+    """Write the ready file: ``ready``, then ``metrics_port=N`` when metrics are served (a
+    supervisor that asked for port 0 reads the port bound from there: no race for a port)."""
     metrics.ready = True
     if config.ready_file is None:
         return
     try:
         config.ready_file.parent.mkdir(parents=True, exist_ok=True)
-        config.ready_file.write_text("ready\n")
+        config.ready_file.write_text("ready\n" + (f"metrics_port={port}\n" if port else ""))
     except OSError as exc:
         log.warning("cannot write the readiness file %s: %s", config.ready_file, exc)
 

@@ -278,8 +278,9 @@ def test_malformed_messages_are_dropped_and_counted(start_container, closure_art
 def test_readiness_metrics_and_clean_stop(start_container, closure_artifact, frontend, tmp_path):
     c = _start(start_container, closure_artifact, frontend, lambda xs: ["ok"] * len(xs),
                SCHOONER_METRICS_PORT="0")  # fmt: skip
-    assert c.ready_file.read_text() == "ready\n"
-    port = int(c.process.log().split("metrics and health on http://0.0.0.0:")[1].split()[0])
+    # Metrics listen on loopback by default; the ready file reports the port bound.
+    port = int(c.process.log().split("metrics and health on http://127.0.0.1:")[1].split()[0])
+    assert c.ready_file.read_text() == f"ready\nmetrics_port={port}\n"
     health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health").read())
     assert health == {"status": "ready", "model": "m", "version": "1"}
     frontend.packed(1, [[1.0], [2.0], [3.0]])

@@ -50,6 +50,7 @@ def fake_runtime(tmp_path: Path) -> str:
         'echo "model=$CLIPPER_MODEL_NAME:$CLIPPER_MODEL_VERSION port=$CLIPPER_PORT '
         'path=$CLIPPER_MODEL_PATH batch=${SCHOONER_MAX_BATCH_SIZE:-none} '
         'metrics=$SCHOONER_METRICS_PORT args=$*"\n'
+        'printf "ready\\nmetrics_port=4242\\n" > "$SCHOONER_READY_FILE"\n'
         "exec sleep 60\n"
     )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
@@ -117,7 +118,8 @@ def test_scale_up_and_down_with_replica_environment(supervisor, fake_runtime):
     line = log.read_text()
     assert "model=m:1 port=7123 path=/art/m/1 batch=8" in line
     assert "args=-m schooner.runtime" in line
-    assert replicas[0]["metrics_port"] > 0
+    assert "metrics=0 " in line  # asked for any port: it reports the one it bound
+    assert _wait(lambda: _ask(supervisor, "status")["replicas"][0]["metrics_port"] == 4242)
 
     replicas = _scale(supervisor, fake_runtime, 1)["replicas"]
     assert [r["slot"] for r in replicas] == [0]

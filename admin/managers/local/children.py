@@ -169,11 +169,26 @@ class Child:
             ),
             **self.spec.details,
             **(
-                {"metrics_port": int(self.current_env["SCHOONER_METRICS_PORT"])}
+                {"metrics_port": self._metrics_port(self.current_env["SCHOONER_METRICS_PORT"])}
                 if "SCHOONER_METRICS_PORT" in self.current_env
                 else {}
             ),
         }
+
+    def _metrics_port(self, asked: str) -> int | None:
+        """The replica's metrics port: the one asked for, or (asked 0) the one it reports in
+        its ready file once it is ready; None before that."""
+        if int(asked) or self.spec.ready_file is None:
+            return int(asked)
+        try:
+            text = self.spec.ready_file.read_text()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            key, _, value = line.partition("=")
+            if key == "metrics_port" and value.isdigit():
+                return int(value)
+        return None
 
     def _exited(self, code: int, now: float) -> None:
         ran_for = now - (self.started_at if self.started_at is not None else now)

@@ -31,7 +31,7 @@ from typing import Any
 from schooner.admin.managers.local import control
 from schooner.admin.managers.local.children import Child, ChildSpec
 from schooner.admin.managers.local.layout import ClusterLayout, ClusterSettings
-from schooner.admin.managers.local.processes import free_port, is_alive
+from schooner.admin.managers.local.processes import is_alive
 from schooner.admin.managers.local.restart import RestartPolicy
 from schooner.runtime.config import ContainerConfig
 from schooner.runtime.errors import ClipperException
@@ -116,7 +116,8 @@ class Supervisor:
         )
 
         def environment() -> dict[str, str]:
-            return replace(config, metrics_port=free_port()).to_env()
+            # Port 0: the replica binds any free port and reports it in its ready file.
+            return replace(config, metrics_port=0).to_env()
 
         python = request.get("python") or self.python
         return ChildSpec(
