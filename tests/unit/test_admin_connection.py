@@ -135,7 +135,7 @@ def conn(frontend):
 def test_public_api():
     assert sorted(schooner.admin.__all__) == sorted(
         ["ClipperConnection", "ContainerManager", "LocalContainerManager",
-         "DockerContainerManager", "ClipperException"])
+         "DockerContainerManager", "KubernetesContainerManager", "ClipperException"])
     assert set(python_deployer.__all__) == {"deploy_python_closure", "create_endpoint"}
 
 
