@@ -4,6 +4,11 @@
     schooner stop   [--cluster NAME]
     schooner status [--cluster NAME]
     schooner logs   [--cluster NAME] [--follow] [-n LINES] [COMPONENT]
+    schooner split  APP MODEL[:VERSION]=WEIGHT ... [--sticky-field FIELD] [--cluster NAME]
+    schooner shadow APP [MODEL:VERSION] [--fraction F]      (no model: stop shadowing)
+    schooner policy APP fixed|split|epsilon_greedy|exp3|ensemble [--model M ...]
+                    [--epsilon E] [--gamma G] [--combine mean|vote] [--straggler S]
+    schooner cache  APP SIZE_MB                             (0: off)
     schooner images build NAME [--python-base REF] [--wheel PATH ...]
     schooner render kubernetes [--cluster NAME] [--namespace NS] [--create-namespace]
                     [--frontend-replicas N] [--frontend-image REF] [--redis-ip HOST]
@@ -54,6 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
                       help="supervisor, frontend, or a replica (model[:version[:slot]])")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     logs.add_argument("-n", "--lines", type=int, default=50, help="lines to show first")
+    split = command("split", "split an app's queries among model versions by weight")
+    split.add_argument("app")
+    split.add_argument("members", nargs="+", metavar="MODEL[:VERSION]=WEIGHT")
+    split.add_argument("--sticky-field", default=None,
+                       help="a request field whose value keeps a user on one member")
+    shadow = command("shadow", "mirror an app's queries to a model version (answers compared)")
+    shadow.add_argument("app")
+    shadow.add_argument("model", nargs="?", default=None, help="MODEL:VERSION; none: stop")
+    shadow.add_argument("--fraction", type=float, default=1.0, help="of the queries, 0..1")
+    policy = command("policy", "choose how an app's members answer (and learn from feedback)")
+    policy.add_argument("app")
+    policy.add_argument("policy", choices=["fixed", "split", "epsilon_greedy", "exp3", "ensemble"])
+    policy.add_argument("--model", action="append", default=None, dest="models",
+                        metavar="MODEL[:VERSION][=WEIGHT]", help="a member (default: the app's)")
+    for name, kind in (("--epsilon", float), ("--gamma", float), ("--straggler", float)):
+        policy.add_argument(name, type=kind, default=None)
+    policy.add_argument("--combine", choices=["mean", "vote"], default=None)
+    cache = command("cache", "give an app a prediction cache of SIZE_MB megabytes (0: off)")
+    cache.add_argument("app")
+    cache.add_argument("size_mb", type=float)
     images = commands.add_parser("images", help="build Schooner's images on a Docker engine")
     image_commands = images.add_subparsers(dest="images_command", required=True, metavar="ACTION")
     build = image_commands.add_parser(
@@ -152,12 +177,48 @@ def main(argv: list[str] | None = None) -> int:
                 f"schooner start{_cluster_flag(args.cluster)}\n"
             )
             return 1
+        if args.command in SELECTION_VERBS:
+            method, call_args, kwargs = selection_call(args)
+            conn = ClipperConnection(manager)
+            conn.connect()
+            getattr(conn, method)(*call_args, **kwargs)
+            out.write(f"{args.command} of app {args.app!r} set\n")
+            return 0
         return _status(manager, out)
     except ClipperException as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+SELECTION_VERBS = ("split", "shadow", "policy", "cache")
+
+
+def _weighted(members: list[str]) -> dict[str, float]:
+    weights = {}
+    for item in members:
+        name, sep, weight = item.rpartition("=")
+        try:
+            weights[name if sep else weight] = float(weight) if sep else 1.0
+        except ValueError:
+            raise ClipperException(f"expected MODEL[:VERSION]=WEIGHT, got {item!r}") from None
+    return weights
+
+
+def selection_call(args: argparse.Namespace) -> tuple[str, list[Any], dict[str, Any]]:
+    """The ClipperConnection call a selection verb makes: (method, args, keyword args)."""
+    if args.command == "split":
+        return "set_traffic_split", [args.app, _weighted(args.members)], {
+            "sticky_field": args.sticky_field}  # fmt: skip
+    if args.command == "shadow":
+        return "set_shadow", [args.app, args.model], {"fraction": args.fraction}
+    if args.command == "cache":
+        return "set_prediction_cache", [args.app, args.size_mb], {}
+    settings = {k: getattr(args, k) for k in ("epsilon", "gamma", "straggler", "combine")
+                if getattr(args, k) is not None}  # fmt: skip
+    models = _weighted(args.models) if args.models else None
+    return "set_selection_policy", [args.app, args.policy, models], settings
 
 
 def _cluster_flag(cluster: str) -> str:

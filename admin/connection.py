@@ -293,6 +293,38 @@ class ClipperConnection:
         if num_replicas is not None:
             self.set_num_replicas(name, num_replicas, version)
 
+    # ------------------------------------------------------------------ model selection
+
+    def set_traffic_split(
+        self, app_name: str, split: dict[str, float], sticky_field: str | None = None
+    ) -> None:
+        """Send the app's queries to ``{"model:version" | "model": weight}`` in proportion
+        (exactly, over many queries); a request whose JSON ``sticky_field`` is set keeps its
+        member. ``set_model_version`` later sends all traffic to one version again."""
+        self._post("/admin/set_traffic_split",
+                   {"name": app_name, "split": dict(split), "sticky_field": sticky_field})  # fmt: skip
+
+    def set_shadow(self, app_name: str, model: str | None, fraction: float = 1.0) -> None:
+        """Mirror ``fraction`` of the app's queries to ``model`` ("model:version"; None: stop);
+        its answers are discarded and compared with the primary's in the metrics."""
+        self._post("/admin/set_shadow", {"name": app_name, "model": model, "fraction": fraction})
+
+    def set_selection_policy(
+        self, app_name: str, policy: str, models: list[str] | dict[str, float] | None = None,
+        **settings: Any,
+    ) -> None:  # fmt: skip
+        """``fixed``, ``split``, ``epsilon_greedy``, ``exp3`` (learning from
+        ``POST /<app>/update`` feedback) or ``ensemble`` over ``models`` (default: the app's
+        current members); ``settings``: epsilon, gamma, combine ("mean"/"vote"), straggler."""
+        body: dict[str, Any] = {"name": app_name, "policy": policy, **settings}
+        if models is not None:
+            body["models"] = models
+        self._post("/admin/set_selection_policy", body)
+
+    def set_prediction_cache(self, app_name: str, size_mb: float) -> None:
+        """The app's prediction cache, bounded to ``size_mb`` MB (0 turns it off)."""
+        self._post("/admin/set_prediction_cache", {"name": app_name, "size_mb": size_mb})
+
     def get_num_replicas(self, name: str, version: str | int | None = None) -> int:
         """Replicas the manager runs for ``version`` (default: the current version)."""
         self._api()
