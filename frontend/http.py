@@ -85,6 +85,7 @@ QUOTE_CHARS = 200  # the most of a peer's path or value an error body or log lin
 TRIM_AFTER_BYTES = 1 << 20  # a request or response this large: give memory back after it
 SWEEP_S = 1.0  # the longest interval between two sweeps of a listener's connections
 LINGER_BYTES = 1 << 20  # read and dropped after the last answer, before a reset instead
+READ_CHUNK = 256 * 1024  # the most asyncio and uvloop hand to one data_received
 
 
 @dataclass(frozen=True)
@@ -343,8 +344,11 @@ class _Listener:
         self.head_ticks, self.body_ticks, self.idle_ticks = (
             math.ceil(t / self.interval) + 1 for t in timeouts
         )
+        # bytes of chunks that end inside a head (httptools keeps an unfinished one): the
+        # callbacks count exactly; this bounds what they do not see yet. A chunk may also
+        # hold the requests before (an event loop reads at most READ_CHUNK at once).
         head = limits.max_url_bytes + limits.max_header_bytes
-        self.head_guard = head + 8192  # bytes of an unfinished head (httptools buffers it)
+        self.head_guard = head + 8192 + READ_CHUNK
         self.server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -394,7 +398,8 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "_listener", "_router", "_max_body", "_parser", "_transport", "_url", "_body",
         "_body_len", "_slots", "_broken", "_paused", "_reject", "_expect", "_header_length",
-        "_phase", "_mark", "_left", "_headers", "_header_bytes", "_head_bytes", "_overflow",
+        "_phase", "_mark", "_seen", "_left", "_headers_left", "_header_bytes_left",
+        "_max_headers", "_max_header_bytes", "_max_url", "_head_bytes", "_overflow",
         "_write_paused", "_write_mark", "_write_size", "_authorization", "_linger",
     )  # fmt: skip
 
@@ -417,11 +422,15 @@ class HttpProtocol(asyncio.Protocol):
         self._authorization: bytes | None = None
         # the first request must start within header_timeout_s of the connection
         self._phase = _HEAD
-        self._mark = listener.tick
+        self._mark = listener.tick  # the sweep's tick when it saw ``_seen`` change
+        self._seen = 0
         self._left = limits.max_keepalive_requests or -1  # requests before Connection: close
-        self._headers = 0
-        self._header_bytes = 0
-        self._head_bytes = 0  # bytes of the unfinished head, counted per chunk
+        self._max_headers = limits.max_headers
+        self._max_header_bytes = limits.max_header_bytes
+        self._max_url = limits.max_url_bytes
+        self._headers_left = limits.max_headers  # of the request being parsed
+        self._header_bytes_left = limits.max_header_bytes
+        self._head_bytes = 0  # bytes of chunks that ended inside this head
         self._overflow = False
         self._write_paused = False
         self._write_mark = 0
@@ -483,7 +492,6 @@ class HttpProtocol(asyncio.Protocol):
                 if self._head_bytes > LINGER_BYTES:
                     self._abort()
             return
-        phase, left = self._phase, self._left
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -496,7 +504,7 @@ class HttpProtocol(asyncio.Protocol):
         else:
             # A head still unfinished: httptools keeps it, so bound it here too (the
             # callbacks count exactly, but only what httptools hands over).
-            if self._phase == _HEAD and phase != _BODY and left == self._left:
+            if self._phase == _HEAD:
                 self._head_bytes += len(data)
                 if self._head_bytes > self._listener.head_guard:
                     self._fail(431, "the request head is larger than "
@@ -510,46 +518,44 @@ class HttpProtocol(asyncio.Protocol):
         self._body_len = 0
         self._header_length = None
         self._authorization = None
-        self._headers = 0
-        self._header_bytes = 0
+        self._headers_left = self._max_headers
+        self._header_bytes_left = self._max_header_bytes
         self._head_bytes = 0
         self._phase = _HEAD
-        self._mark = self._listener.tick
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self._listener.limits.max_url_bytes:
-            limit = self._listener.limits.max_url_bytes
-            self._reject = (414, f"the URL is longer than {limit} bytes")
+        if len(self._url) > self._max_url:
+            self._reject = (414, f"the URL is longer than {self._max_url} bytes")
             raise httptools.HttpParserError("URL too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers += 1
-        self._header_bytes += len(name) + len(value)
+        self._headers_left -= 1
+        self._header_bytes_left -= len(name) + len(value)
         if len(name) == 14 and name.lower() == b"content-length":
             try:
-                if int(value) > self._max_body:
-                    self._reject = (413, f"the request body is larger than {self._max_body} bytes")
+                too_large = int(value) > self._max_body
             except ValueError:
-                pass  # httptools itself rejects a malformed Content-Length
+                too_large = False  # httptools itself rejects a malformed Content-Length
+            if too_large:
+                self._reject = (413, f"the request body is larger than {self._max_body} bytes")
+                raise httptools.HttpParserError("body too large")
         elif len(name) == 6 and name.lower() == b"expect":
             self._expect = value.lower() == b"100-continue"
         elif len(name) == 31 and name.lower() == b"inference-header-content-length":
             self._header_length = int(value) if value.isdigit() and len(value) < 12 else -1
         elif len(name) == 13 and name.lower() == b"authorization":
             self._authorization = value
-        limits = self._listener.limits
-        if self._headers > limits.max_headers:
-            self._reject = (431, f"more than {limits.max_headers} request headers")
-        elif self._header_bytes > limits.max_header_bytes:
-            self._reject = (431, f"the request headers are larger than "
-                                 f"{limits.max_header_bytes} bytes")  # fmt: skip
-        if self._reject is not None:
+        if (self._headers_left | self._header_bytes_left) < 0:  # either is negative
+            if self._headers_left < 0:
+                self._reject = (431, f"more than {self._max_headers} request headers")
+            else:
+                self._reject = (431, f"the request headers are larger than "
+                                     f"{self._max_header_bytes} bytes")  # fmt: skip
             raise httptools.HttpParserError("request refused")
 
     def on_headers_complete(self) -> None:
         self._phase = _BODY
-        self._mark = self._listener.tick
         # curl sends "Expect: 100-continue" before bodies over 1 KiB and waits for this.
         if self._expect and not self._slots and self._transport is not None:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -565,7 +571,6 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         parser = self._parser
         self._phase = _IDLE
-        self._mark = self._listener.tick
         self._left -= 1
         if self._broken:  # closing (an earlier answer said so): nothing more is answered
             return
@@ -629,6 +634,11 @@ class HttpProtocol(asyncio.Protocol):
                 listener.count("not reading their responses")
                 self._abort()
             return
+        # The request path only notes phases and counts requests; a change since the last
+        # sweep restarts the clock here
+        seen = self._left * 4 + self._phase
+        if seen != self._seen:
+            self._seen, self._mark = seen, tick
         age = tick - self._mark
         if self._broken:  # answered and closing, behind answers still to come
             if age >= listener.body_ticks:
@@ -656,7 +666,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _parser_started(self) -> bool:
         """Whether any byte of the current request arrived (else it is a silent peer)."""
-        return bool(self._url) or self._headers > 0 or self._head_bytes > 0
+        return bool(self._url) or self._headers_left < self._max_headers or self._head_bytes > 0
 
     # ----------------------------------------------------------------- writing
 
