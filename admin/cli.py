@@ -140,7 +140,11 @@ def _render(args: argparse.Namespace, out: TextIO) -> int:
     for name, version, image in args.model:
         objects.append(k8s.model_deployment(spec, k8s.ModelSpec(
             name, version, args.input_type, image, num_replicas=args.replicas)))  # fmt: skip
-    out.write(yaml.safe_dump_all(objects, sort_keys=False))
+    class Plain(yaml.SafeDumper):  # every object written out in full, as a reviewer reads it
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    out.write(yaml.dump_all(objects, Dumper=Plain, sort_keys=False))
     return 0
 
 

@@ -401,8 +401,8 @@ def frontend_deployment(spec: ClusterSpec) -> dict[str, Any]:
             "replicas": spec.num_frontend_replicas,
             # one SQLite file: never two pods on it at once; shared state: roll
             "strategy": {"type": "RollingUpdate"} if spec.shared_state else {"type": "Recreate"},
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels, "annotations": annotations},
+            "selector": {"matchLabels": dict(labels)},
+            "template": {"metadata": {"labels": dict(labels), "annotations": annotations},
                          "spec": pod},
         },  # fmt: skip
     }
@@ -418,7 +418,7 @@ def _service(
         "metadata": _meta(spec, name, _labels(spec, component)),
         "spec": {
             "type": kind,
-            "selector": selector,
+            "selector": dict(selector),
             "ports": [{"name": port_name, "port": port, "targetPort": port_name,
                        "protocol": "TCP"}],
         },  # fmt: skip
@@ -483,8 +483,8 @@ def redis_objects(spec: ClusterSpec) -> list[dict[str, Any]]:
         "spec": {
             "replicas": 1,
             "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": pod},
+            "selector": {"matchLabels": dict(labels)},
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
         },
     }
     service = _service(spec, name, "redis", "redis", spec.redis_port, "ClusterIP", labels)
@@ -568,9 +568,9 @@ def model_deployment(spec: ClusterSpec, model: ModelSpec) -> dict[str, Any]:
                           labels, annotations=annotations),
         "spec": {
             "replicas": model.num_replicas,
-            "selector": {"matchLabels": labels},
+            "selector": {"matchLabels": dict(labels)},
             "template": {
-                "metadata": {"labels": labels, "annotations": {
+                "metadata": {"labels": dict(labels), "annotations": {
                     **annotations,
                     "prometheus.io/scrape": "true",
                     "prometheus.io/port": str(MODEL_METRICS_PORT),
