@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,6 +226,18 @@ def peer_pythons(spec: str, home: Path) -> dict[str, str]:
     return out
 
 
+def server_metadata(running: Running) -> str:
+    """``name version`` from an Open Inference Protocol server's ``GET /v2`` (Triton's bundled
+    server has no distribution of its own to ask), or ``""``."""
+    base = running.url.split("/v2/", 1)[0]
+    try:
+        with urllib.request.urlopen(f"{base}/v2", timeout=5) as response:
+            meta = json.loads(response.read())
+        return f"{meta['name']} {meta['version']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 def one_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message, fit for a table cell."""
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -337,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     cells: list[Cell] = []
     absent: list[Absent] = []
     idle: dict[str, float] = {}
+    served: dict[str, str] = {}  # what an OIP peer's GET /v2 says it is
     with tempfile.TemporaryDirectory(prefix="schooner-e2e-") as tmp_name:
         tmp = Path(tmp_name)
         loader: Loader = load_wrk if loader_name == "wrk" else load_python
@@ -365,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{system} ({model}) failed to start: {exc}", file=sys.stderr)
                     absent.append(Absent(model, system, f"failed to start: {one_line(exc)}"))
                     continue
+                if form == "oip":
+                    served[system] = server_metadata(running) or served.get(system, "")
                 try:
                     idle[f"{system}/{model}"] = idle_cpu(running)
                     cells += measure(running, model, concurrencies, args.seconds, args.repeats,
@@ -385,8 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         spec, python = PEER_SPECS[peer], args.peer_pythons[peer]
         knobs = spec.knobs.format(B=args.max_batch, B4=4 * args.max_batch,
                                   W=f"{args.batch_wait_ms:g} ms")  # fmt: skip
-        print(f"# {peer}: {peer_versions(python, spec.packages)}; {knobs}; {spec.form} body "
-              f"(in {python})")  # fmt: skip
+        server = f" (serving: {served[peer]})" if served.get(peer) else ""
+        print(f"# {peer}: {peer_versions(python, spec.packages)}{server}; {knobs}; {spec.form} "
+              f"body (in {python})")  # fmt: skip
     print("# idle server CPU, % of a core: "
           + ", ".join(f"{k} {v:.0%}" for k, v in idle.items()))  # fmt: skip
     print(table(cells, absent))
