@@ -206,9 +206,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def post_json(url: str, body: object, timeout: float = 10.0) -> Any:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+def post_json(url: str, body: object, timeout: float = 10.0, token: str | None = None) -> Any:
+    """POST JSON; ``token``: a management API's token, sent as a bearer credential."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
