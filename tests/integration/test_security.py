@@ -21,7 +21,7 @@ import time
 import pytest
 import requests
 import zmq
-from v3_peers import MiniContainer
+from v3_peers import INPUT_DOUBLES, MiniContainer, MiniFrontend
 
 SLO = 2_000_000
 SECRET = "correct horse battery staple"
@@ -156,6 +156,21 @@ def test_a_plain_v3_container_needs_the_operators_consent(start_frontend, secret
         mini.wait_registered(30)
         assert mini.violations == []
         assert [c["model_name"] for c in lenient.containers()] == ["clipper"]
+
+
+def test_a_container_holding_a_secret_still_serves_a_clipper_frontend(start_container,
+                                                                       closure_artifact):  # fmt: skip
+    """The handshake is negotiated: a plain v3 frontend never sends a challenge, and the
+    container serves it as before (its capability word is all that changes)."""
+    with MiniFrontend() as frontend:
+        start_container(closure_artifact(tagged("s")), rpc_port=frontend.port, model_name="m",
+                        env={"SCHOONER_RPC_SECRET": SECRET})  # fmt: skip
+        reg = frontend.wait_for_registration(timeout=30)
+        assert reg.version_frame == u32(3) + u32(3)  # packed | auth, after the plain u32 3
+        texts = frontend.predict_texts(reg.identity, INPUT_DOUBLES,
+                                       [struct.pack("<d", 2.0)], timeout=10)  # fmt: skip
+        assert texts == ["s:2.0"]
+        assert frontend.violations == []
 
 
 def test_without_a_secret_it_warns_once_and_serves_as_clipper_did(start_frontend):
