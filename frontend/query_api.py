@@ -8,9 +8,12 @@ with the app's default output by the deadline sweep).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -32,6 +35,12 @@ from schooner.frontend.selection import ROUTED, Router
 from schooner.frontend.state import App, StateError, StateStore
 
 __all__ = ["QueryApi"]
+
+log = logging.getLogger(__name__)
+
+# An input_batch larger than this is converted this many inputs at a time, the event loop
+# answering other requests between slices (10,000 inputs: ~20 ms of conversion in one go).
+SLICE_INPUTS = 1000
 
 _OK = b'{"ok":true}'
 _NOT_READY = b'{"ok":false}'
@@ -136,12 +145,10 @@ class QueryApi:
                 if len(values) > self.max_inputs:
                     self._reject(reply, 413, "too many inputs", self._too_many(len(values)))
                     return
-                inputs = []
-                for i, value in enumerate(values):
-                    try:
-                        inputs.append(convert(value))
-                    except BadInput as exc:
-                        raise BadInput(f"input_batch[{i}]: {exc}") from None
+                if len(values) > SLICE_INPUTS:
+                    self._convert_in_slices(request, reply, app, body, values, convert)
+                    return
+                inputs = _convert_batch(values, convert, 0, [])
                 batch = len(inputs) > 1
             else:
                 raise BadInput("the body needs an 'input' or an 'input_batch' field")
@@ -149,6 +156,39 @@ class QueryApi:
         except BadInput as exc:
             self._reject(reply, 400, "invalid input", str(exc))
             return
+        self._submit_body(request, reply, app, body, inputs, batch, key)
+
+    def _convert_in_slices(
+        self, request: Request, reply: Reply, app: App, body: dict[str, Any],
+        values: list[Any], convert: Callable[[object], bytes],
+    ) -> None:  # fmt: skip
+        """An ``input_batch`` of more than ``SLICE_INPUTS`` inputs: converted that many at a
+        time, the event loop answering other requests in between, then submitted whole."""
+        loop = asyncio.get_running_loop()
+        inputs: list[bytes] = []
+
+        def step() -> None:
+            try:
+                _convert_batch(values, convert, len(inputs), inputs, SLICE_INPUTS)
+                if len(inputs) < len(values):
+                    loop.call_soon(step)
+                    return
+                key = self._model_version(app, body.get("version"))
+            except BadInput as exc:
+                self._reject(reply, 400, "invalid input", str(exc))
+                return
+            try:
+                self._submit_body(request, reply, app, body, inputs, True, key)
+            except Exception:  # not inside the HTTP layer's guard any more
+                log.exception("input_batch of app %r failed", app.name)
+                reply(*json_error(500, "internal error", "the server failed to handle the request"))
+
+        loop.call_soon(step)
+
+    def _submit_body(
+        self, request: Request, reply: Reply, app: App, body: dict[str, Any],
+        inputs: list[bytes], batch: bool, key: Any,
+    ) -> None:  # fmt: skip
         sticky = None
         if key is ROUTED and app.selection is not None and app.selection["sticky_field"]:
             sticky = body.get(app.selection["sticky_field"])
@@ -335,6 +375,18 @@ class QueryIds:
             self._end = first + max(n, self.BLOCK)
         self._next = first + n
         return first
+
+
+def _convert_batch(values: list[Any], convert: Callable[[object], bytes], start: int,
+                   into: list[bytes], count: int | None = None) -> list[bytes]:  # fmt: skip
+    """Append the wire bytes of ``values[start:start + count]`` (all, by default) to ``into``."""
+    end = len(values) if count is None else min(len(values), start + count)
+    for i in range(start, end):
+        try:
+            into.append(convert(values[i]))
+        except BadInput as exc:
+            raise BadInput(f"input_batch[{i}]: {exc}") from None
+    return into
 
 
 def _response(app: App, q: Query) -> dict[str, object]:
