@@ -427,8 +427,9 @@ class KubernetesContainerManager(ContainerManager):
         """Where this machine reaches a Service: through ``kubectl proxy``, a load
         balancer, a node port, or (inside the cluster) the Service's own name."""
         if self.kubernetes_proxy_addr:
-            return (f"{self.kubernetes_proxy_addr.rstrip('/')}/api/v1/namespaces/"
-                    f"{self.namespace}/services/{service}:{port}/proxy")  # fmt: skip
+            proxy = self.kubernetes_proxy_addr.rstrip("/").partition("://")
+            return (f"{proxy[2] or proxy[0]}/api/v1/namespaces/{self.namespace}/services/"
+                    f"{service}:{port}/proxy")  # fmt: skip
         core, _ = self._apis()
         found = core.read_namespaced_service(service, self.namespace)
         ports = [p for p in found.spec.ports if p.port == port]

@@ -7,7 +7,7 @@ delete (404 NotFound for a missing object, a Status on success), replace (PUT), 
 an equality ``labelSelector`` (and ``fieldSelector=involvedObject.name=`` for events), a
 Deployment's ``/status`` and ``/scale`` (PATCH sets ``spec.replicas``). It plays the
 controllers too, simply: a Deployment's pods exist as soon as it does (``<name>-<i>``) and
-are all available, unless the test marks the Deployment ``stuck`` (its pods then wait in
+are all available (each with a one-line log), unless the test marks the Deployment ``stuck`` (its pods then wait in
 ``ImagePullBackOff`` with the events the test gives). A Service of type NodePort gets the
 node port the test maps its port to, else one from 30000 up.
 """
@@ -88,6 +88,10 @@ class StandIn:
                 return self._create(kind, ns, body)
             return 200, self._list(kind, ns, query)
         name, sub = rest[0], rest[1:]
+        if kind == "Pod" and sub == ["log"]:
+            if not any(p["metadata"]["name"] == name for p in self._pods(ns)):
+                return 404, _status(404, "NotFound", f'pods "{name}" not found')
+            return 200, f"the log of {name}\n"
         if kind == "Deployment" and sub == ["status"]:
             return self._one(kind, ns, name, "GET", None)
         if kind == "Deployment" and sub == ["scale"]:

@@ -9,6 +9,7 @@ Services point at that frontend's ports.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from conftest import free_port
@@ -114,6 +115,24 @@ def test_a_management_api_out_of_reach_is_named(standin):
     m = manager(standin, start_timeout_s=1)
     with pytest.raises(ClipperException, match="management API does not answer at 127.0.0.1"):
         m.start_clipper()
+
+
+def test_logs_and_the_kubectl_proxy_address(standin, frontend, tmp_path):
+    m = manager(standin)
+    m.start_clipper()
+    standin.clear()
+    paths = m.get_logs(str(tmp_path / "logs"))
+    assert [os.path.basename(p) for p in paths] == ["query-frontend-at-c1-0.log"]
+    assert Path(paths[0]).read_text() == "the log of query-frontend-at-c1-0\n"
+    assert standin.calls() == [
+        f"GET {NS}/pods?labelSelector={CLUSTER}",
+        f"GET {NS}/pods/query-frontend-at-c1-0/log",
+    ]
+    proxied = manager(standin, kubernetes_proxy_addr="http://127.0.0.1:8001/")
+    proxied.connect()
+    assert proxied.get_admin_addr() == (
+        "127.0.0.1:8001/api/v1/namespaces/schooner/services/mgmt-frontend-at-c1:1338/proxy")
+    m.stop_all()
 
 
 def test_connect_without_a_cluster_says_how_to_start_one(standin):
