@@ -59,15 +59,19 @@ def may_hold_booleans(body: bytes) -> bool:
 
 def surely_too_many(body: bytes, input_type: InputType, limit: int) -> bool:
     """Whether a Clipper request body for an app of ``input_type`` holds more than ``limit``
-    inputs or is invalid, decided without decoding it: for the numeric types every input is
-    one flat array, so a valid body holds at most ``limit`` + ``_BRACKETS_SLACK`` "[".
-    A byte count (``memchr``-fast), and only for bodies long enough to hold that many
-    inputs (each at least 3 bytes: ``[n],``). False says nothing: the caller counts."""
-    return (
-        len(body) > 3 * limit
-        and input_type in FAST_CODES
-        and body.count(b"[") > limit + _BRACKETS_SLACK
-    )
+    inputs (or arrays or strings besides them), decided without decoding it: for the numeric
+    types every input is one flat array, so a body of at most ``limit`` inputs holds at most
+    ``limit`` + ``_BRACKETS_SLACK`` "["; for strings and bytes every input is one string,
+    two unescaped quotes. Byte counts (``memchr``-fast), and only for bodies long enough to
+    hold that many inputs (each at least 3 bytes: ``[n],`` or ``"",``). False says nothing:
+    the caller counts the decoded inputs."""
+    if len(body) <= 3 * limit:
+        return False
+    if input_type in FAST_CODES:
+        return body.count(b"[") > limit + _BRACKETS_SLACK
+    # an escaped quote is \" (a closing quote after an escaped backslash counts as escaped
+    # too: fewer quotes, never a refusal too many)
+    return body.count(b'"') - body.count(b'\\"') > 2 * (limit + _BRACKETS_SLACK)
 
 
 def _pack(value: list[object], code: str) -> bytes | None:

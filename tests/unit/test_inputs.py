@@ -72,8 +72,11 @@ def test_surely_too_many_counts_only_what_a_valid_numeric_body_must_hold() -> No
     assert not surely_too_many(batch, InputType.DOUBLES, 200)  # exactly the limit: it counts
     # one input with many numbers: one "[" only
     assert not surely_too_many(orjson.dumps({"input": [1.0] * 10_000}), InputType.DOUBLES, 100)
-    # strings may hold "[": never judged from the bytes
-    assert not surely_too_many(orjson.dumps({"input_batch": ["[[[["] * 200}), InputType.STRINGS, 100)
+    # strings may hold "[" and escaped quotes: those are not inputs
+    strings = orjson.dumps({"input_batch": ['[[[["\\"'] * 100})
+    assert not surely_too_many(strings, InputType.STRINGS, 100)
+    assert surely_too_many(orjson.dumps({"input_batch": ["abc"] * 200}), InputType.STRINGS, 100)
+    assert surely_too_many(orjson.dumps({"input_batch": ["YQ=="] * 200}), InputType.BYTES, 100)
     assert not surely_too_many(b"[" * 100, InputType.INTS, 100)  # too short to hold 100 inputs
 
 
