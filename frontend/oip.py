@@ -25,8 +25,8 @@ there, and two more outputs say which and why: ``default`` (BOOL ``[N]``) and
 (KServe's clients validate that), so the response's ``parameters`` only count them:
 ``{"defaults": k}``. ``outputs`` in the request selects among the three and asks for binary
 data per output (``parameters.binary_data``), as ``parameters.binary_data_output`` does for
-all. Errors are ``{"error": "..."}`` with 400 (bad request), 404 (no such app or version) or
-405.
+all. Errors are ``{"error": "..."}`` with 400 (bad request), 404 (no such app or version),
+405, or 413 (more rows than ``--max-inputs-per-request``, 10,000 by default).
 """
 
 from __future__ import annotations
