@@ -127,8 +127,24 @@ class RedisStateStore(StateStore):
         """The log entries after those applied here, and the index of the first (may run
         on a worker thread: it reads nothing ``apply`` changes but the index)."""
         start = self._applied
-        entries = self._call(lambda: self._redis.lrange(self._log_key, start, -1))
-        return start, list(entries)
+
+        def fetch() -> tuple[int, list[bytes]]:
+            with self._redis.pipeline(transaction=True) as pipe:
+                length, entries = pipe.llen(self._log_key).lrange(self._log_key, start, -1)\
+                    .execute()
+            return int(length), list(entries)
+
+        length, entries = self._call(fetch)
+        if length < start:
+            raise self._lost(length)
+        return start, entries
+
+    def _lost(self, length: int) -> StateUnavailable:
+        return StateUnavailable(
+            f"the shared state's log at {self.address} holds {length} changes but this frontend "
+            f"applied {self._applied}: the database lost data (restore it, or restart every "
+            "frontend to start from what it holds)"
+        )
 
     def apply(self, start: int, entries: list[bytes]) -> bool:
         """Apply entries fetched by ``poll`` (on the thread that owns the state); True if
@@ -161,7 +177,10 @@ class RedisStateStore(StateStore):
         def append() -> None:
             with self._redis.pipeline() as pipe:
                 pipe.watch(self._log_key)
-                if pipe.llen(self._log_key) != self._applied:
+                length = pipe.llen(self._log_key)
+                if length < self._applied:
+                    raise self._lost(length)
+                if length != self._applied:
                     raise _Stale("the state changed on another frontend; retry")
                 pipe.multi()
                 pipe.rpush(self._log_key, entry)

@@ -236,7 +236,7 @@ class KubernetesContainerManager(ContainerManager):
         self._api_client = api_client
         self._docker = docker_manager
         self._addresses: dict[int, str] = {}
-        self._clients: tuple[Any, Any] | None = None
+        self._clients: tuple[Any, Any, Any] | None = None
         self._token: str | None = None
 
     # ------------------------------------------------------------------ the API
@@ -251,6 +251,11 @@ class KubernetesContainerManager(ContainerManager):
 
     def _apis(self) -> tuple[Any, Any]:
         """(CoreV1Api, AppsV1Api) on the kubeconfig, in-cluster config or ``api_client``."""
+        core, apps, _ = self._all_apis()
+        return core, apps
+
+    def _all_apis(self) -> tuple[Any, Any, Any]:
+        """(CoreV1Api, AppsV1Api, NetworkingV1Api)."""
         if self._clients is None:
             kubernetes = _client()
             api = self._api_client
@@ -260,7 +265,9 @@ class KubernetesContainerManager(ContainerManager):
                 except kubernetes.config.ConfigException:
                     kubernetes.config.load_kube_config()
                 api = kubernetes.client.ApiClient()
-            self._clients = (kubernetes.client.CoreV1Api(api), kubernetes.client.AppsV1Api(api))
+            client = kubernetes.client
+            self._clients = (client.CoreV1Api(api), client.AppsV1Api(api),
+                             client.NetworkingV1Api(api))  # fmt: skip
         return self._clients
 
     def _api_error(self) -> Any:
@@ -273,7 +280,7 @@ class KubernetesContainerManager(ContainerManager):
 
     def _create(self, obj: dict[str, Any]) -> None:
         """Create one rendered object; one that exists is replaced (a previous run's)."""
-        core, apps = self._apis()
+        core, apps, networking = self._all_apis()
         kind, name, ns = obj["kind"], obj["metadata"]["name"], self.namespace
         create: dict[str, Callable[..., Any]] = {
             "Namespace": lambda: core.create_namespace(obj),
@@ -282,6 +289,7 @@ class KubernetesContainerManager(ContainerManager):
                 lambda: core.create_namespaced_persistent_volume_claim(ns, obj),
             "Service": lambda: core.create_namespaced_service(ns, obj),
             "Deployment": lambda: apps.create_namespaced_deployment(ns, obj),
+            "NetworkPolicy": lambda: networking.create_namespaced_network_policy(ns, obj),
         }  # fmt: skip
         replace: dict[str, Callable[..., Any]] = {
             "Deployment": lambda: apps.replace_namespaced_deployment(name, ns, obj),
@@ -519,6 +527,12 @@ class KubernetesContainerManager(ContainerManager):
             ns, label_selector=selector
         ).items:
             self._delete(core.delete_namespaced_persistent_volume_claim, claim.metadata.name,
+                         graceful)  # fmt: skip
+        networking = self._all_apis()[2]
+        for policy in networking.list_namespaced_network_policy(
+            ns, label_selector=selector
+        ).items:
+            self._delete(networking.delete_namespaced_network_policy, policy.metadata.name,
                          graceful)  # fmt: skip
         for secret in core.list_namespaced_secret(ns, label_selector=selector).items:
             self._delete(core.delete_namespaced_secret, secret.metadata.name, graceful)

@@ -19,7 +19,8 @@ Service ``query-frontend-pods-at-<c>``   headless: resolves to every ready front
 PersistentVolumeClaim                    one frontend: its SQLite state (``state.db``);
 ``schooner-<c>-state``                   several: the Redis data (append-only file)
 Deployment/Service ``redis-at-<c>``      several frontends and no ``redis_ip``: the shared
-                                         state database
+                                         state database, and a NetworkPolicy letting only
+                                         the frontend pods reach it
 Deployment ``<name>-<version>-…-at-<c>`` one per model version, ``num_replicas`` pods
 =======================================  ==================================================
 
@@ -28,7 +29,9 @@ Every object carries Clipper's labels: ``ai.clipper.container.label=<c>`` on all
 on a model's Deployment and pods (label-safe). Names and label values are valid DNS labels
 whatever a model is called (``dns_label``); a model's real name and version are in its
 annotations. Model pods are scraped by Prometheus (``prometheus.io/*`` annotations) on
-their metrics port; frontend pods on the query port.
+their metrics port; frontend pods on the query port. No pod needs the Kubernetes API, so
+none gets a service account token; every pod runs as a non-root user, all capabilities
+dropped.
 """
 
 from __future__ import annotations
@@ -379,7 +382,8 @@ def frontend_deployment(spec: ClusterSpec) -> dict[str, Any]:
     resources = spec.frontend_resources.render()
     if resources:
         container["resources"] = resources
-    pod: dict[str, Any] = {"securityContext": _pod_security(), "containers": [container]}
+    pod: dict[str, Any] = {"securityContext": _pod_security(), "containers": [container],
+                           "automountServiceAccountToken": False}  # fmt: skip
     if not spec.shared_state:
         container["volumeMounts"] = [{"name": "state", "mountPath": STATE_DIR}]
         pod["volumes"] = [
@@ -466,6 +470,7 @@ def redis_objects(spec: ClusterSpec) -> list[dict[str, Any]]:
     }
     pod = {
         "securityContext": {"runAsNonRoot": True, "runAsUser": 999, "fsGroup": 999},
+        "automountServiceAccountToken": False,
         "containers": [container],
         "volumes": [
             {"name": "data",
@@ -488,7 +493,21 @@ def redis_objects(spec: ClusterSpec) -> list[dict[str, Any]]:
         },
     }
     service = _service(spec, name, "redis", "redis", spec.redis_port, "ClusterIP", labels)
-    return [deployment, service]
+    # only the cluster's frontend pods reach it (where the network enforces policies)
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(spec, name, _labels(spec, "redis")),
+        "spec": {
+            "podSelector": {"matchLabels": dict(labels)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [{"podSelector": {"matchLabels": _labels(spec, "query-frontend")}}],
+                "ports": [{"protocol": "TCP", "port": spec.redis_port}],
+            }],
+        },
+    }  # fmt: skip
+    return [deployment, service, policy]
 
 
 def cluster_objects(
@@ -558,7 +577,8 @@ def model_deployment(spec: ClusterSpec, model: ModelSpec) -> dict[str, Any]:
     resources = model.resources.render()
     if resources:
         container["resources"] = resources
-    pod: dict[str, Any] = {"securityContext": _pod_security(), "containers": [container]}
+    pod: dict[str, Any] = {"securityContext": _pod_security(), "containers": [container],
+                           "automountServiceAccountToken": False}  # fmt: skip
     if spec.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": s} for s in spec.image_pull_secrets]
     return {

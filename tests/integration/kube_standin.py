@@ -79,6 +79,9 @@ class StandIn:
                 return self._collection(_CORE[rest[2]], rest[1], rest[3:], method, query, body)
         if parts[:3] == ["apis", "apps", "v1"] and len(parts) >= 6 and parts[5] in _APPS:
             return self._collection(_APPS[parts[5]], parts[4], parts[6:], method, query, body)
+        if parts[:3] == ["apis", "networking.k8s.io", "v1"] and len(parts) >= 6 \
+                and parts[5] == "networkpolicies":
+            return self._collection("NetworkPolicy", parts[4], parts[6:], method, query, body)
         return 404, _status(404, "NotFound", f"no route {'/'.join(parts)}")
 
     def _collection(self, kind: str, ns: str, rest: list[str], method: str,

@@ -127,6 +127,18 @@ def test_learned_policy_state_is_shared_but_not_logged(redis_address):
         s.close()
 
 
+def test_a_database_that_lost_its_data_is_said_so(redis_address):
+    a = store(redis_address)
+    a.add_app(App("kept", D, "0", 1000))
+    a._redis.flushall()  # a Redis without its volume, restarted
+    with pytest.raises(StateUnavailable, match="lost data"):
+        a.add_app(App("new", D, "0", 1000))
+    with pytest.raises(StateUnavailable, match="holds 0 changes but this frontend applied 1"):
+        a.poll()
+    assert set(a.apps) == {"kept"}
+    a.close()
+
+
 def test_query_ids_are_unique_across_frontends(redis_address):
     a, b = store(redis_address), store(redis_address)
     blocks = [a.reserve_query_ids(1000), b.reserve_query_ids(1000), a.reserve_query_ids(5)]

@@ -22,6 +22,7 @@ pytest.importorskip("kubernetes")
 
 NS = "/api/v1/namespaces/schooner"
 APPS = "/apis/apps/v1/namespaces/schooner/deployments"
+NETWORKING = "/apis/networking.k8s.io/v1/namespaces/schooner"
 CLUSTER = "ai.clipper.container.label=c1"
 
 
@@ -65,6 +66,7 @@ def test_start_connect_and_stop_two_frontends(standin, frontend):
         f"POST {NS}/persistentvolumeclaims schooner-c1-state",
         f"POST {APPS} redis-at-c1",
         f"POST {NS}/services redis-at-c1",
+        f"POST {NETWORKING}/networkpolicies redis-at-c1",
         f"POST {APPS} query-frontend-at-c1",
         f"POST {NS}/services query-frontend-at-c1",
         f"POST {NS}/services mgmt-frontend-at-c1",
@@ -103,6 +105,7 @@ def test_start_connect_and_stop_two_frontends(standin, frontend):
         f"DELETE {NS}/services/query-frontend-rpc-at-c1",
         f"DELETE {NS}/services/redis-at-c1",
         f"DELETE {NS}/persistentvolumeclaims/schooner-c1-state",
+        f"DELETE {NETWORKING}/networkpolicies/redis-at-c1",
         f"DELETE {NS}/secrets/schooner-c1-credentials",
         f"DELETE {NS}",  # it made the namespace (the cluster's label is on it)
     ]

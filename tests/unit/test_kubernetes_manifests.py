@@ -49,7 +49,8 @@ def test_the_supported_range_reaches_1_29_and_the_newest_shipped():
 def test_every_object_validates_strictly(version):
     objects = rendered()
     kinds = {o["kind"] for o in objects}
-    assert kinds == {"Namespace", "Secret", "PersistentVolumeClaim", "Deployment", "Service"}
+    assert kinds == {"Namespace", "Secret", "PersistentVolumeClaim", "Deployment", "Service",
+                     "NetworkPolicy"}
     for obj in objects:
         kubernetes_validate.validate(obj, version, strict=True)
 

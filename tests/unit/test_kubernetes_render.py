@@ -27,6 +27,7 @@ def test_two_frontends_and_a_model_render_as_valid_yaml(capsys):
         ("PersistentVolumeClaim", "schooner-demo-state"),
         ("Deployment", "redis-at-demo"),
         ("Service", "redis-at-demo"),
+        ("NetworkPolicy", "redis-at-demo"),
         ("Deployment", "query-frontend-at-demo"),
         ("Service", "query-frontend-at-demo"),
         ("Service", "mgmt-frontend-at-demo"),
@@ -34,8 +35,8 @@ def test_two_frontends_and_a_model_render_as_valid_yaml(capsys):
         ("Service", "query-frontend-pods-at-demo"),
         ("Deployment", "sum-1-at-demo"),
     ]
-    assert objects[5]["spec"]["replicas"] == 2 and objects[-1]["spec"]["replicas"] == 3
-    assert objects[6]["spec"]["type"] == "LoadBalancer"
+    assert objects[6]["spec"]["replicas"] == 2 and objects[-1]["spec"]["replicas"] == 3
+    assert objects[7]["spec"]["type"] == "LoadBalancer"
     for obj in objects:
         kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
 
