@@ -38,7 +38,7 @@ if MODEL_ENV in os.environ:  # imported by BentoML's server, in the BentoML envi
 
         @bentoml.api(batchable=True, max_batch_size=int(os.environ[MAX_BATCH_ENV]),
                      max_latency_ms=60_000)  # fmt: skip
-        def predict(self, input: np.ndarray) -> list[str]:  # noqa: A002 (the body's key)
+        def predict(self, input: np.ndarray) -> list[str]:  # "input": the body's key
             return self.model(input)
 
 

@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     predict = build(model)
 
     @batch  # type: ignore[misc]
-    def infer(input: Any) -> dict[str, Any]:  # noqa: A002 (the tensor's name)
+    def infer(input: Any) -> dict[str, Any]:  # "input": the tensor's name
         labels = predict(input)
         return {"output": np.array([[label.encode()] for label in labels], dtype=np.object_)}
 

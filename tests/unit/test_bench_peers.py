@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import models
-from benchmarks.e2e import Absent, Cell, one_line, peer_pythons, table
+from benchmarks.e2e import Absent, Cell, one_line, peer_pythons, table, verdicts
 from benchmarks.peers import forms
 from benchmarks.systems import PEER_SPECS, PEERS, start_peer
 
@@ -112,6 +112,23 @@ def test_absent_peers_get_a_row_with_the_reason():
     assert lines[3] == "| noop |  | mosec | failed to start: exited with code 1 |  |  |  |  |  |  |"
     assert lines[4].startswith("| mlp |  | triton | not installed (no pytriton in /x) |")
     assert one_line(RuntimeError("first | line\nsecond")) == "first / line"
+
+
+def test_verdicts_compare_schooner_with_each_peer_at_64_connections():
+    def cell(model, system, rate, cpu):
+        return Cell(model, system, 64, rate, 1.0, 2.0, cpu, 0, [])
+
+    lines = verdicts([cell("noop", "schooner", 30_000, 30.0), cell("noop", "mosec", 10_000, 75.0),
+                      cell("mlp", "schooner", 18_000, 50.0), cell("mlp", "mosec", 7_500, 90.0),
+                      cell("mlp", "triton", 1_800, 450.0)])  # fmt: skip
+    assert lines == [
+        "noop, 64 connections: Schooner 3.0x mosec's req/s (target >= 3: met); mosec spends 2.5x "
+        "Schooner's server CPU per request",
+        "mlp, 64 connections: Schooner 2.4x mosec's req/s (target >= 3: MISSED); mosec spends "
+        "1.8x Schooner's server CPU per request",
+        "mlp, 64 connections: Schooner 10.0x triton's req/s; triton spends 9.0x Schooner's "
+        "server CPU per request",
+    ]
 
 
 def test_a_peer_that_cannot_start_says_why(tmp_path):
