@@ -459,6 +459,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._broken = True
         self._transport = self._linger = None
+        self._body = []  # the protocol and its parser are a cycle, freed only by the GC
         slots, self._slots = self._slots, deque()
         for slot in slots:  # requests still waiting for an answer nobody will read
             if slot.data is None and slot.cancel is not None:
@@ -514,7 +515,6 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._url = b""
-        self._body = []
         self._body_len = 0
         self._header_length = None
         self._authorization = None
@@ -585,9 +585,10 @@ class HttpProtocol(asyncio.Protocol):
             path, query = url[:q].decode("latin-1"), url[q + 1 :].decode("latin-1")
         else:
             path, query = url.decode("latin-1"), ""
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        if self._body_len > TRIM_AFTER_BYTES:
-            self._listener.trim = True
+        chunks = self._body
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._body = []  # here, not at the next request: a closed connection keeps none
+        big = self._body_len > TRIM_AFTER_BYTES  # give memory back once it is answered
         method = parser.get_method().decode("ascii")
         request = Request(method, path, query, body, self._header_length)
         request.authorization = self._authorization
@@ -602,7 +603,7 @@ class HttpProtocol(asyncio.Protocol):
         def reply(status: int, body: bytes, content_type: bytes = JSON, headers: bytes = b"") -> None:
             if slot.data is not None or self._transport is None:
                 return
-            if len(body) > TRIM_AFTER_BYTES:
+            if big or len(body) > TRIM_AFTER_BYTES:
                 self._listener.trim = True
             data = render(status, body, content_type, slot.close, headers)
             slot.data = data[: len(data) - len(body)] if head else data
@@ -678,6 +679,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         while slots and slots[0].data is not None:
             slot = slots.popleft()
+            slot.cancel = None  # (it holds the request's queries, which hold their reply)
             transport.write(slot.data)  # type: ignore[arg-type]
             if slot.close:
                 self._close()

@@ -160,30 +160,31 @@ class QueryApi:
 
     def _convert_in_slices(
         self, request: Request, reply: Reply, app: App, body: dict[str, Any],
-        values: list[Any], convert: Callable[[object], bytes],
+        values: list[Any], convert: Callable[[object], bytes], inputs: list[bytes] | None = None,
     ) -> None:  # fmt: skip
         """An ``input_batch`` of more than ``SLICE_INPUTS`` inputs: converted that many at a
-        time, the event loop answering other requests in between, then submitted whole."""
+        time, the event loop answering other requests in between, then submitted whole.
+        (Each slice is a fresh call_soon of this method: no closure, no cycle to keep the
+        inputs alive after the answer.)"""
         loop = asyncio.get_running_loop()
-        inputs: list[bytes] = []
-
-        def step() -> None:
-            try:
-                _convert_batch(values, convert, len(inputs), inputs, SLICE_INPUTS)
-                if len(inputs) < len(values):
-                    loop.call_soon(step)
-                    return
-                key = self._model_version(app, body.get("version"))
-            except BadInput as exc:
-                self._reject(reply, 400, "invalid input", str(exc))
+        if inputs is None:  # the first call, from predict: start on the next turn
+            loop.call_soon(self._convert_in_slices, request, reply, app, body, values, convert, [])
+            return
+        try:
+            _convert_batch(values, convert, len(inputs), inputs, SLICE_INPUTS)
+            if len(inputs) < len(values):
+                loop.call_soon(self._convert_in_slices, request, reply, app, body, values,
+                               convert, inputs)  # fmt: skip
                 return
-            try:
-                self._submit_body(request, reply, app, body, inputs, True, key)
-            except Exception:  # not inside the HTTP layer's guard any more
-                log.exception("input_batch of app %r failed", app.name)
-                reply(*json_error(500, "internal error", "the server failed to handle the request"))
-
-        loop.call_soon(step)
+            key = self._model_version(app, body.get("version"))
+        except BadInput as exc:
+            self._reject(reply, 400, "invalid input", str(exc))
+            return
+        try:
+            self._submit_body(request, reply, app, body, inputs, True, key)
+        except Exception:  # not inside the HTTP layer's guard any more
+            log.exception("input_batch of app %r failed", app.name)
+            reply(*json_error(500, "internal error", "the server failed to handle the request"))
 
     def _submit_body(
         self, request: Request, reply: Reply, app: App, body: dict[str, Any],
@@ -303,7 +304,8 @@ class QueryApi:
                     pass  # the app went meanwhile, or a shared store refused: learn on
 
             router = self._routers[name] = Router(
-                name, selection, state.current.get, self._dispatcher, self._metrics,
+                name, selection, lambda model: state.current.get(model), self._dispatcher,
+                self._metrics,
                 policy_state=state.policy_state.get(name), save_state=save, rng=self.rng,
                 linked=lambda: state.apps[name].linked_model if name in state.apps else None,
             )  # fmt: skip
