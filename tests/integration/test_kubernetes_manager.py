@@ -138,6 +138,22 @@ def test_logs_and_the_kubectl_proxy_address(standin, frontend, tmp_path):
     m.stop_all()
 
 
+def test_addresses_come_from_external_nodes_or_a_load_balancer(standin, frontend):
+    manager(standin).start_clipper()
+    standin.nodes = [node("n1", "10.0.0.1")]  # an internal address only
+    strict = KubernetesContainerManager("c1", namespace="schooner", api_client=api_client(standin))
+    with pytest.raises(ClipperException, match="useInternalIP=True"):
+        strict.connect()
+    standin.nodes[0]["status"]["addresses"].append({"type": "ExternalIP", "address": "203.0.113.9"})
+    strict.connect()
+    assert strict.get_query_addr().startswith("203.0.113.9:")
+    service = standin.objects[("Service", "schooner", "query-frontend-at-c1")]
+    service["spec"]["type"] = "LoadBalancer"
+    service["status"] = {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}}
+    strict.connect()
+    assert strict.get_query_addr() == "198.51.100.7:1337"
+
+
 def test_connect_without_a_cluster_says_how_to_start_one(standin):
     with pytest.raises(ClipperException, match="no cluster 'c1' runs in namespace"):
         manager(standin).connect()

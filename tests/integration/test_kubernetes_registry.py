@@ -7,7 +7,9 @@ import urllib.request
 
 import pytest
 from conftest import free_port
+from kube_standin import StandIn, api_client, node, standin_server
 
+from schooner.admin import KubernetesContainerManager
 from schooner.admin.managers.kubernetes import check_pullable
 from schooner.runtime.errors import ClipperException
 
@@ -34,6 +36,14 @@ def registry(spawn, tmp_path):
 def test_an_image_the_registry_lacks_is_refused_before_deploying(registry):
     with pytest.raises(ClipperException, match=r"HTTP 404, the registry has no such image"):
         check_pullable(f"{registry}/sum:1", nodes=3)
+
+
+def test_a_deploy_of_an_image_the_registry_lacks_applies_nothing(registry):
+    with standin_server(StandIn(nodes=[node("n1", "10.0.0.1"), node("n2", "10.0.0.2")])) as s:
+        manager = KubernetesContainerManager("c1", api_client=api_client(s))
+        with pytest.raises(ClipperException, match=f"cannot be pulled from {registry}: HTTP 404"):
+            manager.deploy_model("sum", "1", "doubles", f"{registry}/sum:1")
+        assert s.calls() == ["GET /api/v1/nodes"]
 
 
 def test_a_registry_that_does_not_answer_is_named():
