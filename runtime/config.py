@@ -38,8 +38,9 @@ SCHOONER_RPC_MAX_MESSAGE_BYTES 268435456 (256 MiB)          bytes one message fr
                                                             frontend may hold (larger: dropped)
 SCHOONER_RPC_MAX_FRAMES        65536                        frames one message may hold
 SCHOONER_EVERY_FRONTEND        0                            1: CLIPPER_IP names every frontend
-                                                            (a headless Service); serve each
-                                                            address it resolves to, one
+                                                            (a headless Service, or hosts
+                                                            separated by commas); serve each
+                                                            address they resolve to, one
                                                             session each (runtime.frontends)
 =============================  ===========================  ==================================
 
