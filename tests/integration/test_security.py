@@ -277,6 +277,11 @@ def test_a_local_cluster_keeps_its_credentials_owner_only(tmp_path):
                 time.sleep(0.1)
             assert mini.metadata_requests >= 3 and not mini.registered.is_set()
         assert conn.cm.management.post("/admin/get_all_containers", {}) == []
+        # The CLI finds the token by itself too.
+        cli = subprocess.run([sys.executable, "-m", "schooner.admin.cli", "status", "--cluster",
+                              "sec"], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "SCHOONER_HOME": str(tmp_path / "home")})  # fmt: skip
+        assert cli.returncode == 0 and "frontend: up" in cli.stdout, cli.stdout + cli.stderr
         log = layout.frontend_log.read_text()
         assert "did not authenticate" in log
         assert layout.admin_token_file.read_text().strip() not in log
