@@ -127,3 +127,35 @@ def test_a_secret_file_is_made_once_and_owner_only(tmp_path):
     (tmp_path / "blank").write_text("\n")
     with pytest.raises(ValueError, match="must hold 1 to 4096 bytes"):
         read_secret_file(tmp_path / "blank")
+
+
+def test_the_frontend_takes_secrets_from_files_or_the_environment_never_argv(tmp_path):
+    import argparse
+
+    from schooner.frontend import credentials
+
+    def settings(argv, env):
+        p = argparse.ArgumentParser()
+        p.add_argument("--state-db", default=str(tmp_path / "state.db"))
+        credentials.add_arguments(p)
+        problems: list[str] = []
+        return credentials.from_arguments(p.parse_args(argv), problems, env), problems
+
+    none, problems = settings([], {})
+    assert none["rpc_secret"] is None and problems == []
+    assert none["admin_token_file"] == str(tmp_path / "admin.token")
+    assert not (tmp_path / "admin.token").exists()  # made when the frontend starts
+    from_env, _ = settings([], {"SCHOONER_RPC_SECRET": "s1", "SCHOONER_ADMIN_TOKEN": "t1"})
+    assert (from_env["rpc_secret"], from_env["admin_token"]) == (b"s1", b"t1")
+    secret = tmp_path / "rpc.secret"
+    secret.write_text("s2\n")
+    from_file, _ = settings(["--rpc-secret-file", str(secret)], {"SCHOONER_RPC_SECRET": "s1"})
+    assert from_file["rpc_secret"] == b"s2"
+    _, problems = settings(["--rpc-secret-file", str(tmp_path / "missing"), "--rpc-max-frames",
+                            "2"], {})  # fmt: skip
+    assert len(problems) == 2 and all("s2" not in p for p in problems)
+    token = credentials.admin_token(None, str(tmp_path / "admin.token"))
+    assert token == (tmp_path / "admin.token").read_bytes().strip()
+    assert stat.S_IMODE((tmp_path / "admin.token").stat().st_mode) == 0o600
+    with pytest.raises(ConfigError, match="admin token file"):
+        credentials.admin_token(None, str(tmp_path / "no-such-dir" / "admin.token"))
