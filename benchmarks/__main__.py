@@ -9,6 +9,7 @@ Suites (``python -m benchmarks <suite> --help`` for each one's options):
 * ``frameworks`` — a small model per framework, container vs in-process
 * ``oip``      — the Open Inference Protocol (REST JSON, binary, gRPC) vs Clipper's path, MLServer
 * ``reliability`` — overload goodput and shedding, kill -9 and hung replicas, largest requests
+* ``selection`` — the cost of a traffic split and a shadow per query; cache hits vs misses
 
 Every suite takes ``--smoke`` (short, no peers: what CI runs), ``--json FILE`` (raw
 results), ``--repeats N`` (median of N runs), ``--server-cpu``/``--load-cpu``/``--no-pin``.
@@ -27,6 +28,7 @@ SUITES = {
     "frameworks": "benchmarks.frameworks",
     "oip": "benchmarks.oip",
     "reliability": "benchmarks.reliability",
+    "selection": "benchmarks.selection",
 }
 
 

@@ -194,3 +194,22 @@ def test_reliability_smoke(tmp_path):
     # 414 (or, when the client was still sending 64 MB as the frontend closed, a reset)
     assert largest[1]["status"] in (414, 0)
     assert "| overload 10x |" in result.stdout
+
+
+@pytest.mark.timeout(600)
+def test_selection_smoke(tmp_path):
+    """``python -m benchmarks selection``: every setting (fixed, split, shadow, cache hit and
+    miss) runs against a real frontend and three replicas, answers without errors or default
+    outputs, and the table and the JSON say the same."""
+    out = tmp_path / "selection.json"
+    result = _run_suite("selection", "--smoke", "--no-pin", "--json", str(out))
+    rows = {r["scenario"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"fixed", "split 90/10", "shadow 100%", "cache hit", "cache miss"}
+    for row in rows.values():
+        assert row["errors"] == 0 and row["defaults"] == 0 and row["requests_per_s"] > 0
+        assert [row["scenario"], "16", f"{row['requests_per_s']:,.0f}"] == [
+            c for c in table_rows(result.stdout) if c[0] == row["scenario"]][0][:3]  # fmt: skip
+    assert "selection" in subprocess.run([sys.executable, "-m", "benchmarks", "--help"],
+                                         cwd=ROOT, capture_output=True, text=True).stderr
+    assert re.search(r"^- 16 connections: a cache hit answers \S+x the req/s of a miss",
+                     result.stdout, re.MULTILINE)  # fmt: skip
