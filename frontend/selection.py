@@ -36,10 +36,10 @@ Settings of a selection (``normalize``; limits in capitals below):
 Feedback (``POST /<app>/update {"input": ..., "label": ...}``) is scored against the answer
 the chosen member gave for that same input: the last ``RECENT_ANSWERS`` inputs a bandit
 answered are remembered (by a 16-byte digest of their bytes, with answers of at most
-``MAX_REMEMBERED`` characters, so a few MB at most); feedback for an input not among them is counted as unmatched
-and changes nothing (it is not re-queried). The reward is 1 when the answer equals the
-label (numbers within 1e-9, relative) and 0 otherwise. The policy's state is saved with
-the app after each scored feedback, so it survives a restart.
+``MAX_REMEMBERED`` characters: a few MB per app at most); feedback for an input not among
+them is counted as unmatched and changes nothing (it is not re-queried). The reward is 1
+when the answer equals the label (numbers within 1e-9, relative) and 0 otherwise. The
+policy's state is saved with the app after each scored feedback, so it survives a restart.
 
 The policies (``WeightedSplit``, ``EpsilonGreedy``, ``Exp3``, ``combine``, ``reward``) are
 pure: no I/O, the random generator injected. ``Router`` joins them to the dispatcher: it
@@ -65,9 +65,9 @@ from schooner.frontend.dispatch import NO_MODEL, Dispatcher, Query
 from schooner.frontend.metrics import FrontendMetrics
 
 __all__ = [
-    "POLICIES", "COMBINERS", "ROUTED", "MAX_MEMBERS", "MAX_CACHE_MB", "RECENT_ANSWERS", "MAX_REMEMBERED",
-    "SHADOW_MAX_WAITING", "SelectionError", "normalize", "WeightedSplit", "EpsilonGreedy",
-    "Exp3", "combine", "reward", "Router",
+    "POLICIES", "COMBINERS", "ROUTED", "MAX_MEMBERS", "MAX_CACHE_MB", "RECENT_ANSWERS",
+    "MAX_REMEMBERED", "SHADOW_MAX_WAITING", "SelectionError", "normalize", "WeightedSplit",
+    "EpsilonGreedy", "Exp3", "combine", "reward", "Router",
 ]  # fmt: skip
 
 POLICIES = ("fixed", "split", "epsilon_greedy", "exp3", "ensemble")
@@ -78,7 +78,7 @@ MAX_CACHE_MB = 65536
 MAX_FIELD = 256  # characters of a sticky field's name
 MAX_STICKY_BYTES = 1024  # of a sticky value that is hashed (longer ones: their prefix)
 RECENT_ANSWERS = 10_000  # inputs a bandit remembers the answer of, for feedback
-MAX_REMEMBERED = 4096  # characters of an answer remembered for feedback (longer: not)
+MAX_REMEMBERED = 256  # characters of an answer remembered for feedback (longer: not)
 SHADOW_MAX_WAITING = 1000  # a shadow copy is not sent when this many wait for the shadow
 DEFAULTS: dict[str, Any] = {
     "policy": "fixed", "models": [], "sticky_field": None, "epsilon": 0.1, "gamma": 0.1,
@@ -159,8 +159,8 @@ def normalize(settings: dict[str, Any]) -> dict[str, Any] | None:
     if shadow is not None:
         if not isinstance(shadow, dict) or set(shadow) - {"model", "fraction"}:
             raise SelectionError("'shadow' must be {\"model\": member, \"fraction\": f}")
-        s["shadow"] = {"model": _member(shadow.get("model")),
-                       "fraction": _number(shadow.get("fraction", 1.0), "fraction", 0, 1)}  # fmt: skip
+        fraction = _number(shadow.get("fraction", 1.0), "fraction", 0, 1)
+        s["shadow"] = {"model": _member(shadow.get("model")), "fraction": fraction}
     cache_mb = s["cache_mb"]
     s["cache_mb"] = _number(cache_mb, "cache_mb", 0, MAX_CACHE_MB)
     if s["policy"] == "fixed" and s["shadow"] is None and s["cache_mb"] == 0:
@@ -481,7 +481,10 @@ class Router:
         """Route one request's queries (all to one member, or each to every member)."""
         keys = self.keys()
         if self.policy == "ensemble":
+            shadowed = self._shadow_pairs(queries, None)  # compared with the combination
             self._ensemble(queries, keys, slo_micros)
+            if shadowed:
+                self._send_shadow(shadowed, slo_micros)
             return
         arm, prob = 0, 1.0
         if self.bandit is not None:
@@ -613,7 +616,7 @@ class Router:
     # ----------------------------------------------------------------- shadow
 
     def _shadow_pairs(
-        self, queries: list[Query], primary: tuple[str, str]
+        self, queries: list[Query], primary: tuple[str, str] | None
     ) -> list[tuple[Query, _Shadowed]]:
         if self.shadow is None:
             return []
