@@ -296,6 +296,8 @@ class QueryApi:
                 return router
             state = self._state
             name = app.name
+            for gone in [n for n in self._routers if n not in state.apps]:
+                del self._routers[gone]  # routers of deleted apps
 
             def save(text: str) -> None:
                 try:
@@ -349,12 +351,6 @@ class QueryApi:
         else:
             result = self.router(app).feedback(data, body["label"])
         reply(200, orjson.dumps(result))
-
-    def describe(self, app: App) -> dict[str, object]:
-        """The live part of an app's selection (a policy's probabilities, cache counts)."""
-        if app.selection is None:
-            return {}
-        return self.router(app).describe()
 
 
 class QueryIds:

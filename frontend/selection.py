@@ -598,21 +598,6 @@ class Router:
         self._metrics.feedback(self.app, "scored")
         return {"scored": True, "model": self.members[arm], "reward": r}
 
-    def describe(self) -> dict[str, Any]:
-        """What ``get_application`` shows of the live state."""
-        out: dict[str, Any] = {}
-        if isinstance(self.bandit, Exp3):
-            out["probabilities"] = dict(zip(self.members, self.bandit.probabilities()))
-        elif isinstance(self.bandit, EpsilonGreedy):
-            b = self.bandit
-            out["mean_rewards"] = {
-                m: (b.sums[i] / b.counts[i] if b.counts[i] else None)
-                for i, m in enumerate(self.members)
-            }
-        if self.cache is not None:
-            out["cache"] = self.cache.describe()
-        return out
-
     # ----------------------------------------------------------------- shadow
 
     def _shadow_pairs(
