@@ -478,7 +478,7 @@ def redis_objects(spec: ClusterSpec) -> list[dict[str, Any]]:
             {"name": "config", "secret": {
                 "secretName": names.secret(spec.cluster_name),
                 "items": [{"key": _REDIS_CONF_KEY, "path": _REDIS_CONF_KEY}],
-                "defaultMode": 0o400}},
+                "defaultMode": 0o440}},
         ],
     }  # fmt: skip
     deployment = {

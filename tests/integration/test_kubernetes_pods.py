@@ -6,14 +6,17 @@ No kubelet can run here, so this test is one: it takes the frontend and model De
 its capabilities dropped), puts the containers on one network under the names the Services
 give them (the headless Service's name resolves to every frontend pod, as cluster DNS does),
 runs the probes the spec names (exec, httpGet, tcpSocket) inside the pod as the kubelet
-would, and queries the result: two frontend pods sharing one Redis (``redis_ip``: one of
-the user's own, here redis-server on the network's gateway) and one model replica serving
-both. Skipped when no Docker engine answers.
+would, and queries the result: two frontend pods sharing one Redis and one model replica
+serving both. The Redis is either the pod the manager renders (its config from the
+Secret, its data on a volume; the image is Debian's redis-server on the local Debian base,
+as no image registry is reachable here) or one of the user's own (``redis_ip``: here
+redis-server on the network's gateway). Skipped when no Docker engine answers.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -64,11 +67,17 @@ def run_pod(engine: Engine, deployment: dict[str, Any], secret: dict[str, Any], 
     assert security["capabilities"]["drop"] == ["ALL"]
     env_file = tmp / f"{name}.env"
     _env_file(container, secret, env_file)
+    user = pod["securityContext"]["runAsUser"]
     argv = ["run", "--detach", "--name", name, "--network", network,
-            "--user", str(pod["securityContext"]["runAsUser"]), "--cap-drop", "ALL",
+            "--user", str(user), "--group-add", str(pod["securityContext"]["fsGroup"]),
+            "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges", "--env-file", str(env_file),
             "--label", f"{k8s.CLIPPER_NAME_LABEL}={name}",
             "--entrypoint", container["command"][0]]  # fmt: skip
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        argv += ["--volume", f"{_volume(volumes[mount['name']], secret, pod, tmp)}:"
+                 f"{mount['mountPath']}{':ro' if mount.get('readOnly') else ''}"]
     for alias in aliases:
         argv += ["--network-alias", alias]
     for port in publish:
@@ -76,6 +85,27 @@ def run_pod(engine: Engine, deployment: dict[str, Any], secret: dict[str, Any], 
     argv += [container["image"], *container["command"][1:], *container.get("args", [])]
     engine.run(argv, timeout=120.0)
     return name
+
+
+def _volume(volume: dict[str, Any], secret: dict[str, Any], pod: dict[str, Any],
+            tmp: Path) -> Path:  # fmt: skip
+    """A host directory standing in for a pod volume: a claim's (owned by the fsGroup, as
+    the kubelet makes it) or a secret's items (the mode it names, group fsGroup)."""
+    group = pod["securityContext"]["fsGroup"]
+    path = Path(tempfile.mkdtemp(dir=tmp, prefix=volume["name"]))
+    if "secret" in volume:
+        assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+        for item in volume["secret"]["items"]:
+            target = path / item["path"]
+            target.write_text(secret["stringData"][item["key"]])
+            os.chown(target, 0, group)
+            target.chmod(volume["secret"]["defaultMode"])
+        path.chmod(0o755)
+    else:
+        assert "persistentVolumeClaim" in volume
+        os.chown(path, 0, group)
+        path.chmod(0o770)
+    return path
 
 
 def probe(engine: Engine, name: str, container: dict[str, Any], kind: str) -> bool:
@@ -128,21 +158,48 @@ def network(engine):
     if started:
         engine.run(["rm", "--force", *started], check=False, timeout=120.0)
     engine.run(["network", "rm", name], check=False)
+    if started_images:
+        engine.run(["rmi", *started_images], check=False)
+        started_images.clear()
 
 
-def test_two_frontend_pods_and_one_replica_run_as_rendered(engine, network, spawn, tmp_path):
+started_images: list[str] = []  # model images a test built under a version of its own
+
+
+REDIS_IMAGE = "schooner-test/redis:7"
+
+
+def redis_image(engine: Engine, python: str, tmp: Path) -> str:
+    """Debian's redis-server on the Python base (no image registry is reachable here)."""
+    if not engine.inspect("image", [REDIS_IMAGE]):
+        (tmp / "Dockerfile").write_text(
+            f"FROM {python}\nRUN apt-get update -qq && apt-get install -y -qq "
+            "--no-install-recommends redis-server && rm -rf /var/lib/apt/lists/*\n")
+        engine.run(["build", "--tag", REDIS_IMAGE, str(tmp)], timeout=900.0)
+    return REDIS_IMAGE
+
+
+@pytest.mark.parametrize("redis", ["managed", "own"])
+def test_two_frontend_pods_and_one_replica_run_as_rendered(engine, network, spawn, tmp_path,
+                                                           redis):  # fmt: skip
     server = shutil.which("redis-server")
-    if server is None:
+    if redis == "own" and server is None:
         pytest.skip("redis-server is not installed (.ci/run installs it)")
     net, gateway, started = network
-    # the user's own Redis (redis_ip), reachable from the pods at the network's gateway
-    redis_port = free_port()
-    conf = tmp_path / "redis.conf"
-    conf.write_text(f"port {redis_port}\nbind {gateway}\nrequirepass "
-                    f"{SECRETS['state-password']}\nsave \"\"\nappendonly no\ndir {tmp_path}\n")
-    spawn("redis", [server, str(conf)])
-
     python = image_builds.python_base(engine)
+    if redis == "own":
+        # the user's own Redis (redis_ip), reachable from the pods at the network's gateway
+        redis_port = free_port()
+        conf = tmp_path / "redis.conf"
+        conf.write_text(f"port {redis_port}\nbind {gateway}\nrequirepass "
+                        f"{SECRETS['state-password']}\nsave \"\"\nappendonly no\n"
+                        f"dir {tmp_path}\n")  # fmt: skip
+        spawn("redis", [server, str(conf)])
+        settings: dict[str, Any] = {"redis_ip": gateway, "redis_port": redis_port}
+    else:
+        (tmp_path / "redis-image").mkdir()
+        settings = {"redis_image": redis_image(engine, python, tmp_path / "redis-image")}
+
     frontend_image = image_builds.ensure_base_image(engine, "frontend", python)
 
     def double_sum(xs):
@@ -153,15 +210,18 @@ def test_two_frontend_pods_and_one_replica_run_as_rendered(engine, network, spaw
     artifact = save(double_sum, tmp_path / "artifact")
     builder = DockerContainerManager(cluster_name=f"b{uuid.uuid4().hex[:6]}",
                                      wheels=docker_support.TORCH_CPU_WHEELS)  # fmt: skip
-    model_image = builder.build_model("sum", "1", str(artifact), "default")
+    # a version of its own: other tests on this engine build sum:1 images of other models
+    version = uuid.uuid4().hex[:8]
+    model_image = builder.build_model("sum", version, str(artifact), "default")
+    started_images.append(model_image)
 
     spec = k8s.ClusterSpec(cluster_name="pods", namespace="ns", num_frontend_replicas=2,
-                           frontend_image=frontend_image, redis_ip=gateway,
-                           redis_port=redis_port)  # fmt: skip
+                           frontend_image=frontend_image, **settings)  # fmt: skip
     objects = {(o["kind"], o["metadata"]["name"]): o for o in k8s.cluster_objects(spec, SECRETS)}
     secret = objects[("Secret", k8s.names.secret("pods"))]
     frontend = objects[("Deployment", k8s.names.frontend("pods"))]
-    services = [o for (kind, _), o in objects.items() if kind == "Service"]
+    services = [o for (kind, name), o in objects.items()
+                if kind == "Service" and name != k8s.names.redis("pods")]  # fmt: skip
     assert {o["metadata"]["name"] for o in services} == {
         k8s.names.frontend("pods"), k8s.names.management("pods"), k8s.names.rpc("pods"),
         k8s.names.pods("pods")}  # fmt: skip
@@ -169,11 +229,21 @@ def test_two_frontend_pods_and_one_replica_run_as_rendered(engine, network, spaw
     # headless one in its cluster-DNS form, which the replicas are given)
     aliases = [o["metadata"]["name"] for o in services]
     aliases.append(f"{k8s.names.pods('pods')}.ns.svc")
-    model = k8s.model_deployment(spec, k8s.ModelSpec("sum", "1", "doubles", model_image))
+    model = k8s.model_deployment(spec, k8s.ModelSpec("sum", version, "doubles", model_image))
 
+    redis_pod = f"{net}-redis-0"
+    if redis == "managed":
+        database = objects[("Deployment", k8s.names.redis("pods"))]
+        started.append(redis_pod)
+        run_pod(engine, database, secret, redis_pod, net, [k8s.names.redis("pods")], [],
+                tmp_path)  # fmt: skip
+        db_container = database["spec"]["template"]["spec"]["containers"][0]
+        wait_until(lambda: probe(engine, redis_pod, db_container, "readinessProbe"),
+                   timeout=60, what="the Redis pod ready",
+                   context=lambda: engine.logs(redis_pod, 30))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         pods = [f"{net}-frontend-{i}" for i in range(2)]
-        replica = f"{net}-sum-1-0"
+        replica = f"{net}-sum-0"
         started += [*pods, replica]
         for pod in pods:
             run_pod(engine, frontend, secret, pod, net, aliases, [1337, 1338], Path(tmp))
@@ -182,7 +252,7 @@ def test_two_frontend_pods_and_one_replica_run_as_rendered(engine, network, spaw
     model_container = model["spec"]["template"]["spec"]["containers"][0]
 
     def logs() -> str:
-        return "\n".join(f"--- {p}:\n{engine.logs(p, 30)}" for p in [*pods, replica])
+        return "\n".join(f"--- {p}:\n{engine.logs(p, 30)}" for p in started)
 
     for pod in pods:
         wait_until(lambda p=pod: probe(engine, p, frontend_container, "readinessProbe"),
@@ -198,7 +268,7 @@ def test_two_frontend_pods_and_one_replica_run_as_rendered(engine, network, spaw
     # the app, model and link are made through frontend 0 only
     assert call(f"{admin[0]}/add_app", {"name": "sum", "input_type": "doubles",
                 "default_output": "-1", "latency_slo_micros": 10_000_000}, token)[0] == 200
-    assert call(f"{admin[0]}/add_model", {"model_name": "sum", "model_version": "1",
+    assert call(f"{admin[0]}/add_model", {"model_name": "sum", "model_version": version,
                 "input_type": "doubles"}, token)[0] == 200  # fmt: skip
     assert call(f"{admin[0]}/add_model_links", {"app_name": "sum", "model_names": ["sum"]},
                 token)[0] == 200  # fmt: skip
@@ -223,3 +293,13 @@ def test_two_frontend_pods_and_one_replica_run_as_rendered(engine, network, spaw
     engine.run(["rm", "--force", pods[0]])
     status, answer = call(f"{query[1]}/sum/predict", {"input": [5.0]})
     assert status == 200 and float(answer["output"]) == 10.0, answer
+    if redis == "managed":
+        # the Redis pod is lost and comes back on its volume (Recreate): nothing is forgotten
+        engine.run(["restart", redis_pod], timeout=60.0)
+        wait_until(lambda: probe(engine, redis_pod, db_container, "readinessProbe"),
+                   timeout=60, what="the Redis pod ready again", context=logs)  # fmt: skip
+        wait_until(lambda: call(f"{admin[1]}/add_app", {"name": "after", "input_type":
+                   "doubles", "latency_slo_micros": 100_000}, token)[0] == 200, timeout=30,
+                   what="a change after the Redis pod came back", context=logs)  # fmt: skip
+        status, apps = call(f"{admin[1]}/get_all_applications", {}, token)
+        assert status == 200 and sorted(apps) == ["after", "sum"], apps
