@@ -384,12 +384,14 @@ class _Listener:
 class _Slot:
     """A pipelined request's place in line; ``data`` is set when its answer is ready."""
 
-    __slots__ = ("data", "close", "cancel")
+    __slots__ = ("data", "close", "request")
 
     def __init__(self) -> None:
         self.data: bytes | None = None
         self.close = False
-        self.cancel: Callable[[], None] | None = None  # the handler's (Request.cancel), if set
+        # a request answered later: its ``cancel`` (read when the client leaves, so a
+        # handler may set it after returning, e.g. a batch converted in slices)
+        self.request: Request | None = None
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -462,9 +464,10 @@ class HttpProtocol(asyncio.Protocol):
         self._body = []  # the protocol and its parser are a cycle, freed only by the GC
         slots, self._slots = self._slots, deque()
         for slot in slots:  # requests still waiting for an answer nobody will read
-            if slot.data is None and slot.cancel is not None:
+            cancel = slot.request.cancel if slot.request is not None else None
+            if slot.data is None and cancel is not None:
                 try:
-                    slot.cancel()
+                    cancel()
                 except Exception:
                     log.exception("cancelling a request of a closed connection failed")
         listener = self._listener
@@ -615,7 +618,7 @@ class HttpProtocol(asyncio.Protocol):
             log.exception("handler for %s %s failed", request.method, clip(request.path))
             reply(*json_error(500, "internal error", "the server failed to handle the request"))
         if slot.data is None:  # answered later: if the client leaves first, tell the handler
-            slot.cancel = request.cancel
+            slot.request = request
 
     # ----------------------------------------------------------------- the sweep
 
@@ -679,7 +682,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         while slots and slots[0].data is not None:
             slot = slots.popleft()
-            slot.cancel = None  # (it holds the request's queries, which hold their reply)
+            slot.request = None  # (its cancel holds its queries, which hold their reply)
             transport.write(slot.data)  # type: ignore[arg-type]
             if slot.close:
                 self._close()
