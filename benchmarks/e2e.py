@@ -10,6 +10,9 @@ load cpu) keeps 1, 16 and 64 connections busy. Systems:
   ``--max-batch`` (Schooner never waits for a batch to fill), talking over the frontend's
   local Unix socket as the local manager sets them up; ``schooner-zmq``: the same over
   RPC v3 on ZeroMQ (Clipper's transport, as for a container on another machine);
+  ``schooner-oip``: the local pair asked on its Open Inference Protocol path with the body
+  MLServer and Triton get (their verdicts compare with it where it ran, else with
+  Clipper's path, and say which);
 * the peers, each in its own environment (``benchmarks/peers/setup.sh``, or
   ``--peers-setup``), each with one worker, batching on, at most ``--max-batch`` (32) inputs
   per batch and ``--batch-wait-ms`` (5 ms) of waiting for a batch to fill where the peer
@@ -36,6 +39,7 @@ during the run, divided by the requests answered.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -57,6 +61,7 @@ from benchmarks.harness import (
     median,
     pinned,
     placement_from,
+    post_json,
     python_has,
     repo_root,
     tree_cpu_seconds,
@@ -64,6 +69,7 @@ from benchmarks.harness import (
 )  # fmt: skip
 from benchmarks.peers import forms
 from benchmarks.systems import (
+    APP,
     PEER_SPECS,
     PEERS,
     Running,
@@ -76,7 +82,8 @@ from benchmarks.systems import (
 __all__ = ["main", "measure", "wrk_script", "load_wrk", "load_python", "Cell", "Absent",
            "peer_pythons"]  # fmt: skip
 
-SYSTEMS = ("floor", "schooner", "schooner-zmq", *PEERS)
+SYSTEMS = ("floor", "schooner", "schooner-zmq", "schooner-oip", *PEERS)
+SMOKE_SYSTEMS = ("floor", "schooner", "schooner-zmq")  # --smoke: no peers (CI)
 Loader = Callable[[str, int, float, "int | None", Path], dict[str, float]]
 
 
@@ -188,12 +195,28 @@ def start(system: str, model: str, artifact: Path, tmp: Path, placement: Placeme
     cpu = placement.server_cpu
     if system == "floor":
         return start_floor(model, tmp, cpu)
-    if system in ("schooner", "schooner-zmq"):
+    if system in ("schooner", "schooner-zmq", "schooner-oip"):
         transport = "zmq" if system == "schooner-zmq" else "local"
-        return start_schooner(model, artifact, tmp, cpu, batch_size=args.max_batch, transport=transport,
-                              slo_micros=args.slo_ms * 1000)  # fmt: skip
+        running = start_schooner(model, artifact, tmp, cpu, batch_size=args.max_batch,
+                                 transport=transport, slo_micros=args.slo_ms * 1000)  # fmt: skip
+        return _on_oip(running, model) if system == "schooner-oip" else running
     return start_peer(system, args.peer_pythons[system], model, tmp, cpu,
                       max_batch=args.max_batch, wait_s=args.batch_wait_ms / 1000)  # fmt: skip
+
+
+def _on_oip(running: Running, model: str) -> Running:
+    """The same Schooner asked on its Open Inference Protocol path (``POST
+    /v2/models/bench/infer``, the body MLServer and Triton get), once it answers there."""
+    base = running.url.rsplit(f"/{APP}/predict", 1)[0]
+    oip = dataclasses.replace(running, name="schooner-oip", url=f"{base}/v2/models/{APP}/infer")
+    try:
+        label = forms.answer("oip", post_json(oip.url, json.loads(forms.body("oip"))))
+        if label != forms.expected(model):
+            raise RuntimeError(f"schooner-oip answered {label!r}, not {forms.expected(model)!r}")
+    except BaseException:
+        running.stop()
+        raise
+    return oip
 
 
 def idle_cpu(running: Running, seconds: float = 1.0) -> float:
@@ -274,6 +297,13 @@ def table(cells: list[Cell], absent: Sequence[Absent] = ()) -> str:
                           "rrlrrrrrrr")  # fmt: skip
 
 
+def form_of(system: str) -> str:
+    """The body ``system`` is asked with (``benchmarks.peers.forms``)."""
+    if system in PEER_SPECS:
+        return PEER_SPECS[system].form
+    return "oip" if system == "schooner-oip" else "clipper"
+
+
 def verdicts(cells: list[Cell]) -> list[str]:
     """The issue's targets, computed from this run's cells."""
     get = {(c.model, c.system, c.concurrency): c for c in cells}
@@ -284,15 +314,20 @@ def verdicts(cells: list[Cell]) -> list[str]:
         out.append(f"noop, 64 connections: Schooner {r:.2f}x the floor's req/s "
                    f"(target >= 0.25: {'met' if r >= 0.25 else 'MISSED'})")  # fmt: skip
     for model in ("noop", "mlp"):
-        s = get.get((model, "schooner", 64))
         for peer in PEERS:
+            # OIP peers against Schooner's OIP path where it ran, else Clipper's (and say so).
+            oip = form_of(peer) == "oip" and (model, "schooner-oip", 64) in get
+            s = get.get((model, "schooner-oip" if oip else "schooner", 64))
             p = get.get((model, peer, 64))
-            if s and p:
-                r = s.requests_per_s / p.requests_per_s
-                target = f" (target >= 3: {'met' if r >= 3 else 'MISSED'})" if peer == "mosec" else ""
-                out.append(f"{model}, 64 connections: Schooner {r:.1f}x {peer}'s req/s{target}; {peer} "
-                           f"spends {p.cpu_us_per_request / s.cpu_us_per_request:.1f}x Schooner's "
-                           f"server CPU per request")  # fmt: skip
+            if not (s and p):
+                continue
+            who = ("Schooner's OIP path" if oip else
+                   "Schooner (Clipper's path)" if form_of(peer) == "oip" else "Schooner")  # fmt: skip
+            r = s.requests_per_s / p.requests_per_s
+            target = f" (target >= 3: {'met' if r >= 3 else 'MISSED'})" if peer == "mosec" else ""
+            out.append(f"{model}, 64 connections: {who} {r:.1f}x {peer}'s req/s{target}; {peer} "
+                       f"spends {p.cpu_us_per_request / s.cpu_us_per_request:.1f}x as much server "
+                       f"CPU per request")  # fmt: skip
     s1, f1 = get.get(("noop", "schooner", 1)), get.get(("noop", "floor", 1))
     if s1 and f1:
         r = s1.p50_ms / f1.p50_ms
@@ -338,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.smoke:
         args.seconds, args.repeats = 1.0, 1
-        systems = [s for s in systems if s not in PEERS]
+        systems = [s for s in systems if s in SMOKE_SYSTEMS]
     loader_name = args.loader
     if loader_name == "auto":
         loader_name = "wrk" if shutil.which("wrk") else "python"
@@ -372,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                     absent.append(Absent(model, system, f"not installed (no "
                                          f"{PEER_SPECS[system].module} in {missing[system]})"))  # fmt: skip
                     continue
-                form = PEER_SPECS[system].form if system in PEERS else "clipper"
+                form = form_of(system)
                 try:
                     running = start(system, model, artifact, tmp, placement, args)
                 except RuntimeError as exc:

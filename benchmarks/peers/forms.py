@@ -9,8 +9,9 @@ form        body                                              answer
 ``clipper`` ``{"input": [f, ...]}`` (Schooner, the floor,      ``{"output": "0"}``
             LitServe, Ray Serve, Mosec)
 ``oip``     ``{"inputs": [{"name": "input", "shape": [1, 256], ``{"outputs": [{..., "data":
-            "datatype": "FP32", "data": [f, ...]}]}``          ["0"]}]}`` (first output)
-            (Open Inference Protocol v2: MLServer, Triton)
+            "datatype": "FP32", "data": [f, ...]}]}``          ["0"]}]}`` (first output;
+            (Open Inference Protocol v2: MLServer, Triton,     a BYTES label, or an INT64
+            Schooner's OIP path)                               one as Schooner types "0")
 ``row``     ``{"input": [[f, ...]]}``: the same floats as one  ``["0"]``
             row, because BentoML's batchable APIs take a
             batch per request and concatenate them
@@ -58,7 +59,9 @@ def answer(form: str, reply: Any) -> str:
             labels = reply if isinstance(reply, list) else [None, None]
     except (KeyError, IndexError, TypeError) as exc:
         raise ValueError(f"not a {form} answer to one input: {_short(reply)}") from exc
-    if len(labels) != 1 or not isinstance(labels[0], str):
+    # An OIP server may type a numeric label (Schooner's OIP path answers "8" as INT64 8).
+    typed = form == "oip" and len(labels) == 1 and type(labels[0]) is int
+    if len(labels) != 1 or not (isinstance(labels[0], str) or typed):
         raise ValueError(f"not a {form} answer to one input: {_short(reply)}")
     return str(labels[0])
 

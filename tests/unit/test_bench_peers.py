@@ -38,6 +38,9 @@ def test_every_form_carries_the_same_input():
         {"name": "output", "datatype": "BYTES", "shape": [1], "data": ["7"]}]}),  # MLServer
     ("oip", {"model_name": "bench", "model_version": "1", "outputs": [
         {"name": "output", "datatype": "BYTES", "shape": [1, 1], "data": [["7"]]}]}),  # nested
+    ("oip", {"model_name": "bench", "outputs": [  # Schooner types a numeric label
+        {"name": "output", "datatype": "INT64", "shape": [1], "data": [7]},
+        {"name": "default", "datatype": "BOOL", "shape": [1], "data": [False]}]}),
     ("row", ["7"]),
 ])  # fmt: skip
 def test_answer_reads_each_peers_reply(form, reply):
@@ -52,6 +55,7 @@ def test_answer_reads_each_peers_reply(form, reply):
     ("oip", {"outputs": [{"name": "output", "data": ["7", "7"]}]}),  # two labels for one input
     ("oip", {"error": "model not ready"}),
     ("row", ["7", "7"]),
+    ("oip", {"outputs": [{"name": "output", "datatype": "BOOL", "data": [True]}]}),
     ("row", [7]),
     ("row", {"output": "7"}),
 ])  # fmt: skip
@@ -118,16 +122,20 @@ def test_verdicts_compare_schooner_with_each_peer_at_64_connections():
     def cell(model, system, rate, cpu):
         return Cell(model, system, 64, rate, 1.0, 2.0, cpu, 0, [])
 
-    lines = verdicts([cell("noop", "schooner", 30_000, 30.0), cell("noop", "mosec", 10_000, 75.0),
-                      cell("mlp", "schooner", 18_000, 50.0), cell("mlp", "mosec", 7_500, 90.0),
-                      cell("mlp", "triton", 1_800, 450.0)])  # fmt: skip
-    assert lines == [
-        "noop, 64 connections: Schooner 3.0x mosec's req/s (target >= 3: met); mosec spends 2.5x "
-        "Schooner's server CPU per request",
+    cells = [cell("noop", "schooner", 30_000, 30.0), cell("noop", "mosec", 10_000, 75.0),
+             cell("noop", "triton", 2_000, 450.0), cell("mlp", "schooner", 18_000, 50.0),
+             cell("mlp", "mosec", 7_500, 90.0), cell("mlp", "triton", 1_800, 450.0),
+             cell("mlp", "schooner-oip", 9_000, 90.0)]  # fmt: skip
+    assert verdicts(cells) == [
+        "noop, 64 connections: Schooner 3.0x mosec's req/s (target >= 3: met); mosec spends "
+        "2.5x as much server CPU per request",
+        # no schooner-oip row for noop: Triton's OIP row against Clipper's path, said so
+        "noop, 64 connections: Schooner (Clipper's path) 15.0x triton's req/s; triton spends "
+        "15.0x as much server CPU per request",
         "mlp, 64 connections: Schooner 2.4x mosec's req/s (target >= 3: MISSED); mosec spends "
-        "1.8x Schooner's server CPU per request",
-        "mlp, 64 connections: Schooner 10.0x triton's req/s; triton spends 9.0x Schooner's "
-        "server CPU per request",
+        "1.8x as much server CPU per request",
+        "mlp, 64 connections: Schooner's OIP path 5.0x triton's req/s; triton spends 5.0x as "
+        "much server CPU per request",
     ]
 
 
