@@ -366,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
     if args.peers_setup:
+        if not set(systems) & set(PEERS):
+            parser.error(f"--peers-setup: no peer in --systems (peers: {', '.join(PEERS)})")
         return setup_peers([s for s in systems if s in PEERS], args.peers_home)
     try:
         args.peer_pythons = peer_pythons(args.peer_python, args.peers_home)
