@@ -247,3 +247,29 @@ def test_memory_is_given_back_after_large_requests(start_frontend: StartFrontend
     # near where it started (it kept ~230 MB before the trim and with reference cycles)
     fe.process.wait_until(lambda: rss_mb() < baseline + 60, timeout=15,
                           what=f"RSS back under {baseline + 60} MB")  # fmt: skip
+
+
+def test_grpc_takes_the_same_bounds(start_frontend: StartFrontend) -> None:
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    import numpy as np
+    from conftest import free_port
+    from tritonclient.utils import InferenceServerException
+
+    grpc_port = free_port()
+    fe = start_frontend(extra_args=["--grpc-port", str(grpc_port), "--max-inputs-per-request",
+                                    "100", "--max-body-bytes", "100000"])  # fmt: skip
+    add_app(fe)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    rows = grpcclient.InferInput("input", [100, 1], "FP64")
+    rows.set_data_from_numpy(np.ones((100, 1)))
+    assert client.infer("app", [rows]).as_numpy("output").shape == (100,)
+    too_many = grpcclient.InferInput("input", [101, 1], "FP64")
+    too_many.set_data_from_numpy(np.ones((101, 1)))
+    with pytest.raises(InferenceServerException, match="at most 100 rows") as info:
+        client.infer("app", [too_many])
+    assert "RESOURCE_EXHAUSTED" in str(info.value.status())
+    too_big = grpcclient.InferInput("input", [1, 20_000], "FP64")  # 160 kB > --max-body-bytes
+    too_big.set_data_from_numpy(np.ones((1, 20_000)))
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("app", [too_big])
+    assert "RESOURCE_EXHAUSTED" in str(info.value.status())
