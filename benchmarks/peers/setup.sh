@@ -19,11 +19,15 @@
 # any other torch pulls gigabytes of CUDA. $PYTHON (default python3) is the interpreter the
 # environments are made from; Triton's Python-backend stub needs its shared libpython
 # (benchmarks/peers/triton.py puts its lib folder on LD_LIBRARY_PATH).
-# An existing environment is reused: pip only adds what is missing. Remove its folder to
-# start it over.
+# Every other package is held to the version in constraints/<environment>.txt (pip freeze
+# of the environment this script made when the peers were added), so an environment made
+# later comes out the same; `FREE=1` leaves them free (then refresh those files with
+# `pip freeze`). An existing environment is reused: pip only adds what is missing. Remove
+# its folder to start it over.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 HOME_DIR=${SCHOONER_BENCH_PEERS:-$HOME/.cache/schooner/bench-peers}
 TORCH=torch==2.13.0
 
@@ -52,9 +56,13 @@ for name in "${wanted[@]}"; do
     dir=$HOME_DIR/$env
     echo "== $dir: $TORCH, then ${PACKAGES[$env]}"
     [ -x "$dir/bin/python" ] || "$PYTHON" -m venv "$dir"
+    pins=()
+    if [ -z "${FREE:-}" ] && [ -f "$HERE/constraints/$env.txt" ]; then
+        pins=(-c "$HERE/constraints/$env.txt")
+    fi
     "$dir/bin/python" -m pip install -q --upgrade pip
-    "$dir/bin/python" -m pip install -q "$TORCH"
+    "$dir/bin/python" -m pip install -q "${pins[@]}" "$TORCH"
     # shellcheck disable=SC2086  # the list is meant to split
-    "$dir/bin/python" -m pip install -q $TORCH ${PACKAGES[$env]}
+    "$dir/bin/python" -m pip install -q "${pins[@]}" $TORCH ${PACKAGES[$env]}
     "$dir/bin/python" -m pip check || echo "(pip check complained about $env; see above)"
 done

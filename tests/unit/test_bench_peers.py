@@ -101,6 +101,12 @@ def test_specs_scripts_and_setup_agree():
         for requirement in packages.split():
             assert re.fullmatch(r"[\w.\[\]-]+(==[\w.]+|<[\w.]+)", requirement), requirement
     assert "torch==2.13.0" in setup
+    for env, packages in declared.items():  # every other package held, and to the same pins
+        lines = (ROOT / "benchmarks" / "peers" / "constraints" / f"{env}.txt").read_text()
+        held = dict(re.findall(r"^([\w.-]+)==(\S+)$", lines, re.M))
+        assert held and "torch" not in held  # torch comes from the CPU wheel, first
+        for name, version in re.findall(r"([\w.-]+)(?:\[\w+\])?==([\w.]+)", packages):
+            assert held[name] == version, (env, name)
     for peer, spec in PEER_SPECS.items():
         assert (ROOT / "benchmarks" / "peers" / f"{peer}.py").exists()
         assert spec.form in forms.FORMS
