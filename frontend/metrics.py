@@ -38,6 +38,9 @@ class _HotSeries:
         self.latency: dict[str, BucketHistogram] = {}
         self.batch: dict[str, BucketHistogram] = {}
         self.defaults: dict[str, int] = {}  # default outputs per app, all reasons
+        # model selection and the prediction cache, per (app, event or outcome)
+        self.cache_events: dict[tuple[str, str], int] = {}
+        self.shadow: dict[tuple[str, str], int] = {}
 
     def collect(self) -> Iterator[Metric]:
         answered = CounterMetricFamily(
@@ -59,6 +62,19 @@ class _HotSeries:
         yield answered
         yield latency
         yield batch
+        for name, doc, counts in (
+            ("schooner_frontend_cache_events",
+             "Prediction cache: hit, miss, coalesced (waited for an identical pending query), "
+             "evict, invalidated (dropped on a version change), per app", self.cache_events),
+            ("schooner_frontend_shadow_comparisons",
+             "Shadow copies: agree/disagree with the primary's answer, primary_default, "
+             "shadow_default (shed, late or failed), skipped (not sent), per app", self.shadow),
+        ):  # fmt: skip
+            family = CounterMetricFamily(name, doc, labels=["app", "event" if "cache" in name
+                                                            else "outcome"])  # fmt: skip
+            for (app, label), n in counts.items():
+                family.add_metric([app, label], n)
+            yield family
         yield from self._triton_names()
 
     def _triton_names(self) -> Iterator[Metric]:
@@ -121,19 +137,8 @@ class FrontendMetrics:
             "schooner_frontend_cancelled_queries",
             "Queries dropped unanswered because their client went away", registry=r,
         )  # fmt: skip
-        # the selection layer and the prediction cache (schooner.frontend.selection, .cache)
-        self._cache_events = Counter(
-            "schooner_frontend_cache_events",
-            "Prediction cache: hit, miss, coalesced (waited for an identical pending query), "
-            "evict, invalidated (dropped on a version change), per app", ["app", "event"],
-            registry=r,
-        )  # fmt: skip
-        self._shadow = Counter(
-            "schooner_frontend_shadow_comparisons",
-            "Shadow copies: agree/disagree with the primary's answer, primary_default, "
-            "shadow_default (shed, late or failed), skipped (not sent), per app",
-            ["app", "outcome"], registry=r,
-        )  # fmt: skip
+        # the selection layer (schooner.frontend.selection); its per-query counts (cache
+        # events, shadow comparisons) are plain counts in _HotSeries
         self._feedback = Counter(
             "schooner_frontend_feedback",
             "POST /<app>/update feedback: scored, unmatched (no recent answer), no_policy",
@@ -174,10 +179,12 @@ class FrontendMetrics:
         self._child(self._bad_requests, str(status)).inc()  # type: ignore[attr-defined]
 
     def cache_event(self, app: str, event: str, count: int = 1) -> None:
-        self._child(self._cache_events, app, event).inc(count)  # type: ignore[attr-defined]
+        counts = self._hot.cache_events
+        counts[(app, event)] = counts.get((app, event), 0) + count
 
     def shadow(self, app: str, outcome: str, count: int = 1) -> None:
-        self._child(self._shadow, app, outcome).inc(count)  # type: ignore[attr-defined]
+        counts = self._hot.shadow
+        counts[(app, outcome)] = counts.get((app, outcome), 0) + count
 
     def feedback(self, app: str, outcome: str) -> None:
         self._child(self._feedback, app, outcome).inc()  # type: ignore[attr-defined]
