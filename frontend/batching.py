@@ -110,9 +110,12 @@ class Admission:
 
     * **Deadline.** A request of ``n`` queries is admitted only if, behind the ``ahead``
       queries already queued or in flight, its last query is predicted to be answered before
-      its deadline: ``(ahead + n) / (replicas x rate) + batch_time``. A batch is cut only of
-      queries that can still be answered within their deadline after ``batch_time``
-      (``cutoff``). Without measurements (a model's first batches) everything is admitted.
+      its deadline: ``(ahead + n) / (replicas x rate) + batch_time``. A batch for a busy
+      replica is cut only of queries that can still be answered within their deadline after
+      ``batch_time`` (``cutoff``). Without measurements (a model's first batches) everything
+      is admitted, and so is a request for an idle model, and an idle replica gets every
+      live query: one slow batch (a pause, a cold cache) must not leave an estimate that
+      refuses all work, and so measures nothing new, forever.
     * **Standing queue (CoDel's idea).** A queue that stays above ``target`` delay for a whole
       ``interval`` is no longer absorbing a burst: the model is overloaded, and every query
       admitted beyond ``target`` would only wait, so while that lasts the predicted wait must
@@ -185,15 +188,19 @@ class Admission:
     def admits(self, ahead: int, n: int, replicas: int, time_left: float, now: float) -> bool:
         """Whether ``n`` queries with ``time_left`` s to their deadline should be queued
         (``now``: when; a refusal keeps the overload state on)."""
+        if ahead == 0:
+            return True  # an idle model: the only way to learn that it got faster again
         wait = self.wait(ahead, n, replicas)
         if wait <= time_left and not (self.overloaded and wait > self.target + self.batch_time):
             return True
         self._last_shed = now
         return False
 
-    def cutoff(self, now: float) -> float:
-        """Queries whose deadline is before this cannot be answered in time if sent now."""
-        return now + self.batch_time
+    def cutoff(self, now: float, idle: bool = False) -> float:
+        """Queries whose deadline is before this cannot be answered in time if sent now to a
+        replica (``idle``: one with nothing in flight, which gets every live query: a probe
+        that keeps a stale estimate from refusing work forever)."""
+        return now if idle else now + self.batch_time
 
 
 class Expirable(Protocol):

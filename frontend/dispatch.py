@@ -360,7 +360,7 @@ class Dispatcher:
             if len(best.inflight) >= limit:
                 return
             batch, expired, skipped = queue.pop_batch(
-                mq.sizer.size, mq.admission.cutoff(now)
+                mq.sizer.size, mq.admission.cutoff(now, idle=not best.inflight)
             )
             mq.stale -= skipped
             for q in expired:

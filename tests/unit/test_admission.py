@@ -89,6 +89,8 @@ def test_the_policy_alone() -> None:
     a.dequeued(0.0, 1.3)
     assert not a.overloaded
     assert a.cutoff(5.0) == pytest.approx(5.05)
+    assert a.cutoff(5.0, idle=True) == 5.0
+    assert a.admits(0, 1, 1, 0.001, 2.0)  # an idle model takes a request, whatever it costs
 
 
 def test_no_replica_answers_at_once_unless_replicas_are_expected() -> None:
@@ -186,3 +188,20 @@ def test_cancelled_queries_are_never_sent_and_free_their_place() -> None:
     assert waiting[2].output == "1" and again.output == "1"
     assert waiting[0].output is None and waiting[0].explanation is None  # never answered
     assert "schooner_frontend_cancelled_queries_total 2.0" in h.metrics.render().decode()
+
+
+def test_one_slow_batch_does_not_leave_an_estimate_that_refuses_everything() -> None:
+    h = Harness(inflight_per_replica=1)
+    h.dispatcher.configure_model(KEY, 1)
+    h.replica()
+    h.submit(slo=200_000)
+    h.clock.now += 5.0  # a batch held for 5 s (a pause): the estimate says 5 s a batch
+    h.respond()
+    probe = h.submit(slo=200_000)  # the model is idle: the query goes, it is not shed
+    assert not probe[0].done and len(h.sent) == 2
+    for _ in range(20):  # the model is fast again: the estimate follows
+        h.clock.now += 0.01
+        h.respond()
+        h.submit(slo=200_000)
+    assert not any(q.reason == SHED for q in h.answered[-10:])
+    assert h.dispatcher.queues[KEY].admission.batch_time < 0.2

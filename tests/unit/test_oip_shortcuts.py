@@ -89,6 +89,11 @@ class _State:
         self.apps = {app.name: app}
         self.current = {app.linked_model: "1"}
         self.models = {(app.linked_model, "1"): None}
+        self._next_id = 0
+
+    def reserve_query_ids(self, count):
+        first, self._next_id = self._next_id, self._next_id + count
+        return first
 
 
 class _AnsweringDispatcher:
