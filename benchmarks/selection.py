@@ -292,6 +292,78 @@ def verdicts(rows: list[Row]) -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- in process
+
+
+class _Instant:
+    """A stand-in dispatcher that answers every query at once with "0": what is left of a
+    request's cost is the frontend's own Python (parse, route, cache, reply)."""
+
+    queues: dict[Any, Any] = {}
+
+    def submit(self, queries: Any, key: Any, slo: int) -> None:
+        for q in queries:
+            self.answer(q, "0")
+
+    def answer(self, q: Any, output: str) -> None:
+        if not q.done:
+            q.done, q.output = True, output
+            q.on_done(q)
+
+    def answer_default(self, q: Any, reason: str, explanation: str) -> None:
+        if not q.done:
+            q.done, q.reason, q.explanation = True, reason, explanation
+            q.on_done(q)
+
+    def cancel(self, queries: Any) -> None:
+        pass
+
+
+def in_process(scenarios: list[str], requests: int, repeats: int) -> dict[str, float]:
+    """µs per request of ``QueryApi.predict`` under each setting (the best of ``repeats``
+    runs of ``requests``), against ``_Instant``: the selection layer's own cost."""
+    from schooner.frontend.http import Request
+    from schooner.frontend.metrics import FrontendMetrics
+    from schooner.frontend.query_api import QueryApi
+    from schooner.frontend.selection import normalize
+    from schooner.frontend.state import App, Model, StateStore
+    from schooner.runtime.wire import InputType
+
+    settings: dict[str, dict[str, Any]] = {
+        "fixed": {}, "split 90/10": {"policy": "split", "models": {"m:1": 90, "m:2": 10}},
+        "shadow 100%": {"shadow": {"model": "m:3"}}, "cache hit": {"cache_mb": 64},
+        "cache miss": {"cache_mb": 64},
+    }  # fmt: skip
+    out = {}
+    for scenario in scenarios:
+        state = StateStore.open(":memory:")
+        state.add_app(App(APP, InputType.FLOATS, "null", 1_000_000))
+        for version in ("1", "2", "3"):
+            state.add_model(Model("m", version, InputType.FLOATS))
+        state.link(APP, "m")
+        state.set_model_version("m", "1")
+        state.set_selection(APP, normalize(settings[scenario]))
+        api = QueryApi(state, _Instant(), FrontendMetrics(), lambda: True)  # type: ignore[arg-type]
+        make = _bodies(distinct=scenario == "cache miss")
+
+        def reply(*args: Any) -> None:
+            pass
+
+        def run(n: int, api: QueryApi = api, make: Callable[[], bytes] = make) -> float:
+            bodies = [make() for _ in range(n)]
+            start = time.perf_counter()
+            for body in bodies:
+                request = Request("POST", f"/{APP}/predict", "", body)
+                request.param = APP
+                api.predict(request, reply)
+            return (time.perf_counter() - start) / n * 1e6
+
+        run(requests // 4)  # warm-up (and the cache's one entry for hits)
+        out[scenario] = min(run(requests) for _ in range(repeats))
+        state.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks selection",
                                      description=(__doc__ or "").split("\n\n")[0])  # fmt: skip
@@ -336,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         finally:
             server.stop()
+    handler = in_process(scenarios, 2000 if args.smoke else 20000, 3 if args.smoke else 7)
     print(header("Model selection and the prediction cache (noop model, 256 floats)", placement,
                  f"load: {'wrk (1 thread)' if loader == 'wrk' else 'closed loop in Python'}, "
                  f"{args.seconds:g} s per run, median of {args.repeats}"))  # fmt: skip
@@ -347,7 +420,13 @@ def main(argv: list[str] | None = None) -> int:
           r.defaults] for r in rows], "lrrrrrrrr"))  # fmt: skip
     for line in verdicts(rows):
         print(f"- {line}")
-    write_json(args.json, [vars(r) for r in rows])
+    print("\nIn process: µs of the frontend's Python per request (QueryApi.predict with a "
+          "dispatcher that answers at once; best of the runs)\n")
+    print(markdown_table(["setting", "µs/request", "vs fixed"],
+                         [[name, f"{us:.1f}", f"{us - handler['fixed']:+.1f}" if "fixed" in handler else ""]
+                          for name, us in handler.items()], "lrr"))  # fmt: skip
+    write_json(args.json, [vars(r) for r in rows]
+               + [{"scenario": name, "in_process_us": us} for name, us in handler.items()])
     return 0 if not any(r.errors for r in rows) else 1
 
 

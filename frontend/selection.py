@@ -365,12 +365,24 @@ def digest(data: bytes) -> bytes:
 class _Shadowed:
     """A primary query and its shadow copy: compared when both are answered."""
 
-    __slots__ = ("primary", "shadow", "count")
+    __slots__ = ("primary", "shadow", "count", "client")
 
-    def __init__(self) -> None:
+    def __init__(self, client: Callable[[Query], None], count: Callable[[str], None]) -> None:
         self.primary: Query | None = None
         self.shadow: Query | None = None
-        self.count: Callable[[str], None] = lambda outcome: None
+        self.client = client  # the primary's own on_done (the client's answer)
+        self.count = count
+
+    def primary_done(self, q: Query) -> None:
+        try:
+            self.client(q)  # the client's answer first
+        finally:
+            self.primary = q
+            self.done()
+
+    def shadow_done(self, s: Query) -> None:
+        self.shadow = s
+        self.done()
 
     def done(self) -> None:
         p, s = self.primary, self.shadow
@@ -602,55 +614,34 @@ class Router:
 
     def _shadow_pairs(
         self, queries: list[Query], primary: tuple[str, str] | None
-    ) -> list[tuple[Query, _Shadowed]]:
+    ) -> tuple[tuple[str, str], list[Query]] | None:
+        """The shadow's key and copies of the queries it gets (their primaries are watched:
+        each pair is compared when both are answered); None when none are sent."""
         if self.shadow is None:
-            return []
+            return None
         self._shadow_credit += self.shadow_fraction * len(queries)
         take = min(len(queries), int(self._shadow_credit))
         if take == 0:
-            return []
+            return None
         self._shadow_credit -= take
         key = self.resolve(self.shadow)
         mq = self._dispatcher.queues.get(key) if key is not None else None
         if key is None or key == primary or (mq is not None and mq.waiting >= SHADOW_MAX_WAITING):
             self._metrics.shadow(self.app, "skipped", take)
-            return []
-        pairs = []
+            return None
+        copies = []
+        label, count = self.app + "/shadow", self._count_shadow
         for q in queries[:take]:
-            pair = _Shadowed()
-            pair.count = self._count_shadow
-            q.on_done = self._primary_done(q.on_done, pair)
-            pairs.append((q, pair))
-        return pairs
+            pair = _Shadowed(q.on_done, count)
+            q.on_done = pair.primary_done
+            copies.append(Query(q.id, label, q.data, q.arrival, q.slo_micros, pair.shadow_done))
+        return key, copies
 
     def _count_shadow(self, outcome: str) -> None:
         self._metrics.shadow(self.app, outcome, 1)
 
-    @staticmethod
-    def _primary_done(on_done: Callable[[Query], None], pair: _Shadowed) -> Callable[[Query], None]:
-        def done(q: Query) -> None:
-            try:
-                on_done(q)  # the client's answer first
-            finally:
-                pair.primary = q
-                pair.done()
-
-        return done
-
-    def _send_shadow(self, pairs: list[tuple[Query, _Shadowed]], slo_micros: int) -> None:
-        key = self.resolve(self.shadow or "")
-        if key is None:
-            return
-        copies = []
-        for q, pair in pairs:
-
-            def shadow_done(s: Query, pair: _Shadowed = pair) -> None:
-                pair.shadow = s
-                pair.done()
-
-            copies.append(Query(q.id, self.app + "/shadow", q.data, q.arrival, slo_micros,
-                                shadow_done))  # fmt: skip
-        self._dispatcher.submit(copies, key, slo_micros)
+    def _send_shadow(self, shadowed: tuple[tuple[str, str], list[Query]], slo_micros: int) -> None:
+        self._dispatcher.submit(shadowed[1], shadowed[0], slo_micros)
 
     # ----------------------------------------------------------------- ensemble
 
