@@ -5,19 +5,22 @@ combines) the models of an app per query and learns from feedback. Here an app's
 *selection* (a JSON object kept with the app in the state store, ``normalize`` checks it)
 names its members and a policy:
 
-============== ================================================================================
-policy         what a query of the app gets
-============== ================================================================================
-``fixed``      the linked model's current version (today's path; with a cache or a shadow only)
-``split``      one member, by weight: exact proportions (smooth weighted round robin), or, when
-               the request carries the app's ``sticky_field``, the member its hash falls on
+================== ============================================================================
+policy             what a query of the app gets
+================== ============================================================================
+``fixed``          the linked model's current version (today's path; used with a cache or a
+                   shadow only)
+``split``          one member, by weight: exact proportions (smooth weighted round robin),
+                   or, when the request carries the app's ``sticky_field``, the member its
+                   hash falls on
 ``epsilon_greedy`` the member with the best mean reward, a random one with probability
-               ``epsilon``; rewards come from ``POST /<app>/update`` feedback
-``exp3``       Exp3 (exponential weights for exploration and exploitation, mixing ``gamma``)
-``ensemble``   every member; numeric answers averaged (``combine`` "mean", element-wise for
-               lists) or the most frequent answer (``combine`` "vote"); a member that has not
-               answered when ``straggler`` x the latency SLO has passed is left out
-============== ================================================================================
+                   ``epsilon``; rewards come from ``POST /<app>/update`` feedback
+``exp3``           Exp3 (exponential weights for exploration and exploitation, ``gamma``)
+``ensemble``       every member; numeric answers averaged (``combine`` "mean", element-wise
+                   for lists) or the most frequent answer (``combine`` "vote"); a member
+                   that has not answered when ``straggler`` x the latency SLO has passed is
+                   left out
+================== ============================================================================
 
 Settings of a selection (``normalize``; limits in capitals below):
 
