@@ -188,12 +188,17 @@ def start_schooner(model: str, artifact: Path, tmp: Path, cpu: int | None, *, ba
     try:
         admin = f"http://127.0.0.1:{mgmt}/admin"
         wait_for_http(f"{admin}/ping", timeout_s, frontend)
+        # the management API's token, written by the frontend beside its state database
+        token = (run_dir / "admin.token").read_text().strip()
         post_json(f"{admin}/add_app", {"name": APP, "input_type": "floats",
-                                       "default_output": "null", "latency_slo_micros": slo_micros})  # fmt: skip
+                                       "default_output": "null", "latency_slo_micros": slo_micros},
+                  token=token)  # fmt: skip
         post_json(f"{admin}/add_model", {
             "model_name": APP, "model_version": "1", "labels": [], "input_type": "floats",
-            "container_name": "", "model_data_path": str(artifact), "batch_size": batch_size})  # fmt: skip
-        post_json(f"{admin}/add_model_links", {"app_name": APP, "model_names": [APP]})
+            "container_name": "", "model_data_path": str(artifact), "batch_size": batch_size},
+            token=token)  # fmt: skip
+        post_json(f"{admin}/add_model_links", {"app_name": APP, "model_names": [APP]},
+                  token=token)
         env = dict(os.environ, CLIPPER_MODEL_NAME=APP, CLIPPER_MODEL_VERSION="1",
                    CLIPPER_IP="127.0.0.1", CLIPPER_PORT=str(rpc), CLIPPER_INPUT_TYPE="floats",
                    CLIPPER_MODEL_PATH=str(artifact), SCHOONER_READY_FILE="none",
