@@ -24,7 +24,7 @@ from schooner.frontend.oip import OipApi
 from schooner.frontend.query_api import QueryApi
 from schooner.frontend.rpc import LocalEndpoint, RpcEndpoint, RpcSecurity
 from schooner.frontend.state import StateStore
-from schooner.runtime.wire import Limits
+from schooner.runtime.wire import DEFAULT_MAX_FRAMES, DEFAULT_MAX_MESSAGE_BYTES, Limits
 
 __all__ = ["FrontendConfig", "Frontend"]
 
@@ -60,8 +60,8 @@ class FrontendConfig:
     admin_token: bytes | None = field(default=None, repr=False)
     admin_token_file: str | None = None  # read, or made, at start when admin_token is None
     allow_anonymous_admin: bool = False
-    rpc_max_message_bytes: int = 256 * 1024 * 1024  # wire.DEFAULT_MAX_MESSAGE_BYTES
-    rpc_max_frames: int = 65_536  # wire.DEFAULT_MAX_FRAMES
+    rpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    rpc_max_frames: int = DEFAULT_MAX_FRAMES
     max_queued_per_model: int = 100_000  # queries waiting per model version; more are shed
     replica_grace_s: float = 10.0  # after start-up or a replica's loss, wait for replicas
     # HTTP limits of both ports (the table in schooner.frontend.http; README "Limits"); its
