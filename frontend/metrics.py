@@ -1,12 +1,12 @@
 """Prometheus metrics of the frontend, in a registry of its own.
 
-The series recorded for every query and every batch (answers and latency per app, batch
-sizes per model) are plain counters in lists, bucketed with ``bisect`` and turned into
+The series recorded for every query and every batch (answers, latency and default outputs
+per app, batch sizes per model) are plain counters in lists, bucketed with ``bisect`` and turned into
 Prometheus families only when ``GET /metrics`` is scraped (``render``): recording one costs
 a dict lookup and two additions, not prometheus_client's per-bucket Python loop and lock.
 The same counts are exported a second time under Triton's names (``nv_inference_*``), which
 the dashboards of Triton and KServe users graph.
-Rarer series (default outputs, rejections, replicas) use prometheus_client directly, with
+Rarer series (rejections, replicas, cancellations) use prometheus_client directly, with
 their labelled children looked up once and cached. Everything runs on the event loop.
 """
 
@@ -38,6 +38,7 @@ class _HotSeries:
         self.latency: dict[str, BucketHistogram] = {}
         self.batch: dict[str, BucketHistogram] = {}
         self.defaults: dict[str, int] = {}  # default outputs per app, all reasons
+        self.default_reasons: dict[tuple[str, str], int] = {}  # per (app, reason)
         # model selection and the prediction cache, per (app, event or outcome)
         self.cache_events: dict[tuple[str, str], int] = {}
         self.shadow: dict[tuple[str, str], int] = {}
@@ -59,9 +60,17 @@ class _HotSeries:
         )  # fmt: skip
         for model, h in self.batch.items():
             batch.add_metric([model], h.cumulative(), sum_value=h.total)
+        defaults = CounterMetricFamily(
+            "schooner_frontend_default_outputs",
+            "Queries answered with the default output, per app and reason",
+            labels=["app", "reason"],
+        )
+        for (app, reason), n in self.default_reasons.items():
+            defaults.add_metric([app, reason], n)
         yield answered
         yield latency
         yield batch
+        yield defaults
         for name, doc, counts in (
             ("schooner_frontend_cache_events",
              "Prediction cache: hit, miss, coalesced (waited for an identical pending query), "
@@ -119,12 +128,6 @@ class FrontendMetrics:
         r = self.registry
         self._hot = _HotSeries()
         r.register(self._hot)  # type: ignore[arg-type]
-        self._defaults = Counter(
-            "schooner_frontend_default_outputs",
-            "Queries answered with the default output, per app and reason",
-            ["app", "reason"],
-            registry=r,
-        )
         self._replicas = Gauge(
             "schooner_frontend_replicas", "Connected replicas, per model version", ["model"],
             registry=r,
@@ -160,8 +163,10 @@ class FrontendMetrics:
             histogram = self._hot.latency[app] = BucketHistogram(_LATENCY_BUCKETS)
         histogram.observe(latency_s)
         if default_reason is not None:
-            self._child(self._defaults, app, default_reason).inc()  # type: ignore[attr-defined]
-            self._hot.defaults[app] = self._hot.defaults.get(app, 0) + 1
+            hot = self._hot
+            key = (app, default_reason)
+            hot.default_reasons[key] = hot.default_reasons.get(key, 0) + 1
+            hot.defaults[app] = hot.defaults.get(app, 0) + 1
 
     def batch(self, model: str, size: int) -> None:
         histogram = self._hot.batch.get(model)
