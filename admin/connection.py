@@ -106,16 +106,28 @@ class ClipperConnection:
     # ------------------------------------------------------------------ applications
 
     def register_application(
-        self, name: str, input_type: str, default_output: str, slo_micros: int
-    ) -> None:
-        """Create the endpoint ``POST /<name>/predict``; fails if the app already exists."""
-        self._post("/admin/add_app", {
+        self, name: str, input_type: str, default_output: str, slo_micros: int,
+        on_overload: str = "default",
+    ) -> None:  # fmt: skip
+        """Create the endpoint ``POST /<name>/predict``; fails if the app already exists.
+
+        ``on_overload`` (not Clipper's): what a query refused under overload gets,
+        ``"default"`` (the default output and the reason, Clipper's way) or ``"503"``
+        (HTTP 503 with Retry-After)."""
+        body = {
             "name": name,
             "input_type": normalize_input_type(input_type),
             "default_output": default_output,
             "latency_slo_micros": int(slo_micros),
-        })
+        }
+        if on_overload != "default":
+            body["on_overload"] = on_overload
+        self._post("/admin/add_app", body)
         logger.info("application %s registered", name)
+
+    def set_app_on_overload(self, name: str, on_overload: str) -> None:
+        """What the app answers a query it refuses under overload with: "default" or "503"."""
+        self._post("/admin/set_app_on_overload", {"name": name, "on_overload": on_overload})
 
     def delete_application(self, name: str) -> None:
         self._post("/admin/delete_app", {"name": name})
@@ -344,8 +356,21 @@ class ClipperConnection:
                 f"model {name}:{version} was registered without an image; its replicas are "
                 "not managed here"
             )
-        self.cm.set_num_replicas(name, version, info["input_type"], info["container_name"],
-                                 int(num_replicas), batch_size=int(info.get("batch_size", -1)))
+        expecting = int(num_replicas) > 0
+        if expecting:  # queries wait for the replicas being started, not "no replica" at once
+            wait_s = min(float(getattr(self.cm, "deploy_timeout_s", 120.0)), 3600.0)
+            self._expect_replicas(name, version, wait_s)
+        try:
+            self.cm.set_num_replicas(name, version, info["input_type"], info["container_name"],
+                                     int(num_replicas), batch_size=int(info.get("batch_size", -1)))
+        except ClipperException:
+            if expecting:
+                self._expect_replicas(name, version, 0.0)
+            raise
+
+    def _expect_replicas(self, name: str, version: str, seconds: float) -> None:
+        self._post("/admin/expect_replicas",
+                   {"model_name": name, "model_version": version, "seconds": seconds})  # fmt: skip
 
     # ------------------------------------------------------------------ stopping
 

@@ -260,6 +260,18 @@ def test_replicas_default_to_the_current_version(conn, frontend):
     conn.set_num_replicas("m", 2)
     assert conn.cm.calls[-2:] == [("get_num_replicas", ("m", "2")),
                                   ("set_num_replicas", ("m", "2", "doubles", "/a/m/2", 2))]
+    # the frontend is told the replicas are starting, so their queries wait for them
+    expect = [body for path, body in frontend.calls if path == "/admin/expect_replicas"]
+    assert expect and expect[-1]["model_name"] == "m" and expect[-1]["model_version"] == "2"
+    assert expect[-1]["seconds"] > 0
+
+
+def test_register_application_can_ask_for_503_under_overload(conn, frontend):
+    conn.register_application("app", "doubles", "0.0", 20000, on_overload="503")
+    assert frontend.calls[-1][1]["on_overload"] == "503"
+    conn.set_app_on_overload("app", "default")
+    assert frontend.calls[-1] == ("/admin/set_app_on_overload",
+                                  {"name": "app", "on_overload": "default"})
 
 
 def test_containerless_models_cannot_be_scaled(conn, frontend):
