@@ -11,7 +11,7 @@ from typing import Any
 
 from schooner.frontend.dispatch import NO_MODEL, SHED, SLO_MISSED, Dispatcher, Query
 from schooner.frontend.metrics import FrontendMetrics
-from schooner.frontend.selection import SHADOW_MAX_WAITING, Router, normalize
+from schooner.frontend.selection import Router, normalize
 from schooner.runtime import wire
 from schooner.runtime.wire import InputType, NewContainer, PredictResponse
 
@@ -133,23 +133,35 @@ def test_a_shadow_copy_waits_in_its_own_queue_and_is_shed_first() -> None:
         h.respond(shadow, "2")
     assert h.counter("schooner_frontend_shadow_comparisons_total", app="app",
                      outcome="disagree") == 4  # fmt: skip
-    # a shadow with a backlog gets no more copies; the primary is not affected
-    h.dispatcher.queues[("m", "2")].stale -= SHADOW_MAX_WAITING  # as if that many waited
-    qs = h.ask(3)
-    while h.dispatcher.replicas[primary].inflight:
-        h.respond(primary, "1")
-    assert all(q.done and q.output == "1" for q in qs)
-    assert h.counter("schooner_frontend_shadow_comparisons_total", app="app",
-                     outcome="skipped") == 3  # fmt: skip
+    # a shadow whose replica is full (copies would wait) gets no more: the primary is not
+    # affected, and nothing piles up behind the shadow
+    shadow_queue = h.dispatcher.queues[("m", "2")]
+    answered = skipped = 0
+    for _ in range(20):
+        (q,) = h.ask()
+        h.drain(primary, "1")
+        answered += q.done and q.output == "1"
+        skipped = int(h.counter("schooner_frontend_shadow_comparisons_total", app="app",
+                                outcome="skipped"))  # fmt: skip
+        assert shadow_queue.waiting <= 1
+    assert answered == 20 and skipped >= 17  # only the replica's slots (and one more) filled
+    # a primary with a backlog gets no shadow copies either
+    h.drain(shadow, "1")
+    for _ in range(3):
+        h.ask()  # the primary's replica holds two batches; the third query waits
+    before = h.counter("schooner_frontend_shadow_comparisons_total", app="app", outcome="skipped")
+    h.ask()
+    after = h.counter("schooner_frontend_shadow_comparisons_total", app="app", outcome="skipped")
+    assert after == before + 1
 
 
 def test_a_sampled_shadow_takes_exactly_its_fraction() -> None:
     h = Harness({"shadow": {"model": "m:2", "fraction": 0.25}}, {"m": "1"})
-    h.replica("m", "1")
-    shadow = h.replica("m", "2")
+    primary, shadow = h.replica("m", "1"), h.replica("m", "2")
     n = 0
     for _ in range(40):
         h.ask()
+        h.drain(primary, "1")
         n += h.drain(shadow, "1")
     assert n == 10
 
