@@ -436,20 +436,26 @@ def main(argv: list[str] | None = None) -> int:
               f"median of {args.repeats}; max batch {args.max_batch}, peers' batch wait "
               f"{args.batch_wait_ms:g} ms")  # fmt: skip
     print(header("end to end: Schooner vs the floor and peers", placement, detail, "torch", "uvloop"))
+    described: dict[str, dict[str, str]] = {}
     for peer in [s for s in systems if s in PEERS and s not in missing]:
         spec, python = PEER_SPECS[peer], args.peer_pythons[peer]
-        knobs = spec.knobs.format(B=args.max_batch, B4=4 * args.max_batch,
-                                  W=f"{args.batch_wait_ms:g} ms")  # fmt: skip
-        server = f" (serving: {served[peer]})" if served.get(peer) else ""
-        print(f"# {peer}: {peer_versions(python, spec.packages)}{server}; {knobs}; {spec.form} "
-              f"body (in {python})")  # fmt: skip
+        described[peer] = {
+            "versions": peer_versions(python, spec.packages), "serving": served.get(peer, ""),
+            "batching": spec.knobs.format(B=args.max_batch, B4=4 * args.max_batch,
+                                          W=f"{args.batch_wait_ms:g} ms"),
+            "form": spec.form, "python": python}  # fmt: skip
+        d = described[peer]
+        server = f" (serving: {d['serving']})" if d["serving"] else ""
+        print(f"# {peer}: {d['versions']}{server}; {d['batching']}; {d['form']} body "
+              f"(in {python})")  # fmt: skip
     print("# idle server CPU, % of a core: "
           + ", ".join(f"{k} {v:.0%}" for k, v in idle.items()))  # fmt: skip
     print(table(cells, absent))
     for line in verdicts(cells):
         print(f"- {line}")
     write_json(args.json, {"suite": "e2e", "loader": loader_name, "cells": cells,
-                           "absent": absent, "idle_cpu": idle})  # fmt: skip
+                           "absent": absent, "idle_cpu": idle, "peers": described,
+                           "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms})  # fmt: skip
     return 0
 
 
