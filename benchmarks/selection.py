@@ -72,6 +72,8 @@ class Row:
     total_cpu_us: float
     errors: int
     defaults: int
+    shadow_sent: int = 0
+    shadow_skipped: int = 0
 
 
 # --------------------------------------------------------------------------- load
@@ -242,19 +244,27 @@ class Server:
             stop(proc)
 
 
-def _defaults(server: Server) -> float:
+def _counts(server: Server) -> tuple[float, float, float]:
+    """From the frontend's /metrics: the app's default outputs, its shadow copies compared
+    and those skipped (not sent)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{server.query}/metrics", timeout=10) as r:
         text = r.read().decode()
-    prefix = f'schooner_frontend_default_outputs_total{{app="{APP}"'
-    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
-               if line.startswith(prefix))  # fmt: skip
+
+    def total(prefix: str, skipped: bool | None = None) -> float:
+        return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+                   if line.startswith(prefix) and (skipped is None
+                                                   or ('"skipped"' in line) == skipped))  # fmt: skip
+
+    shadow = f'schooner_frontend_shadow_comparisons_total{{app="{APP}"'
+    return (total(f'schooner_frontend_default_outputs_total{{app="{APP}"'),
+            total(shadow, False), total(shadow, True))  # fmt: skip
 
 
 def run_one(server: Server, scenario: str, connections: int, seconds: float,
             wrk: Path | None, load_cpu: int | None) -> dict[str, Any]:  # fmt: skip
     distinct = scenario == "cache miss"
     pids = [p.pid for p in server.procs]
-    defaults = _defaults(server)
+    defaults, compared, skipped = _counts(server)
     front_before, all_before = tree_cpu_seconds([server.frontend.pid]), tree_cpu_seconds(pids)
     if wrk is not None:
         from benchmarks.e2e import load_wrk
@@ -268,7 +278,10 @@ def run_one(server: Server, scenario: str, connections: int, seconds: float,
         result = asyncio.run(_closed_loop("127.0.0.1", server.query, f"/{APP}/predict",
                                           _bodies(distinct), connections, seconds))  # fmt: skip
     n = max(result["requests"], 1)
-    result["defaults"] = int(_defaults(server) - defaults)
+    after = _counts(server)
+    result["defaults"] = int(after[0] - defaults)
+    result["shadow_sent"] = int(after[1] - compared)  # copies answered and compared
+    result["shadow_skipped"] = int(after[2] - skipped)
     result["frontend_cpu_us"] = (tree_cpu_seconds([server.frontend.pid]) - front_before) / n * 1e6
     result["total_cpu_us"] = (tree_cpu_seconds(pids) - all_before) / n * 1e6
     return result
@@ -402,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                         median([r["frontend_cpu_us"] for r in runs]),
                         median([r["total_cpu_us"] for r in runs]),
                         sum(r["errors"] for r in runs), sum(r["defaults"] for r in runs),
+                        sum(r["shadow_sent"] for r in runs), sum(r["shadow_skipped"] for r in runs),
                     ))  # fmt: skip
         except BaseException:
             sys.stderr.write(server.log_tail() + "\n")
@@ -420,6 +434,12 @@ def main(argv: list[str] | None = None) -> int:
           r.defaults] for r in rows], "lrrrrrrrr"))  # fmt: skip
     for line in verdicts(rows):
         print(f"- {line}")
+    for r in rows:
+        if r.shadow_sent + r.shadow_skipped:
+            share = r.shadow_sent / (r.shadow_sent + r.shadow_skipped)
+            print(f"- {r.scenario}, {r.connections} connections: {share:.0%} of the queries were "
+                  f"mirrored ({r.shadow_sent:,} compared, {r.shadow_skipped:,} skipped: the "
+                  "shadow was behind, or the primary overloaded)")  # fmt: skip
     print("\nIn process: µs of the frontend's Python per request (QueryApi.predict with a "
           "dispatcher that answers at once; best of the runs)\n")
     print(markdown_table(["setting", "µs/request", "vs fixed"],

@@ -33,8 +33,8 @@ Settings of a selection (``normalize``; limits in capitals below):
   (``schooner_frontend_shadow_comparisons``). A shadow copy is best effort, shed first: it
   goes through the shadow's own admission control, and is not sent at all (counted as
   ``skipped``) while more than ``SHADOW_MAX_WAITING`` queries wait (queued, not in flight)
-  for the shadow or for the primary, i.e. while either one's replicas are full; it never
-  holds the primary's answer back.
+  for the shadow, or while the primary is overloaded (its admission control holds a
+  standing queue down); it never holds the primary's answer back.
 * ``cache_mb``: the app's prediction cache (``schooner.frontend.cache``), 0 (off, the
   default) to ``MAX_CACHE_MB``.
 
@@ -84,7 +84,7 @@ MAX_FIELD = 256  # characters of a sticky field's name
 MAX_STICKY_BYTES = 1024  # of a sticky value that is hashed (longer ones: their prefix)
 RECENT_ANSWERS = 10_000  # inputs a bandit remembers the answer of, for feedback
 MAX_REMEMBERED = 256  # characters of an answer remembered for feedback (longer: not)
-SHADOW_MAX_WAITING = 0  # copies go only while at most this many queries wait (see above)
+SHADOW_MAX_WAITING = 64  # copies go only while at most this many wait for the shadow
 DEFAULTS: dict[str, Any] = {
     "policy": "fixed", "models": [], "sticky_field": None, "epsilon": 0.1, "gamma": 0.1,
     "combine": "mean", "straggler": 0.8, "shadow": None, "cache_mb": 0,
@@ -634,7 +634,7 @@ class Router:
         mq = queues.get(key) if key is not None else None
         busy = queues.get(primary) if primary is not None else None
         if (key is None or key == primary or (mq is not None and mq.waiting > SHADOW_MAX_WAITING)
-                or (busy is not None and busy.waiting > SHADOW_MAX_WAITING)):  # fmt: skip
+                or (busy is not None and busy.admission.overloaded)):  # fmt: skip
             self._metrics.shadow(self.app, "skipped", take)
             return None
         copies = []
