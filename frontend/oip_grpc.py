@@ -187,7 +187,7 @@ class GrpcServer:
             if not answered.done():
                 answered.set_result(queries)
 
-        self._oip.submit(app, rows, key, respond)
+        self._oip.submit(app, rows, key, respond, _sticky(app, request))
         queries = await answered
         return self._response(app, request, version, names, queries)
 
@@ -237,3 +237,14 @@ class GrpcServer:
             response.outputs.add(name=name, datatype=datatype, shape=shape)
             response.raw_output_contents.append(to_binary(datatype, data))
         return response
+
+
+def _sticky(app: App, request: Any) -> object:
+    """The request's key of the app's traffic split: its ``parameters`` entry named by the
+    app's ``sticky_field`` (any of the scalar kinds), else None."""
+    field = app.selection["sticky_field"] if app.selection is not None else None
+    if not field or field not in request.parameters:
+        return None
+    parameter = request.parameters[field]
+    which = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, which) if which else None

@@ -27,7 +27,7 @@ Settings of a selection (``normalize``; limits in capitals below):
 * ``models``: ``[[member, weight], ...]`` or ``{member: weight}``; a member is ``name:version``
   or ``name`` (that model's current version); at most ``MAX_MEMBERS``; weights > 0.
 * ``sticky_field``: a field of Clipper's JSON request (or a ``parameters`` entry of an OIP
-  REST request) whose value keeps a user on one member of a split.
+  request, REST or gRPC) whose value keeps a user on one member of a split.
 * ``shadow``: ``{"model": member, "fraction": f}``: a copy of that fraction of the queries
   goes to ``model``; its answers are discarded and compared with the primary's
   (``schooner_frontend_shadow_comparisons``). A shadow copy is best effort, shed first: it

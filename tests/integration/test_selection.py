@@ -16,9 +16,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import requests
-from conftest import held_model
+from conftest import free_port, held_model
 
 pytestmark = pytest.mark.slow
 
@@ -127,6 +128,8 @@ def test_a_split_is_exact_sticky_keys_stay_and_set_model_version_takes_all(
                             "data": [1.0]}], "parameters": {"user": user}}  # fmt: skip
         out = client.post(oip, body)["outputs"][0]["data"][0]
         assert {float(out)} == seen[user]
+    # ... and the v2 model is ready (a replica of a member is connected)
+    assert requests.get(f"{fe.query_url}/v2/models/app/ready", timeout=10).status_code == 200
 
     info = fe.admin("get_application", {"name": "app"})
     assert info["selection"]["policy"] == "split"
@@ -145,6 +148,38 @@ def test_a_split_is_exact_sticky_keys_stay_and_set_model_version_takes_all(
     fe.admin("set_model_version", {"model_name": "cnn", "model_version": "3"})
     assert {a["output"] for a in client.map(url, bodies[:50])} == {3.0}
     assert fe.admin("get_application", {"name": "app"})["selection"] is None
+
+
+def test_sticky_keys_over_grpc(start_frontend, start_container, closure_artifact, client):
+    """A gRPC ModelInfer request's string parameter named by the app's sticky_field keeps its
+    member, the same one the Clipper path's JSON field gives the same key."""
+    grpc = pytest.importorskip("grpc")
+    pb = pytest.importorskip("tritonclient.grpc.service_pb2")
+    grpc_port = free_port()
+    fe = start_frontend(log_level="INFO", extra_args=["--grpc-port", str(grpc_port)])
+    add_app(fe)
+    add_version(fe, start_container, closure_artifact(constant(3.0), name="v3"), "cnn", "3")
+    add_version(fe, start_container, closure_artifact(constant(4.0), name="v4"), "cnn", "4")
+    fe.admin("set_traffic_split", {"name": "app", "split": {"cnn:3": 50, "cnn:4": 50},
+                                   "sticky_field": "user"})  # fmt: skip
+    users = [f"user-{i}" for i in range(60)]
+    url = f"{fe.query_url}/app/predict"
+    seen = {u: client.post(url, {"input": [1.0], "user": u})["output"] for u in users}
+    assert set(seen.values()) == {3.0, 4.0}
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+    infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                request_serializer=pb.ModelInferRequest.SerializeToString,
+                                response_deserializer=pb.ModelInferResponse.FromString)  # fmt: skip
+    for user in users:
+        for _ in range(2):
+            request = pb.ModelInferRequest(model_name="app")
+            request.inputs.add(name="input", datatype="FP64", shape=[1, 1],
+                               contents=pb.InferTensorContents(fp64_contents=[1.0]))  # fmt: skip
+            request.parameters["user"].string_param = user
+            response = infer(request, timeout=30)
+            (out,) = np.frombuffer(response.raw_output_contents[0], "<f8").tolist()
+            assert out == seen[user]
+    channel.close()
 
 
 def test_a_slow_or_failing_shadow_never_touches_the_primary(
