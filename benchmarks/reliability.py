@@ -5,7 +5,9 @@ deployed as a user would (``deploy_python_closure``), with two apps:
 
 * ``slow``: a model that sleeps ``--service-ms`` per batch, batches of one (its capacity is
   known: ``1000 / service-ms`` queries per second per replica), SLO ``--slo-ms``;
-* ``fast``: a no-op model (adaptive batches), the probe for stalls.
+* ``fast``: a no-op model (adaptive batches), which the largest requests are sent to, and
+  ``probe``: another one, on its own replica, whose queries measure how long the frontend's
+  event loop is held by them (not how long they wait behind those of ``fast``).
 
 Scenarios, each printed as a table row:
 
@@ -16,7 +18,7 @@ Scenarios, each printed as a table row:
 * **replica kill -9** and **frontend kill -9** under load (0.5x): failed requests (no HTTP
   answer), default answers, time from the kill to the first real answer again;
 * **hung replica**: one of two replicas SIGSTOPped for 3 s under load (0.5x), then resumed;
-* **largest-request stall**: the longest a small ``fast`` query waited while the largest
+* **largest-request stall**: the longest a small ``probe`` query waited while the largest
   legal ``input_batch`` and a 64 MB URL arrived on other connections.
 
 Not pinned (the cluster's processes are started by its supervisor); the load generator is
@@ -229,6 +231,7 @@ class Cluster:
         python_deployer.create_endpoint(self.conn, "slow", "doubles", sleeper(self.service_s),
                                         slo_micros=slo, batch_size=1)  # fmt: skip
         python_deployer.create_endpoint(self.conn, "fast", "doubles", noop, slo_micros=slo)
+        python_deployer.create_endpoint(self.conn, "probe", "doubles", noop, slo_micros=slo)
 
     @property
     def port(self) -> int:
@@ -340,7 +343,7 @@ async def hung(cluster: Cluster, seconds: float) -> dict[str, Any]:
 
 async def stall(cluster: Cluster, inputs: int) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    probe_raw = predict_request("fast", b'{"input": [1.0]}')
+    probe_raw = predict_request("probe", b'{"input": [1.0]}')  # its own model and replica
     worst: list[float] = []
     stop = asyncio.Event()
 
