@@ -106,11 +106,29 @@ class QueryApi:
         held = f"'input_batch' holds {n} inputs; " if n is not None else ""
         return f"{held}a request may hold at most {self.max_inputs} (--max-inputs-per-request)"
 
-    def predict(self, request: Request, reply: Reply) -> None:
+    def _app(self, request: Request, reply: Reply) -> App | None:
+        """The app of ``/<app>/...``, or None after answering 404."""
         app = self._state.apps.get(request.param or "")
         if app is None:
             cause = f"no application named {clip(request.param or '')!r}"
             self._reject(reply, 404, "unknown application", cause)
+        return app
+
+    def _json_object(self, request: Request, reply: Reply) -> dict[str, Any] | None:
+        """The body as a JSON object, or None after answering 400."""
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError as exc:
+            self._reject(reply, 400, "invalid JSON", f"the body is not valid JSON: {exc}")
+            return None
+        if type(body) is not dict:
+            self._reject(reply, 400, "invalid request", "the body must be a JSON object")
+            return None
+        return body
+
+    def predict(self, request: Request, reply: Reply) -> None:
+        app = self._app(request, reply)
+        if app is None:
             return
         if fast_single_input is not None:
             # The common body, {"input": [numbers]}, in one C pass; None: anything else.
@@ -122,13 +140,8 @@ class QueryApi:
         if surely_too_many(request.body, app.input_type, self.max_inputs):
             self._reject(reply, 413, "too many inputs", self._too_many())
             return
-        try:
-            body = orjson.loads(request.body)
-        except orjson.JSONDecodeError as exc:
-            self._reject(reply, 400, "invalid JSON", f"the body is not valid JSON: {exc}")
-            return
-        if type(body) is not dict:
-            self._reject(reply, 400, "invalid request", "the body must be a JSON object")
+        body = self._json_object(request, reply)
+        if body is None:
             return
         table = CONVERTERS if may_hold_booleans(request.body) else CONVERTERS_WITHOUT_BOOLEANS
         convert = table[app.input_type]
@@ -325,17 +338,13 @@ class QueryApi:
     def update(self, request: Request, reply: Reply) -> None:
         """Clipper's feedback: ``POST /<app>/update {"input": ..., "label": ...}`` scores the
         answer the app's selection policy gave for that input (``selection.Router.feedback``)."""
-        app = self._state.apps.get(request.param or "")
+        app = self._app(request, reply)
         if app is None:
-            cause = f"no application named {clip(request.param or '')!r}"
-            self._reject(reply, 404, "unknown application", cause)
             return
-        try:
-            body = orjson.loads(request.body)
-        except orjson.JSONDecodeError as exc:
-            self._reject(reply, 400, "invalid JSON", f"the body is not valid JSON: {exc}")
+        body = self._json_object(request, reply)
+        if body is None:
             return
-        if type(body) is not dict or "input" not in body or "label" not in body:
+        if "input" not in body or "label" not in body:
             self._reject(reply, 400, "invalid request", "the body must be a JSON object with "
                          "'input' and 'label'")  # fmt: skip
             return
