@@ -73,15 +73,15 @@ class ClipperConnection:
         a manager that runs several frontends (``KubernetesContainerManager``).
         """
         if num_frontend_replicas != 1:
-            from schooner.admin.managers.kubernetes import KubernetesContainerManager
-
-            if not isinstance(self.cm, KubernetesContainerManager):
+            if not self.cm.runs_several_frontends:
                 raise ClipperException(
                     f"{type(self.cm).__name__} runs one frontend; num_frontend_replicas="
                     f"{num_frontend_replicas} needs KubernetesContainerManager"
                 )
-            self.cm.start_clipper(query_frontend_image, mgmt_frontend_image, cache_size,
-                                  num_frontend_replicas=num_frontend_replicas)  # fmt: skip
+            self.cm.start_clipper(  # type: ignore[call-arg]
+                query_frontend_image, mgmt_frontend_image, cache_size,
+                num_frontend_replicas=num_frontend_replicas,
+            )  # fmt: skip
         else:
             self.cm.start_clipper(query_frontend_image, mgmt_frontend_image, cache_size)
         self.connected = True

@@ -56,6 +56,9 @@ def parse_model_container_label(label: str) -> tuple[str, str]:
 class ContainerManager(ABC):
     """The operations ``ClipperConnection`` delegates. Versions are always strings here."""
 
+    # Whether ``start_clipper`` takes ``num_frontend_replicas`` (runs several frontends).
+    runs_several_frontends = False
+
     @abstractmethod
     def start_clipper(
         self,

@@ -196,6 +196,8 @@ class KubernetesContainerManager(ContainerManager):
     NodePort and ClusterIP by default, as Clipper's). See the module docstring for the rest.
     """
 
+    runs_several_frontends = True
+
     def __init__(
         self,
         cluster_name: str = "default-cluster",
