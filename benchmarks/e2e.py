@@ -112,6 +112,18 @@ class Absent:
 # --------------------------------------------------------------------------- load
 
 
+# wrk's ``done`` hook, printing the one ``WRK_JSON`` line every wrk script here ends with.
+WRK_DONE_LUA = [
+    "done = function(summary, latency, requests)",
+    "  local e = summary.errors",
+    '  io.write(string.format("WRK_JSON {\\"requests\\":%d,\\"duration_us\\":%d,'
+    '\\"errors\\":%d,\\"p50_us\\":%.1f,\\"p99_us\\":%.1f}\\n",',
+    "    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout + e.status,",
+    "    latency:percentile(50), latency:percentile(99)))",
+    "end",
+]
+
+
 def wrk_script(tmp: Path, name: str, body: bytes, headers: dict[str, str]) -> Path:
     """A wrk script that POSTs ``body`` (read from a file, so it may be binary) with
     ``headers`` and prints one ``WRK_JSON`` summary line."""
@@ -120,15 +132,7 @@ def wrk_script(tmp: Path, name: str, body: bytes, headers: dict[str, str]) -> Pa
     lines = [f'local f = io.open("{body_file}", "rb")', 'wrk.body = f:read("*a")', "f:close()",
              'wrk.method = "POST"']  # fmt: skip
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
-    lines += [
-        "done = function(summary, latency, requests)",
-        "  local e = summary.errors",
-        '  io.write(string.format("WRK_JSON {\\"requests\\":%d,\\"duration_us\\":%d,'
-        '\\"errors\\":%d,\\"p50_us\\":%.1f,\\"p99_us\\":%.1f}\\n",',
-        "    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout + e.status,",
-        "    latency:percentile(50), latency:percentile(99)))",
-        "end",
-    ]
+    lines += WRK_DONE_LUA
     script = tmp / f"{name}.lua"
     script.write_text("\n".join(lines) + "\n")
     return script

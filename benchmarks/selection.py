@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import models
+from benchmarks.e2e import WRK_DONE_LUA
 from benchmarks.harness import (
     add_common_args,
     free_port,
@@ -144,13 +145,7 @@ def _wrk_lua(tmp: Path, distinct: bool) -> Path:
         "  counter = counter + 1",
         f"  return wrk.format('POST', nil, {{['Content-Type'] = 'application/json'}}, {make})",
         "end",
-        "done = function(summary, latency, requests)",
-        "  local e = summary.errors",
-        '  io.write(string.format("WRK_JSON {\\"requests\\":%d,\\"duration_us\\":%d,'
-        '\\"errors\\":%d,\\"p50_us\\":%.1f,\\"p99_us\\":%.1f}\\n",',
-        "    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout + e.status,",
-        "    latency:percentile(50), latency:percentile(99)))",
-        "end",
+        *WRK_DONE_LUA,
     ]  # fmt: skip
     script = tmp / ("miss.lua" if distinct else "fixed.lua")
     script.write_text("\n".join(lines) + "\n")

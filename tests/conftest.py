@@ -538,6 +538,17 @@ def closure_artifact(tmp_path: Path) -> Callable[..., Path]:
     return _make
 
 
+class FakeClock:
+    """A clock the test moves by hand (``clock.now += 0.05``), for policies with an injected
+    clock (the dispatcher, admission control, the selection router)."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def held_model(started: Path | str, release: Path | str, answer: Callable[[Any], Any],
                hold: Callable[[Any], bool] = lambda xs: True) -> Callable[[Any], Any]:
     """A model that answers ``answer(xs)``, but first, for a batch that ``hold`` picks,

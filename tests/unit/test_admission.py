@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from conftest import FakeClock as Clock
 
 from schooner.frontend.batching import Admission
 from schooner.frontend.dispatch import NO_REPLICA, SHED, SLO_MISSED, Dispatcher, Query
@@ -21,14 +22,6 @@ from schooner.runtime.wire import InputType, NewContainer, PredictResponse
 
 KEY = ("m", "1")
 SLO = 1_000_000  # 1 s
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Harness:

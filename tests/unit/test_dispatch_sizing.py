@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import struct
 
+from conftest import FakeClock as Clock
+
 from schooner.frontend.dispatch import Dispatcher, Query
 from schooner.frontend.metrics import FrontendMetrics
 from schooner.runtime import wire
 from schooner.runtime.wire import InputType, NewContainer, PredictResponse
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class RecordingSizer:

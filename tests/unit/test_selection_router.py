@@ -9,6 +9,8 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+from conftest import FakeClock as Clock
+
 from schooner.frontend.dispatch import NO_MODEL, SHED, SLO_MISSED, Dispatcher, Query
 from schooner.frontend.metrics import FrontendMetrics
 from schooner.frontend.selection import SHADOW_MAX_WAITING, Router, normalize
@@ -16,14 +18,6 @@ from schooner.runtime import wire
 from schooner.runtime.wire import InputType, NewContainer, PredictResponse
 
 SLO = 1_000_000
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Harness:
