@@ -17,7 +17,7 @@ import pytest
 from conftest import free_port, post_json, wait_until
 
 from schooner.frontend.shared_state import RedisStateStore, StateUnavailable
-from schooner.frontend.state import App, Conflict, Model, StateStore
+from schooner.frontend.state import App, Conflict, Model
 from schooner.runtime.wire import InputType
 
 pytest.importorskip("redis")
@@ -111,8 +111,6 @@ def test_racing_writers_lose_nothing(redis_address):
 
 
 def test_learned_policy_state_is_shared_but_not_logged(redis_address):
-    if not hasattr(StateStore, "save_policy_state"):
-        pytest.skip("the state store has no selection policies yet")
     a = store(redis_address)
     a.add_app(App("sel", D, "0", 1000))
     for n in range(50):  # saved after each feedback: must not grow the log

@@ -5,13 +5,17 @@ from __future__ import annotations
 import shutil
 import urllib.request
 
+import docker_support
 import pytest
 from conftest import free_port
 from kube_standin import StandIn, api_client, node, standin_server
 
 from schooner.admin import KubernetesContainerManager
+from schooner.admin import images as image_builds
 from schooner.admin.managers.kubernetes import check_pullable
 from schooner.runtime.errors import ClipperException
+
+docker_engine = docker_support.engine  # the fixture
 
 
 @pytest.fixture
@@ -53,15 +57,9 @@ def test_a_registry_that_does_not_answer_is_named():
 
 
 @pytest.mark.docker
-def test_a_pushed_image_passes(registry):
-    from schooner.admin.engine import Engine
-
-    engine = Engine()
-    if not engine.available():
-        pytest.skip("no Docker engine is running (start dockerd; .ci/run does)")
-    base = "schooner/debian-python:3.11"
-    if not engine.inspect("image", [base]):
-        pytest.skip(f"{base} is not built (base_images/debian/build.sh; .ci/run builds it)")
+def test_a_pushed_image_passes(registry, docker_engine):
+    engine = docker_engine
+    base = image_builds.python_base(engine)  # the Debian base CI builds (or says how to)
     ref = f"{registry}/k8s-check:1"
     engine.run(["tag", base, ref])
     try:
