@@ -152,7 +152,7 @@ class ModelQueue:
 
     __slots__ = (
         "key", "label", "queue", "sizer", "admission", "replicas", "_replica_ids",
-        "slo_micros", "stale", "inflight_queries", "expect_until",
+        "slo_micros", "stale", "inflight_queries", "expect_until", "pump_due",
     )  # fmt: skip
 
     def __init__(self, key: ModelKey, fixed_batch_size: int, slo_micros: int) -> None:
@@ -167,6 +167,7 @@ class ModelQueue:
         self.stale = 0  # queries in ``queue`` already answered or cancelled
         self.inflight_queries = 0
         self.expect_until = 0.0  # replicas are expected until then (dispatcher clock)
+        self.pump_due = False  # a deferred pump is scheduled (Dispatcher.defer)
 
     @property
     def waiting(self) -> int:
@@ -212,6 +213,10 @@ class Dispatcher:
         # replica was dropped here (so that, if it is alive after all, it registers again).
         self.on_pending: Callable[[], None] = lambda: None
         self.on_unreachable: Callable[[bytes], None] = lambda identity: None
+        # Set by the server to the event loop's ``call_soon``: a submit then sends no batch
+        # itself but schedules one pump for after every request this loop iteration read,
+        # so the queries that arrived together leave together (None: pump at once).
+        self.defer: Callable[[Callable[[], None]], object] | None = None
 
     # ----------------------------------------------------------------- configuration
 
@@ -275,6 +280,15 @@ class Dispatcher:
             pending.append(q)
         self.on_pending()
         if replicas:
+            if self.defer is None:
+                self._pump(mq)
+            elif not mq.pump_due:
+                mq.pump_due = True
+                self.defer(lambda: self._deferred_pump(mq))
+
+    def _deferred_pump(self, mq: ModelQueue) -> None:
+        mq.pump_due = False
+        if mq.queue:
             self._pump(mq)
 
     def _shed(self, mq: ModelQueue, queries: Sequence[Query], now: float) -> None:

@@ -201,6 +201,7 @@ class Frontend:
             max_queued=cfg.max_queued_per_model, replica_grace_s=cfg.replica_grace_s,
         )  # fmt: skip
         dispatcher.on_pending = self._arm_sweep
+        dispatcher.defer = self._loop.call_soon
         dispatcher.on_unreachable = unreachable
         for model in self.state.models.values():
             dispatcher.configure_model(model.key, model.batch_size)

@@ -67,3 +67,34 @@ def test_waiting_behind_another_batch_is_not_service_time() -> None:
     respond(sent[2], 1)  # an idle replica: from when it was sent
     assert sizer.seen[-1] == (1, 0.001)
     assert len(answered) == 6
+
+
+def test_a_deferred_pump_sends_what_arrived_together_as_one_batch() -> None:
+    """With ``defer`` set (the server sets the loop's call_soon), queries submitted in one
+    loop iteration leave in one batch when the deferred pump runs, not one batch each."""
+    clock = Clock()
+    sizes: list[int] = []
+
+    def send(identity: bytes, frames) -> bool:
+        # the packed header: input type, then the number of inputs (u64s)
+        sizes.append(struct.unpack_from("<Q", bytes(frames[5]), 8)[0])
+        return True
+
+    scheduled: list = []
+    dispatcher = Dispatcher(send, FrontendMetrics(), inflight_per_replica=2, clock=clock)
+    dispatcher.defer = scheduled.append
+    key = ("m", "1")
+    dispatcher.queue(key, 1_000_000).sizer.fixed = 32
+    dispatcher.add_replica(b"r", NewContainer("m", "1", InputType.DOUBLES, wire.CAP_PACKED))
+    answered: list[Query] = []
+    for i in range(5):  # five requests of one query each, read in one iteration
+        q = Query(i, "app", b"\0" * 8, clock.now, 1_000_000, answered.append)
+        dispatcher.submit([q], key, 1_000_000)
+    assert sizes == [] and len(scheduled) == 1  # one pump scheduled, nothing sent yet
+    scheduled.pop()()
+    assert sizes == [5]
+    q = Query(9, "app", b"\0" * 8, clock.now, 1_000_000, answered.append)
+    dispatcher.submit([q], key, 1_000_000)  # the next iteration schedules a pump again
+    assert len(scheduled) == 1
+    scheduled.pop()()
+    assert sizes == [5, 1]
