@@ -76,6 +76,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
     )
     p.add_argument(
+        "--workers", type=int, default=0,
+        help="processes serving queries, sharing the query port and the state file (0: half "
+        "the cores this process may use, at least 1; see schooner.frontend.workers)",
+    )  # fmt: skip
+    p.add_argument(
         "--max-inputs-per-request", type=int, default=10_000,
         help="inputs of one request (Clipper's input_batch, an OIP tensor's rows); more: 413",
     )  # fmt: skip
@@ -85,6 +90,19 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
     problems: list[str] = []
     security = credentials.from_arguments(a, problems)
     http_limits = http.from_arguments(a, problems)
+    from schooner.frontend.workers import MAX_WORKERS, resolve_workers
+    from schooner.runtime.config import UNIX_SOCKET_PATH_LIMIT, worker_rpc_socket
+
+    if not 0 <= a.workers <= MAX_WORKERS:
+        problems.append(f"--workers must be between 0 (one per two cores) and {MAX_WORKERS}")
+    workers = resolve_workers(a.workers) if 0 <= a.workers <= MAX_WORKERS else 1
+    if workers > 1 and a.state_redis is None and a.state_db == ":memory:":
+        problems.append("--workers above 1 share the state in a file: --state-db cannot be "
+                        ":memory:")  # fmt: skip
+    if workers > 1 and a.rpc_socket is not None and len(
+            worker_rpc_socket(a.rpc_socket, workers - 1).encode()) > UNIX_SOCKET_PATH_LIMIT:
+        problems.append(f"--rpc-socket with {workers} workers: worker sockets add a suffix "
+                        f"(.wN), so the path must be shorter")  # fmt: skip
     if a.max_inputs_per_request < 1:
         problems.append("--max-inputs-per-request must be at least 1")
     if a.state_redis is not None:
@@ -128,6 +146,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
         max_queued_per_model=a.max_queued_per_model,
         replica_grace_s=a.replica_grace,
         max_inputs_per_request=a.max_inputs_per_request,
+        workers=workers,
         **http_limits,
         **security,
     )
@@ -137,8 +156,23 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     config, level = parse_args(argv)
     logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+        level=level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s " + ("%(process)d " if config.workers > 1 else "")
+        + "%(name)s: %(message)s",
+    )  # fmt: skip
+    if config.workers > 1:
+        from schooner.frontend.workers import run_workers
+
+        try:
+            return run_workers(config, _run_one)
+        except (OSError, ConfigError) as exc:
+            log.error("the frontend cannot start: %s", exc)
+            return 1
+    return _run_one(config)
+
+
+def _run_one(config: FrontendConfig) -> int:
+    """One frontend process, until SIGTERM or SIGINT: the exit code."""
     try:
         import uvloop
     except ImportError:

@@ -739,12 +739,14 @@ async def serve(
     reserved: Collection[str] = (),
     name: str = "http",
     backlog: int = 1024,
+    reuse_port: bool = False,
 ) -> asyncio.Server:
     """Bind and start serving; the caller closes the returned server.
 
     ``limits``: what a peer may send and keep open (``max_body_bytes`` overrides its
     field); ``reserved``: the GET paths a connection past ``max_connections`` may still
-    ask (health checks); ``name``: the listener in log lines."""
+    ask (health checks); ``name``: the listener in log lines; ``reuse_port``: bind with
+    SO_REUSEPORT (Linux), so that the workers of one frontend share the port."""
     limits = limits or HttpLimits()
     if max_body_bytes is not None:
         limits = replace(limits, max_body_bytes=max_body_bytes)
@@ -756,6 +758,7 @@ async def serve(
         port,
         backlog=backlog,
         reuse_address=True,
+        reuse_port=reuse_port or None,
     )
     listener.start(loop, server)
     return server

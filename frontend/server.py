@@ -4,6 +4,13 @@
 the local Unix socket for containers on this machine, when configured), the management
 port and the query port, log "frontend ready", then serve until ``stop`` is called
 (SIGTERM or SIGINT in ``run_until_signal``), and close everything in reverse order.
+
+With ``workers`` above 1, ``run_until_signal`` runs that many of these processes under a
+parent (``schooner.frontend.workers``, which says what they share and how); each is a
+``Frontend`` with ``worker_index`` set: the state file shared through
+``SqliteSharedStateStore``, the query port bound with SO_REUSEPORT, its own RPC port and
+socket (``runtime.config.worker_rpc_port``/``worker_rpc_socket``), and the management and
+gRPC ports on worker 0 only.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from schooner.frontend.oip import OipApi
 from schooner.frontend.query_api import QueryApi
 from schooner.frontend.rpc import LocalEndpoint, RpcEndpoint, RpcSecurity
 from schooner.frontend.state import StateStore
+from schooner.runtime.config import worker_rpc_port, worker_rpc_socket
 from schooner.runtime.wire import DEFAULT_MAX_FRAMES, DEFAULT_MAX_MESSAGE_BYTES, Limits
 
 __all__ = ["FrontendConfig", "Frontend"]
@@ -70,6 +78,19 @@ class FrontendConfig:
     http_limits: http.HttpLimits = http.HttpLimits()
     management_max_connections: int = 256
     max_inputs_per_request: int = 10_000  # inputs of one Clipper or OIP request (else 413)
+    # processes serving queries (schooner.frontend.workers): 0 picks default_workers()
+    workers: int = 1
+    worker_index: int | None = None  # set by the parent in each worker's copy
+
+    @property
+    def worker_rpc_port(self) -> int:
+        return worker_rpc_port(self.rpc_port, self.worker_index or 0)
+
+    @property
+    def worker_rpc_socket(self) -> str | None:
+        if self.rpc_socket is None:
+            return None
+        return worker_rpc_socket(self.rpc_socket, self.worker_index or 0)
 
 
 class Frontend:
@@ -77,7 +98,13 @@ class Frontend:
 
     def __init__(self, config: FrontendConfig) -> None:
         self.config = config
-        self.metrics = FrontendMetrics()
+        self.worker = config.worker_index
+        if self.worker is None:
+            self.metrics = FrontendMetrics()
+        else:
+            from schooner.frontend.workers import WorkerMetrics, metrics_folder
+
+            self.metrics = WorkerMetrics(self.worker, metrics_folder(config.state_db))
         self.state: StateStore | None = None
         self.dispatcher: Dispatcher | None = None
         self.rpc: RpcEndpoint | None = None
@@ -89,6 +116,7 @@ class Frontend:
         self._stopped = asyncio.Event()
         self._sweep: asyncio.TimerHandle | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
+        self._publish: asyncio.TimerHandle | None = None
         self._state_poll: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.ports: dict[str, int] = {}
@@ -113,8 +141,13 @@ class Frontend:
 
             self.state = RedisStateStore.connect(cfg.state_redis, cfg.state_password,
                                                  cfg.state_prefix)  # fmt: skip
+        elif self.worker is not None:
+            from schooner.frontend.shared_state import SqliteSharedStateStore
+
+            self.state = SqliteSharedStateStore.open(cfg.state_db, self.worker)
         else:
             self.state = StateStore.open(cfg.state_db)
+        serves_management = not self.worker  # None (one process) or worker 0
         self._context = zmq.Context()
         security = RpcSecurity(cfg.rpc_secret, cfg.allow_unauthenticated_containers,
                                Limits(cfg.rpc_max_frames, cfg.rpc_max_message_bytes))  # fmt: skip
@@ -125,14 +158,14 @@ class Frontend:
             self._context, self._dispatcher_events(), silence_timeout=cfg.replica_timeout_s,
             security=security,
         )  # fmt: skip
-        self.ports["rpc"] = self.rpc.bind(cfg.rpc_host, cfg.rpc_port)
+        self.ports["rpc"] = self.rpc.bind(cfg.rpc_host, cfg.worker_rpc_port)
         self.rpc.start(loop)
-        if cfg.rpc_socket is not None:
+        if cfg.worker_rpc_socket is not None:
             self.local = LocalEndpoint(
                 self._require_dispatcher(), silence_timeout=cfg.replica_timeout_s,
                 security=security,
             )  # fmt: skip
-            await self.local.start(loop, cfg.rpc_socket)
+            await self.local.start(loop, cfg.worker_rpc_socket)
 
         management = ManagementApi(self.state, self._require_dispatcher(), self.metrics,
                                    token=credentials.admin_token(cfg.admin_token,
@@ -144,20 +177,22 @@ class Frontend:
                      _schooner_version())  # fmt: skip
         max_body = cfg.max_body_bytes
         query_limits, mgmt_limits = _listener_limits(cfg)
-        mgmt_server = await http.serve(
-            management.routes(http.Router()), cfg.management_host, cfg.management_port,
-            max_body_bytes=max_body, limits=mgmt_limits, name="management port",
-        )  # fmt: skip
-        self._servers.append(mgmt_server)
+        if serves_management:
+            mgmt_server = await http.serve(
+                management.routes(self._management_router()), cfg.management_host,
+                cfg.management_port, max_body_bytes=max_body, limits=mgmt_limits,
+                name="management port",
+            )  # fmt: skip
+            self._servers.append(mgmt_server)
+            self.ports["management"] = mgmt_server.sockets[0].getsockname()[1]
         query_server = await http.serve(
             oip.routes(queries.routes(http.Router())), cfg.query_host, cfg.query_port,
             max_body_bytes=max_body, limits=query_limits, reserved=HEALTH_PATHS,
-            name="query port",
+            name="query port", reuse_port=self.worker is not None,
         )  # fmt: skip
         self._servers.append(query_server)
-        self.ports["management"] = mgmt_server.sockets[0].getsockname()[1]
         self.ports["query"] = query_server.sockets[0].getsockname()[1]
-        if cfg.grpc_port is not None:
+        if cfg.grpc_port is not None and serves_management:
             from schooner.frontend.oip_grpc import GrpcServer  # grpcio only when asked for
 
             self._grpc = GrpcServer(oip, self.state, _schooner_version(), cfg.grpc_host,
@@ -166,14 +201,17 @@ class Frontend:
                                     idle_timeout_s=cfg.http_limits.idle_timeout_s)  # fmt: skip
             self.ports["grpc"] = await self._grpc.start()
         self._housekeeping = loop.call_later(HOUSEKEEPING_S, self._housekeep)
-        if cfg.state_redis is not None:
+        if cfg.state_redis is not None or self.worker is not None:
             self._state_poll = asyncio.ensure_future(self._follow_shared_state())
+        if self.worker is not None:
+            self._publish_metrics()
         self._ready = True
         log.info(
-            "frontend ready: query port %d, management port %d, rpc port %d%s%s, state %s "
+            "frontend ready%s: query port %d, management port %s, rpc port %d%s%s, state %s "
             "(%d apps, %d models)",
-            self.ports["query"], self.ports["management"], self.ports["rpc"],
-            f" and socket {cfg.rpc_socket}" if cfg.rpc_socket else "",
+            "" if self.worker is None else f" (worker {self.worker})",
+            self.ports["query"], self.ports.get("management", "(worker 0's)"), self.ports["rpc"],
+            f" and socket {cfg.worker_rpc_socket}" if cfg.rpc_socket else "",
             f", grpc port {self.ports['grpc']}" if "grpc" in self.ports else "",
             f"shared in redis {cfg.state_redis}" if cfg.state_redis else cfg.state_db,
             len(self.state.apps), len(self.state.models),
@@ -209,6 +247,23 @@ class Frontend:
             dispatcher.expect_replicas(model.key, cfg.replica_grace_s)
         self.dispatcher = dispatcher
         return dispatcher
+
+    def _management_router(self) -> http.Router:
+        """Worker 0's answers to changes wait for the other workers (workers module)."""
+        from schooner.frontend.shared_state import SqliteSharedStateStore
+
+        if isinstance(self.state, SqliteSharedStateStore):
+            from schooner.frontend.workers import ChangesReachEveryWorker
+
+            return ChangesReachEveryWorker(self.state)
+        return http.Router()
+
+    def _publish_metrics(self) -> None:
+        from schooner.frontend.workers import PUBLISH_S, WorkerMetrics
+
+        assert self._loop is not None and isinstance(self.metrics, WorkerMetrics)
+        self._publish = self._loop.call_later(PUBLISH_S, self._publish_metrics)
+        self.metrics.publish()
 
     def _require_dispatcher(self) -> Dispatcher:
         assert self.dispatcher is not None
@@ -246,16 +301,21 @@ class Frontend:
             log.exception("housekeeping failed")
 
     async def _follow_shared_state(self) -> None:
-        """Apply the changes other frontends make to the shared state (shared_state)."""
-        from schooner.frontend.shared_state import POLL_INTERVAL_S, RedisStateStore
+        """Apply the changes other frontends (or workers) make to the shared state
+        (shared_state); a model that appears waits for replicas as at start-up."""
+        from schooner.frontend.shared_state import SharedStateStore
 
-        assert isinstance(self.state, RedisStateStore) and self._loop is not None
+        assert isinstance(self.state, SharedStateStore) and self._loop is not None
         state, dispatcher, down = self.state, self._require_dispatcher(), False
+        grace = self.config.replica_grace_s
         while True:
-            await asyncio.sleep(POLL_INTERVAL_S)
+            await asyncio.sleep(state.poll_interval_s)
             before = set(state.models)
             try:
-                fetched = await self._loop.run_in_executor(None, state.poll)
+                if state.poll_in_thread:
+                    fetched = await self._loop.run_in_executor(None, state.poll)
+                else:
+                    fetched = state.poll()
             except Exception as exc:  # StateUnavailable: serve from memory meanwhile
                 if not down:
                     log.warning("%s; serving the state as last seen", exc)
@@ -264,11 +324,18 @@ class Frontend:
             if down:
                 log.info("the state database answers again")
                 down = False
-            if state.apply(*fetched):
+            try:
+                changed = state.apply(*fetched)
+            except Exception as exc:  # the file is busy past its timeout: next poll retries
+                log.warning("cannot apply the shared state's changes yet: %s", exc)
+                continue
+            if changed:
                 for key in before - set(state.models):
                     dispatcher.configure_model(key, -1)
                 for model in state.models.values():
                     dispatcher.configure_model(model.key, model.batch_size)
+                    if model.key not in before and self.worker is not None:
+                        dispatcher.expect_replicas(model.key, grace)
 
     # ----------------------------------------------------------------- shutdown
 
@@ -277,7 +344,7 @@ class Frontend:
         if self._state_poll is not None:
             self._state_poll.cancel()
             self._state_poll = None
-        for timer in (self._sweep, self._housekeeping):
+        for timer in (self._sweep, self._housekeeping, self._publish):
             if timer is not None:
                 timer.cancel()
         if self._grpc is not None:
@@ -337,7 +404,8 @@ def _schooner_version() -> str:
 
 
 async def run_until_signal(config: FrontendConfig) -> None:
-    """Run a frontend until SIGTERM or SIGINT (the console entry point's body)."""
+    """Run one frontend process until SIGTERM or SIGINT (a worker's, or the console entry
+    point's, body; ``__main__`` runs ``workers.run_workers`` instead for several)."""
     frontend = Frontend(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

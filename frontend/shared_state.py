@@ -1,8 +1,15 @@
-"""The state several frontends share: ``StateStore`` replicated through Redis.
+"""The state several frontends share: ``StateStore`` replicated through an operation log.
 
-One frontend keeps its state in its own SQLite file (``StateStore.open``). Several (the
-frontend pods of a Kubernetes cluster) share one Redis, and each keeps what it always had:
-the whole state in memory for the request path, loaded into a private in-memory SQLite.
+One frontend keeps its state in its own SQLite file (``StateStore.open``). Several share
+it in one of two ways, both ``SharedStateStore``s that keep what a frontend always had (the
+whole state in memory for the request path) and differ only in where the log lives:
+
+* ``RedisStateStore``: the frontend pods of a Kubernetes cluster share one Redis, and each
+  replays the log into a private in-memory SQLite;
+* ``SqliteSharedStateStore``: the workers of one frontend on one machine (``--workers N``)
+  share the SQLite state file itself, in WAL mode (below).
+
+What follows describes Redis; the SQLite store differs where said.
 
 * **An operation log.** Every mutation ``StateStore`` makes is a list of SQL statements
   (its ``_write``); here that list is appended to a Redis list, ``<prefix>:log``, and then
@@ -27,23 +34,41 @@ the whole state in memory for the request path, loaded into a private in-memory 
 The password comes from ``SCHOONER_STATE_PASSWORD`` (a Kubernetes Secret), never argv.
 Limits: one log entry is at most ``MAX_ENTRY_BYTES``; the log grows by one entry per
 management operation (operations are rare; it is not compacted).
+
+**The SQLite file of a frontend's workers.** The file's tables stay the state (a frontend
+run with one worker, or earlier, reads the same file), and an ``oplog`` table beside them
+numbers the changes (``rowid``). A mutation's validate-and-append is one ``BEGIN
+IMMEDIATE`` transaction: if the log's end is not what this worker last applied it is stale
+(caught up and validated again, as with Redis), else its statements and its log entry are
+written together. ``poll`` (every ``SqliteSharedStateStore.poll_interval_s``, 5 ms, on the
+event loop: one indexed read of a local file) finds entries past the worker's; ``apply``
+reloads memory from the tables in one read transaction. Query ids: ``StateStore``'s own
+``BEGIN IMMEDIATE`` reservation in the same file. Policy state: written to its table
+without a log entry (last writer wins, read by the others at their next reload). Each worker
+records what it has applied in the ``workers`` table, so that the worker serving the
+management API can answer a change only once every live worker has it (``lagging``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from schooner.frontend import state as state_module
 from schooner.frontend.state import Conflict, StateError, StateStore
 from schooner.runtime.errors import MissingExtra
 
-__all__ = ["RedisStateStore", "StateUnavailable", "POLL_INTERVAL_S", "parse_address"]
+__all__ = [
+    "SharedStateStore", "RedisStateStore", "SqliteSharedStateStore", "StateUnavailable",
+    "POLL_INTERVAL_S", "parse_address",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +101,58 @@ def parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class RedisStateStore(StateStore):
+def _mutation(name: str) -> Callable[..., Any]:
+    base = getattr(StateStore, name)
+
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(MAX_RETRIES):
+            self.sync()
+            try:
+                return base(self, *args, **kwargs)
+            except _Stale:
+                # another frontend wrote first: back off a little (randomly, so racing
+                # writers spread out), catch up and validate again
+                time.sleep(random.uniform(0, _BACKOFF_S * (attempt + 1)))
+        raise Conflict(f"the state kept changing on other frontends; {name} was not made")
+
+    run.__name__ = name
+    run.__doc__ = base.__doc__
+    return run
+
+
+class SharedStateStore(StateStore):
+    """What both shared stores have: an operation log that ``poll`` reads past
+    ``_applied`` and ``apply`` catches up with, and mutations validated against the log's
+    end (retried when another process appended first). Subclasses say how."""
+
+    poll_interval_s = POLL_INTERVAL_S  # how often the frontend polls
+    poll_in_thread = True  # poll on a worker thread (it may wait on the network)
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        super().__init__(db)
+        self._applied = 0  # log entries (Redis) or the last log rowid (SQLite) applied here
+
+    @property
+    def applied(self) -> int:
+        return self._applied
+
+    def poll(self) -> tuple[int, list[bytes]]:
+        raise NotImplementedError
+
+    def apply(self, start: int, entries: list[bytes]) -> bool:
+        raise NotImplementedError
+
+    def sync(self) -> bool:
+        return self.apply(*self.poll())
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in _MUTATIONS:
+            if hasattr(StateStore, name) and name not in cls.__dict__:
+                setattr(cls, name, _mutation(name))
+
+
+class RedisStateStore(SharedStateStore):
     """``StateStore`` whose writes go through an operation log in Redis (module docstring)."""
 
     def __init__(self, db: sqlite3.Connection, client: Any, prefix: str) -> None:
@@ -85,7 +161,6 @@ class RedisStateStore(StateStore):
         self._log_key = f"{prefix}:log"
         self._ids_key = f"{prefix}:next_query_id"
         self._policy_key = f"{prefix}:policy_state"
-        self._applied = 0  # log entries applied here
         self.address = ""
 
     @classmethod
@@ -163,9 +238,6 @@ class RedisStateStore(StateStore):
         self._load()
         return True
 
-    def sync(self) -> bool:
-        return self.apply(*self.poll())
-
     # ------------------------------------------------------------------ writing
 
     def _write(self, *statements: tuple[str, tuple[object, ...]]) -> None:
@@ -229,25 +301,122 @@ class RedisStateStore(StateStore):
         return end - count
 
 
-def _mutation(name: str) -> Callable[..., Any]:
-    base = getattr(StateStore, name)
-
-    def run(self: RedisStateStore, *args: Any, **kwargs: Any) -> Any:
-        for attempt in range(MAX_RETRIES):
-            self.sync()
-            try:
-                return base(self, *args, **kwargs)
-            except _Stale:
-                # another frontend wrote first: back off a little (randomly, so racing
-                # writers spread out), catch up and validate again
-                time.sleep(random.uniform(0, _BACKOFF_S * (attempt + 1)))
-        raise Conflict(f"the state kept changing on other frontends; {name} was not made")
-
-    run.__name__ = name
-    run.__doc__ = base.__doc__
-    return run
+_SHARED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS oplog (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    entry TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workers (
+    idx INTEGER PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    applied INTEGER NOT NULL
+);
+"""
+_BUSY_TIMEOUT_MS = 5000  # a writer waits this long for another's transaction
 
 
-for _name in _MUTATIONS:
-    if hasattr(StateStore, _name):
-        setattr(RedisStateStore, _name, _mutation(_name))
+class SqliteSharedStateStore(SharedStateStore):
+    """The state file shared by the workers of one frontend (module docstring)."""
+
+    poll_interval_s = 0.005
+    poll_in_thread = False
+
+    def __init__(self, db: sqlite3.Connection, worker: int | None) -> None:
+        super().__init__(db)
+        self.worker = worker
+
+    @classmethod
+    def open(cls, path: str | Path, worker: int | None = None) -> SqliteSharedStateStore:  # type: ignore[override]
+        """Open (creating if needed) the state file at ``path`` and load it; ``worker``:
+        this process's worker number, recorded with what it has applied."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+                             timeout=_BUSY_TIMEOUT_MS / 1000)  # fmt: skip
+        db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        with db:
+            db.execute("BEGIN IMMEDIATE")  # one worker creates the tables at a time
+            for statement in (state_module._SCHEMA + _SHARED_SCHEMA).split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        store = cls(db, worker)
+        store._reload()
+        if worker is not None:
+            StateStore._write(store, ("INSERT OR REPLACE INTO workers VALUES (?, ?, ?)",
+                                      (worker, os.getpid(), store._applied)))  # fmt: skip
+        return store
+
+    def _reload(self) -> None:
+        """Memory from the tables, and the log position they are at, in one snapshot."""
+        db = self._db
+        with db:
+            db.execute("BEGIN")
+            (last,) = db.execute("SELECT coalesce(max(id), 0) FROM oplog").fetchone()
+            self.apps.clear()
+            self.models.clear()
+            self._load()
+        self._applied = int(last)
+
+    # ------------------------------------------------------------------ catching up
+
+    def poll(self) -> tuple[int, list[bytes]]:
+        """The log entries past this worker's position (on the event loop: a local read)."""
+        rows = self._db.execute("SELECT entry FROM oplog WHERE id > ? ORDER BY id",
+                                (self._applied,)).fetchall()  # fmt: skip
+        return self._applied, [row[0].encode() for row in rows]
+
+    def apply(self, start: int, entries: list[bytes]) -> bool:
+        """Reload from the tables if the log moved past ``start`` (True: it changed)."""
+        if not entries or start != self._applied:
+            return False
+        self._reload()
+        self._report()
+        return True
+
+    def _report(self) -> None:
+        if self.worker is not None:
+            StateStore._write(self, ("UPDATE workers SET applied = ?, pid = ? WHERE idx = ?",
+                                     (self._applied, os.getpid(), self.worker)))  # fmt: skip
+
+    def lagging(self, position: int) -> list[int]:
+        """The live workers that have not applied the log up to ``position`` yet."""
+        rows = self._db.execute("SELECT idx, pid FROM workers WHERE applied < ?",
+                                (position,)).fetchall()  # fmt: skip
+        return [idx for idx, pid in rows if _alive(pid)]
+
+    # ------------------------------------------------------------------ writing
+
+    def _write(self, *statements: tuple[str, tuple[object, ...]]) -> None:
+        entry = json.dumps([[sql, list(args)] for sql, args in statements])
+        if len(entry) > MAX_ENTRY_BYTES:
+            raise state_module.Invalid(f"one change is at most {MAX_ENTRY_BYTES} bytes")
+        db = self._db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            (last,) = db.execute("SELECT coalesce(max(id), 0) FROM oplog").fetchone()
+            if last != self._applied:
+                raise _Stale("the state changed on another worker; retry")
+            for sql, args in statements:
+                db.execute(sql, args)
+            cursor = db.execute("INSERT INTO oplog (entry) VALUES (?)", (entry,))
+        self._applied = int(cursor.lastrowid or 0)
+        self._report()
+
+    def save_policy_state(self, name: str, state: str) -> None:
+        """What the app's selection policy learned: written without a log entry (last
+        writer wins; the other workers read it at their next reload)."""
+        self.app(name)
+        StateStore._write(self, ("INSERT OR REPLACE INTO policy_state VALUES (?, ?)",
+                                 (name, state)))  # fmt: skip
+        self.policy_state[name] = state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

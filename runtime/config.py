@@ -42,7 +42,18 @@ SCHOONER_EVERY_FRONTEND        0                            1: CLIPPER_IP names 
                                                             separated by commas); serve each
                                                             address they resolve to, one
                                                             session each (runtime.frontends)
+SCHOONER_FRONTEND_ENDPOINTS    (unset)                      every endpoint to serve, separated
+                                                            by commas: ``unix:PATH`` (or
+                                                            ``unix:@name``) or ``HOST:PORT``
+                                                            (ZeroMQ); one session each, e.g.
+                                                            each worker of a frontend run with
+                                                            ``--workers N``; implies
+                                                            SCHOONER_EVERY_FRONTEND=1
 =============================  ===========================  ==================================
+
+A frontend run with ``--workers N`` has one RPC endpoint per worker: ``worker_rpc_socket``
+and ``worker_rpc_port`` name worker ``i``'s (worker 0's are the frontend's own), and
+``worker_endpoints`` lists them all in the form SCHOONER_FRONTEND_ENDPOINTS takes.
 
 The secret's variables are defined here once (``RPC_SECRET_ENV``, ``RPC_SECRET_FILE_ENV``):
 the local manager hands its replicas the file, Docker an ``--env-file``, Kubernetes a
@@ -84,6 +95,13 @@ __all__ = [
     "create_secret_file",
     "ADMIN_TOKEN_ENV",
     "ADMIN_TOKEN_FILE",
+    "worker_rpc_socket",
+    "worker_rpc_port",
+    "default_frontend_workers",
+    "MAX_FRONTEND_WORKERS",
+    "worker_endpoints",
+    "parse_endpoint",
+    "MAX_ENDPOINTS",
 ]
 
 # The cluster secret a replica proves it holds when it registers (and the frontend checks):
@@ -140,6 +158,7 @@ class ContainerConfig:
     rpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     rpc_max_frames: int = DEFAULT_MAX_FRAMES
     every_frontend: bool = False
+    frontend_endpoints: tuple[str, ...] = ()
 
     @property
     def limits(self) -> Limits:
@@ -178,6 +197,8 @@ class ContainerConfig:
                 if field in _REQUIRED:
                     values[field] = ""
         config = cls(**values)
+        if config.frontend_endpoints and not config.every_frontend:
+            config = dataclasses.replace(config, every_frontend=True)
         if config.session_timeout <= config.heartbeat_interval:
             problems.append(
                 f"SCHOONER_SESSION_TIMEOUT ({config.session_timeout}) must exceed "
@@ -205,6 +226,8 @@ class ContainerConfig:
 
 
 def _format(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
     if isinstance(value, InputType):
         return value.clipper_name
     if isinstance(value, bool):
@@ -241,6 +264,70 @@ def create_secret_file(path: Path) -> bytes:
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32) + "\n")
     return read_secret_file(path)
+
+
+MAX_ENDPOINTS = 64  # endpoints one replica serves at most (runtime.frontends.MAX_FRONTENDS)
+
+
+MAX_FRONTEND_WORKERS = 64
+
+
+def default_frontend_workers(workers: int = 0) -> int:
+    """``workers``, or for 0 the default: half the cores this process may run on
+    (``os.sched_getaffinity``; the other half left to replicas and load), 1 to
+    MAX_FRONTEND_WORKERS."""
+    if workers:
+        return workers
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_FRONTEND_WORKERS, cores // 2))
+
+
+def worker_rpc_socket(base: str, index: int) -> str:
+    """The local Unix socket of worker ``index`` of a frontend whose socket is ``base``."""
+    return base if index == 0 else f"{base}.w{index}"
+
+
+def worker_rpc_port(base: int, index: int) -> int:
+    """The RPC port of worker ``index`` of a frontend whose RPC port is ``base`` (0: any)."""
+    return base + index if base else 0
+
+
+def worker_endpoints(workers: int, host: str, port: int, socket: str | None) -> tuple[str, ...]:
+    """Every worker's endpoint as SCHOONER_FRONTEND_ENDPOINTS lists them: its Unix socket
+    when the frontend serves one, else its ZeroMQ port."""
+    if socket is not None:
+        return tuple(f"unix:{worker_rpc_socket(socket, i)}" for i in range(workers))
+    return tuple(f"{host}:{worker_rpc_port(port, i)}" for i in range(workers))
+
+
+def parse_endpoint(endpoint: str) -> tuple[str | None, str, int]:
+    """``unix:PATH`` -> (PATH, "", 0); ``HOST:PORT`` -> (None, HOST, PORT); ValueError else."""
+    if endpoint.startswith("unix:"):
+        return (_socket_path(_nonempty(endpoint[5:])), "", 0)
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{endpoint!r} is neither unix:PATH nor HOST:PORT")
+    return (None, host.strip("[]"), _port(port))
+
+
+def _nonempty(raw: str) -> str:
+    if not raw:
+        raise ValueError("an empty socket path")
+    return raw
+
+
+def _endpoints(raw: str) -> tuple[str, ...]:
+    found = tuple(dict.fromkeys(e.strip() for e in raw.split(",") if e.strip()))
+    if not found:
+        raise ValueError("names no endpoint")
+    if len(found) > MAX_ENDPOINTS:
+        raise ValueError(f"at most {MAX_ENDPOINTS} endpoints")
+    for endpoint in found:
+        parse_endpoint(endpoint)
+    return found
 
 
 def _secret(raw: str) -> str:
@@ -350,6 +437,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SCHOONER_RPC_MAX_MESSAGE_BYTES": ("rpc_max_message_bytes", _limit(1024)),
     "SCHOONER_RPC_MAX_FRAMES": ("rpc_max_frames", _limit(8)),
     "SCHOONER_EVERY_FRONTEND": ("every_frontend", _bool),
+    "SCHOONER_FRONTEND_ENDPOINTS": ("frontend_endpoints", _endpoints),
 }
 _REQUIRED = frozenset({"model_name", "model_version"})
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ContainerConfig)}

@@ -1,4 +1,5 @@
-"""One replica serving every frontend: a session per frontend address, found through DNS.
+"""One replica serving every frontend: a session per frontend address (found through DNS,
+or listed).
 
 With ``SCHOONER_EVERY_FRONTEND=1``, ``CLIPPER_IP`` names every frontend rather than one: a
 Kubernetes headless Service (which resolves to the address of each frontend pod), or a
@@ -8,9 +9,17 @@ found, stops the session of an address that went away, and keeps the last addres
 lookup fails. So N frontend pods share M replicas, each replica serving all of them, rather
 than Clipper's one model Deployment per frontend (N x M replicas).
 
-The sessions share the loaded model: one predict call at a time (a lock), so a framework
-that is not thread-safe is safe here, and a replica's capacity is shared by its frontends as
-the frontends' in-flight limits divide it.
+With ``SCHOONER_FRONTEND_ENDPOINTS`` the endpoints are listed instead (``unix:PATH`` or
+``HOST:PORT``, no lookup): the workers of one frontend run with ``--workers N`` on this
+machine, each with its own RPC socket, so that every worker reaches every replica.
+
+The sessions share the loaded model, and its batches: one predict call at a time, so a
+framework that is not thread-safe is safe here, and what the sessions bring while a predict
+runs is **coalesced** into the next call (``_Coalescing``, up to the max batch size). Each
+frontend (or worker) batches only the queries it holds itself; coalescing is what keeps the
+model's batches as full as one frontend's would be. ``schooner_container_batch_size`` and
+``schooner_container_predict_seconds`` count the model's calls (what it saw), the other
+counters each session's requests.
 """
 
 from __future__ import annotations
@@ -19,11 +28,14 @@ import dataclasses
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+import numpy as np
+
 from schooner.frameworks.base import Batch, Framework
-from schooner.runtime.config import ContainerConfig
+from schooner.runtime.config import ContainerConfig, parse_endpoint
 from schooner.runtime.container import Container
 from schooner.runtime.metrics import ContainerMetrics
 
@@ -51,19 +63,145 @@ def resolve_all(hosts: str, port: int) -> list[str]:
     return sorted(found)
 
 
-class _OneAtATime:
-    """The framework, its ``predict`` serialized across the sessions' threads."""
+class _Call:
+    """One session's batch waiting to be predicted (with others') and, later, its answer."""
 
-    def __init__(self, framework: Framework) -> None:
+    __slots__ = ("batch", "size", "outputs", "error", "done")
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.size = len(batch)
+        self.outputs: Sequence[str] | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+def _join(batches: list[Batch]) -> Batch:
+    """The batches of several calls as one, in the form the runtime hands a framework: one
+    2-D array when every input has the same size, else a list (of 1-D arrays, or of str)."""
+    if all(isinstance(b, np.ndarray) and b.ndim == 2 for b in batches):
+        widths = {b.shape[1] for b in batches}
+        dtypes = {b.dtype for b in batches}
+        if len(widths) == 1 and len(dtypes) == 1:
+            return np.concatenate(batches)
+    joined: list[Any] = []
+    for b in batches:
+        joined.extend(list(b))
+    return joined
+
+
+class _Coalescing:
+    """The framework shared by the sessions' threads: one ``predict`` at a time, and the
+    batches that sessions hand in while one runs are predicted together in the next call
+    (up to ``max_inputs``; 0: any), by whichever waiting thread goes first. A joined call
+    that raises, or breaks the output contract, is predicted again batch by batch, so each
+    session sees what its own batch alone gives (the container isolates inputs from there).
+    """
+
+    def __init__(self, framework: Framework, max_inputs: int, metrics: ContainerMetrics) -> None:
         self._framework = framework
-        self._lock = threading.Lock()
+        self._max_inputs = max_inputs
+        self._metrics = metrics
+        self._cond = threading.Condition()
+        self._queue: list[_Call] = []
+        self._busy = False
 
     def predict(self, batch: Batch) -> Sequence[str]:
-        with self._lock:
+        call = _Call(batch)
+        with self._cond:
+            self._queue.append(call)
+            while True:
+                while self._busy and not call.done:
+                    self._cond.wait()
+                if call.done:
+                    break
+                taken = self._take()
+                self._busy = True
+                self._cond.release()
+                try:
+                    self._run(taken)
+                finally:
+                    self._cond.acquire()
+                    self._busy = False
+                    self._cond.notify_all()
+        if call.error is not None:
+            raise call.error
+        assert call.outputs is not None
+        return call.outputs
+
+    def _take(self) -> list[_Call]:
+        """The oldest waiting calls that fit in one batch (at least one)."""
+        limit, queue = self._max_inputs, self._queue
+        taken, size = [queue[0]], queue[0].size
+        while len(taken) < len(queue) and (not limit or size + queue[len(taken)].size <= limit):
+            size += queue[len(taken)].size
+            taken.append(queue[len(taken)])
+        del queue[: len(taken)]
+        return taken
+
+    def _run(self, calls: list[_Call]) -> None:
+        if len(calls) > 1:
+            total = sum(c.size for c in calls)
+            outputs = self._timed(_join([c.batch for c in calls]), total)
+            if _sized(outputs) == total:
+                pos = 0
+                for c in calls:
+                    c.outputs, c.done = outputs[pos : pos + c.size], True
+                    pos += c.size
+                return
+            log.debug("a coalesced batch of %d calls failed; predicting each alone", len(calls))
+        for c in calls:
+            result = self._timed(c.batch, c.size)
+            if isinstance(result, BaseException):
+                c.error = result
+            else:
+                c.outputs = result
+            c.done = True
+
+    def _timed(self, batch: Batch, size: int) -> Any:
+        """The framework's outputs for ``batch``, or what it raised; observed as one call."""
+        started = time.monotonic()
+        try:
             return self._framework.predict(batch)
+        except Exception as exc:
+            return exc
+        finally:
+            self._metrics.batch_size.observe(size)
+            self._metrics.predict_latency.observe(time.monotonic() - started)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._framework, name)
+
+
+def _sized(outputs: Any) -> int:
+    """How many outputs a framework returned (-1: it raised, or returned no sequence)."""
+    if isinstance(outputs, BaseException | str | bytes) or not hasattr(outputs, "__getitem__"):
+        return -1
+    try:
+        return len(outputs)
+    except TypeError:
+        return -1
+
+
+class _SessionMetrics:
+    """A session's view of the replica's metrics: its requests, inputs and errors are
+    counted as the container records them; batch sizes and predict time are the model's own
+    calls, observed by ``_Coalescing`` instead."""
+
+    def __init__(self, shared: ContainerMetrics) -> None:
+        object.__setattr__(self, "_shared", shared)
+
+    def record_batch(self, requests: int, inputs: int, seconds: float, errors: int) -> None:
+        shared = self._shared
+        shared.requests += requests
+        shared.inputs += inputs
+        shared.errors += errors
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._shared, name, value)
 
 
 class EveryFrontend:
@@ -79,8 +217,9 @@ class EveryFrontend:
         interval_s: float = RESOLVE_INTERVAL_S,
     ) -> None:
         self.config = config
-        self.framework = cast(Framework, _OneAtATime(framework))
+        self.framework = cast(Framework, _Coalescing(framework, config.max_batch_size, metrics))
         self.metrics = metrics
+        self._session_metrics = cast(ContainerMetrics, _SessionMetrics(metrics))
         self._resolve = resolve
         self._interval_s = interval_s
         self._stopped = threading.Event()
@@ -103,10 +242,27 @@ class EveryFrontend:
         """Stop every session (safe from a signal handler)."""
         self._stopped.set()
 
+    def _addresses(self) -> list[str]:
+        cfg = self.config
+        if cfg.frontend_endpoints:
+            return list(cfg.frontend_endpoints)
+        return self._resolve(cfg.frontend_host, cfg.frontend_port)
+
+    def _session_config(self, address: str) -> ContainerConfig:
+        cfg = self.config
+        common = {"every_frontend": False, "frontend_endpoints": ()}
+        if not cfg.frontend_endpoints:
+            return dataclasses.replace(cfg, frontend_host=address, **common)  # type: ignore[arg-type]
+        path, host, port = parse_endpoint(address)
+        if path is not None:
+            return dataclasses.replace(cfg, rpc_socket=path, **common)  # type: ignore[arg-type]
+        return dataclasses.replace(cfg, rpc_socket=None, frontend_host=host, frontend_port=port,
+                                   **common)  # type: ignore[arg-type]  # fmt: skip
+
     def _follow(self) -> None:
         cfg = self.config
         try:
-            addresses = self._resolve(cfg.frontend_host, cfg.frontend_port)
+            addresses = self._addresses()
         except OSError as exc:
             log.warning("cannot resolve %s (%s); keeping %d sessions", cfg.frontend_host, exc,
                         len(self.sessions))  # fmt: skip
@@ -123,10 +279,10 @@ class EveryFrontend:
         for address in addresses:
             if address in self.sessions:
                 continue
-            config = dataclasses.replace(cfg, frontend_host=address, every_frontend=False)
-            container = Container(config, self.framework, self.metrics)
+            config = self._session_config(address)
+            container = Container(config, self.framework, self._session_metrics)
             thread = threading.Thread(target=container.run, name=f"frontend-{address}",
                                       daemon=True)  # fmt: skip
             thread.start()
             self.sessions[address] = (container, thread)
-            log.info("serving frontend %s:%d", address, cfg.frontend_port)
+            log.info("serving frontend %s", config.frontend_address)

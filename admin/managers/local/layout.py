@@ -56,6 +56,9 @@ class ClusterSettings:
     query_host: str = "0.0.0.0"
     management_host: str = "127.0.0.1"
     rpc_host: str = "127.0.0.1"
+    # the frontend's worker processes (schooner-frontend --workers; 0: its default for
+    # this machine, runtime.config.default_frontend_workers)
+    frontend_workers: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -29,7 +29,13 @@ from schooner.admin.managers.local.layout import ClusterLayout, ClusterSettings,
 from schooner.admin.managers.local.processes import is_alive, kill_group, log_tail, port_in_use
 from schooner.admin.replicas import wait_for_replicas
 from schooner.frameworks.artifact import REQUIREMENTS_NAME
-from schooner.runtime.config import DEFAULT_MANAGEMENT_PORT, DEFAULT_QUERY_PORT, DEFAULT_RPC_PORT
+from schooner.runtime.config import (
+    DEFAULT_MANAGEMENT_PORT,
+    DEFAULT_QUERY_PORT,
+    DEFAULT_RPC_PORT,
+    default_frontend_workers,
+    worker_rpc_port,
+)
 from schooner.runtime.errors import ClipperException
 
 __all__ = ["LocalContainerManager"]
@@ -52,6 +58,8 @@ class LocalContainerManager(ContainerManager):
     one built from the base image's requirements), ``"current"`` or ``"isolated"`` (see
     ``schooner.admin.managers.local.environments``); ``python`` forces one interpreter for every replica.
     ``device`` (``cpu``, ``cuda``, ``cuda:N``) is where the replicas place their models.
+    ``frontend_workers``: the frontend's worker processes (``schooner-frontend --workers``;
+    0, the default: half this machine's cores, at least 1); each replica serves every worker.
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class LocalContainerManager(ContainerManager):
         python: str | None = None,
         environment: str = "auto",
         device: str = "cpu",
+        frontend_workers: int = 0,
     ) -> None:
         if environment not in environments.MODES:
             raise ClipperException(
@@ -80,6 +89,7 @@ class LocalContainerManager(ContainerManager):
             management_port=int(clipper_management_port),
             rpc_port=int(clipper_rpc_port),
             query_host=query_host,
+            frontend_workers=int(frontend_workers),
         )
         self.start_timeout_s = start_timeout_s
         self.deploy_timeout_s = deploy_timeout_s
@@ -146,7 +156,9 @@ class LocalContainerManager(ContainerManager):
                 f"it first with: schooner stop --cluster {self.cluster_name}"
             )
         s = self.settings
-        busy = [p for p in (s.query_port, s.management_port, s.rpc_port) if port_in_use(p)]
+        rpc_ports = [worker_rpc_port(s.rpc_port, i)
+                     for i in range(default_frontend_workers(s.frontend_workers))]  # fmt: skip
+        busy = [p for p in (s.query_port, s.management_port, *rpc_ports) if port_in_use(p)]
         if busy:
             raise ClipperException(
                 f"cannot start cluster {self.cluster_name!r}: port(s) {busy} already in use; "

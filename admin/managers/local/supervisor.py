@@ -33,7 +33,7 @@ from schooner.admin.managers.local.children import Child, ChildSpec
 from schooner.admin.managers.local.layout import ClusterLayout, ClusterSettings
 from schooner.admin.managers.local.processes import is_alive
 from schooner.admin.managers.local.restart import RestartPolicy
-from schooner.runtime.config import ContainerConfig
+from schooner.runtime.config import ContainerConfig, default_frontend_workers, worker_endpoints
 from schooner.runtime.errors import ClipperException
 from schooner.runtime.wire import InputType
 
@@ -43,6 +43,15 @@ logger = logging.getLogger(__name__)
 
 FRONTEND = "frontend"
 _TICK_S = 0.1
+
+
+def _workers_in(argv: list[str]) -> int:
+    """The ``--workers`` a frontend command line asks for (1 without it, or for 0: the
+    default on this machine)."""
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--workers" and value.isdigit():
+            return default_frontend_workers(int(value))
+    return 1
 
 
 def replica_name(model_name: str, model_version: str, slot: int) -> str:
@@ -72,7 +81,10 @@ class Supervisor:
         self.python = python
         self.children: dict[str, Child] = {}
         self.shutting_down = False
+        self.frontend_workers = default_frontend_workers(settings.frontend_workers)
         argv = frontend_argv if frontend_argv is not None else self._frontend_argv()
+        if frontend_argv is not None:  # what the given command line asks for, else one
+            self.frontend_workers = _workers_in(argv)
         # Replicas use the local socket only when the frontend listens on it.
         self._frontend_serves_socket = "--rpc-socket" in argv
         self.children[FRONTEND] = Child(
@@ -92,6 +104,7 @@ class Supervisor:
             "--rpc-secret-file", os.fspath(self.layout.rpc_secret_file),
             "--admin-token-file", os.fspath(self.layout.admin_token_file),
             *(["--rpc-socket", self.layout.rpc_socket] if self.layout.rpc_socket else []),
+            "--workers", str(self.frontend_workers),
         ]
 
     def _replica_spec(
@@ -114,6 +127,11 @@ class Supervisor:
                 if self.layout.rpc_socket and self._frontend_serves_socket else None
             ),
         )
+        if self.frontend_workers > 1:  # a session with every worker (runtime.frontends)
+            config = replace(config, rpc_socket=None, every_frontend=True,
+                             frontend_endpoints=worker_endpoints(
+                                 self.frontend_workers, config.frontend_host,
+                                 config.frontend_port, config.rpc_socket))  # fmt: skip
 
         def environment() -> dict[str, str]:
             # Port 0: the replica binds any free port and reports it in its ready file.

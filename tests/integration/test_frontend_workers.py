@@ -1,0 +1,276 @@
+"""A frontend run as two worker processes (``--workers 2``): real processes throughout.
+
+The workers share the query port (SO_REUSEPORT) and the state file; a replica given both
+workers' sockets serves both. Queries go over fresh connections, so that both workers get
+some; what each answered is read from /metrics (``schooner_frontend_worker_predictions``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+requests = pytest.importorskip("requests")
+
+from conftest import local_cluster  # noqa: E402
+
+from schooner.runtime.config import ContainerConfig, worker_endpoints  # noqa: E402
+from schooner.runtime.frontends import _Coalescing, _join  # noqa: E402
+from schooner.runtime.metrics import ContainerMetrics  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def _fresh(url: str, body: Any, timeout: float = 10.0) -> tuple[int, Any]:
+    """POST on a new connection (closed after), so SO_REUSEPORT may pick either worker."""
+    r = requests.post(url, json=body, timeout=timeout, headers={"Connection": "close"})
+    try:
+        return r.status_code, r.json()
+    except ValueError:
+        return r.status_code, r.text
+
+
+def _worker_counts(frontend: Any) -> dict[str, float]:
+    text = requests.get(frontend.query_url + "/metrics", timeout=5).text
+    return {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^schooner_frontend_worker_predictions_total\{worker="(\d+)"\} (\S+)$', text, re.M)}
+
+
+def _worker_pids(log: str) -> dict[int, list[int]]:
+    pids: dict[int, list[int]] = {}
+    for index, pid in re.findall(r"worker (\d+) started \(pid (\d+)\)", log):
+        pids.setdefault(int(index), []).append(int(pid))
+    return pids
+
+
+def _all_answered(frontend: Any, app: str, n: int, expect: float) -> list[int]:
+    """``n`` queries over fresh connections, each answered by the model; their query ids."""
+    ids = []
+    for i in range(n):
+        status, answer = _fresh(f"{frontend.query_url}/{app}/predict", {"input": [float(i), 1.0]})
+        assert status == 200, answer
+        assert answer["default"] is False, answer
+        assert answer["output"] == i + 1.0 + expect, answer
+        ids.append(answer["query_id"])
+    return ids
+
+
+@pytest.fixture
+def two_workers(start_frontend, start_container, closure_artifact):
+    frontend = start_frontend(extra_args=["--workers", "2", "--allow-unauthenticated-containers"],
+                              local_socket=True)
+    frontend.process.wait_until(lambda: "frontend ready (worker 1)" in frontend.process.log(),
+                                timeout=30, what="worker 1 ready")
+
+    def plus(k):
+        def model(xs):
+            return [str(float(sum(x)) + k) for x in xs]
+        return model
+
+    frontend.admin("add_app", {"name": "sum", "input_type": "doubles", "default_output": "d",
+                               "latency_slo_micros": 5_000_000})
+    frontend.admin("add_model", {"model_name": "sum", "model_version": "1",
+                                 "input_type": "doubles", "batch_size": -1})
+    frontend.admin("add_model_links", {"app_name": "sum", "model_names": ["sum"]})
+    endpoints = ",".join(worker_endpoints(2, "127.0.0.1", frontend.rpc_port,
+                                          frontend.rpc_socket))
+    start_container(closure_artifact(plus(0.0), "v1"), rpc_port=frontend.rpc_port,
+                    model_name="sum", model_version="1",
+                    env={"SCHOONER_FRONTEND_ENDPOINTS": endpoints})
+    # both workers reach the replica: every one of 20 fresh connections is answered by it
+    frontend.process.wait_until(
+        lambda: all(_fresh(f"{frontend.query_url}/sum/predict", {"input": [1.0]})[1]
+                    .get("default") is False for _ in range(20)) or None,
+        timeout=30, interval=0.2, what="the replica on both workers")
+    frontend.plus = plus  # type: ignore[attr-defined]
+    frontend.endpoints = endpoints  # type: ignore[attr-defined]
+    return frontend
+
+
+def test_both_workers_answer_with_unique_ids(two_workers):
+    frontend = two_workers
+    ids = _all_answered(frontend, "sum", 200, 0.0)
+    assert len(set(ids)) == len(ids)
+    time.sleep(1.5)  # each worker publishes its metrics every second
+    counts = _worker_counts(frontend)
+    assert set(counts) == {"0", "1"}, counts
+    assert counts["0"] > 0 and counts["1"] > 0, counts
+    assert sum(counts.values()) >= 200
+    # the merged /metrics counts every worker's queries under the usual names too
+    text = requests.get(frontend.query_url + "/metrics", timeout=5).text
+    answered = sum(float(v) for v in re.findall(
+        r'^schooner_frontend_predictions_total\{app="sum"\} (\S+)$', text, re.M))
+    assert answered == sum(counts.values())
+
+
+def test_a_management_change_is_on_every_worker_when_answered(two_workers, start_container,
+                                                             closure_artifact):
+    frontend = two_workers
+    # a new app linked to the model: the very next queries, on either worker, find it
+    frontend.admin("add_app", {"name": "again", "input_type": "doubles", "default_output": "d",
+                               "latency_slo_micros": 5_000_000})
+    frontend.admin("add_model_links", {"app_name": "again", "model_names": ["sum"]})
+    _all_answered(frontend, "again", 30, 0.0)
+    # a new version made current: every worker sends its queries there at once
+    frontend.admin("add_model", {"model_name": "sum", "model_version": "2",
+                                 "input_type": "doubles", "batch_size": -1})
+    start_container(closure_artifact(frontend.plus(100.0), "v2"), rpc_port=frontend.rpc_port,
+                    model_name="sum", model_version="2",
+                    env={"SCHOONER_FRONTEND_ENDPOINTS": frontend.endpoints})
+    _all_answered(frontend, "sum", 30, 100.0)
+    frontend.admin("set_model_version", {"model_name": "sum", "model_version": "1"})
+    _all_answered(frontend, "sum", 30, 0.0)
+    frontend.admin("delete_app", {"name": "again"})
+    for _ in range(20):
+        status, _answer = _fresh(f"{frontend.query_url}/again/predict", {"input": [1.0]})
+        assert status == 404
+
+
+def test_a_killed_worker_is_restarted_and_sigterm_stops_all(two_workers):
+    frontend = two_workers
+    pids = _worker_pids(frontend.process.log())
+    assert set(pids) == {0, 1}
+    victim = pids[1][-1]
+    os.kill(victim, signal.SIGKILL)
+    frontend.process.wait_until(lambda: len(_worker_pids(frontend.process.log()).get(1, [])) > 1,
+                                timeout=30, what="worker 1 restarted")
+    frontend.process.wait_until(lambda: "frontend ready (worker 1)" in
+                                frontend.process.log().split(f"pid {victim}")[-1] or None,
+                                timeout=30, what="the new worker 1 ready")
+    # the port keeps serving, and the restarted worker gets its replica session back
+    deadline = time.monotonic() + 30
+    while True:
+        answers = [_fresh(f"{frontend.query_url}/sum/predict", {"input": [1.0]}) for _ in range(20)]
+        if all(s == 200 and a["default"] is False for s, a in answers):
+            break
+        assert time.monotonic() < deadline, answers
+        time.sleep(0.2)
+    _all_answered(frontend, "sum", 50, 0.0)
+    workers = [p[-1] for p in _worker_pids(frontend.process.log()).values()]
+    assert frontend.process.stop() == 0
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
+            f"/proc/{pid}/status").read_text().lower()
+
+
+def test_local_manager_runs_two_workers(tmp_path, monkeypatch):
+    from schooner.admin.deployers import python as python_deployer
+
+    monkeypatch.setenv("SCHOONER_HOME", str(tmp_path / "home"))
+
+    def add_one(xs):
+        return [str(float(sum(x)) + 1.0) for x in xs]
+
+    with local_cluster("workers", deploy_timeout_s=60.0, grace_s=3.0,
+                       frontend_workers=2) as conn:
+        python_deployer.create_endpoint(conn, "adder", "doubles", add_one,
+                                        slo_micros=5_000_000)
+        query = f"http://{conn.get_query_addr()}"
+        deadline = time.monotonic() + 30
+        while not all(_fresh(f"{query}/adder/predict", {"input": [1.0]})[1]["default"] is False
+                      for _ in range(20)):
+            assert time.monotonic() < deadline, "the replica did not reach both workers"
+            time.sleep(0.2)
+        # the Python client's register + link, then queries on fresh connections at once
+        conn.register_application("more", "doubles", "d", 5_000_000)
+        conn.link_model_to_app("more", "adder")
+        for i in range(30):
+            status, answer = _fresh(f"{query}/more/predict", {"input": [float(i)]})
+            assert status == 200 and answer["default"] is False, answer
+            assert answer["output"] == i + 1.0
+
+
+# ----------------------------------------------------------------- coalescing in the replica
+
+
+class _Recording:
+    """A framework that records each batch's size; the first call waits to be released."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.fail_joined = False
+
+    def predict(self, batch: Any) -> list[str]:
+        if not self.sizes:
+            self.entered.set()
+            self.release.wait(10)
+        self.sizes.append(len(batch))
+        if self.fail_joined and len(batch) > 2:
+            raise ValueError("joined")
+        return [str(float(np.sum(x))) for x in batch]
+
+
+def _coalesced(limit: int, fail_joined: bool = False) -> tuple[_Recording, list[Any]]:
+    framework = _Recording()
+    framework.fail_joined = fail_joined
+    metrics = ContainerMetrics("m", "1")
+    shared = _Coalescing(framework, limit, metrics)  # type: ignore[arg-type]
+    results: list[Any] = [None] * 4
+
+    def call(i: int, batch: Any) -> None:
+        try:
+            results[i] = list(shared.predict(batch))
+        except Exception as exc:
+            results[i] = exc
+
+    first = threading.Thread(target=call, args=(0, np.ones((1, 2))))
+    first.start()
+    assert framework.entered.wait(5)
+    others = [threading.Thread(target=call, args=(i, np.full((2, 2), float(i))))
+              for i in (1, 2, 3)]
+    for t in others:
+        t.start()
+    deadline = time.monotonic() + 5
+    while len(shared._queue) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    framework.release.set()
+    for t in [first, *others]:
+        t.join(10)
+    assert metrics.batch_size.count == len(framework.sizes)
+    return framework, results
+
+
+def test_sessions_batches_are_coalesced_up_to_the_limit():
+    framework, results = _coalesced(limit=4)
+    # the three batches that waited: two fit in one call of 4, the third goes alone
+    assert framework.sizes == [1, 4, 2]
+    assert results[0] == ["2.0"]
+    for i in (1, 2, 3):
+        assert results[i] == [str(2.0 * i)] * 2
+    framework, _ = _coalesced(limit=0)
+    assert framework.sizes == [1, 6]
+
+
+def test_a_coalesced_call_that_raises_is_predicted_batch_by_batch():
+    framework, results = _coalesced(limit=0, fail_joined=True)
+    assert framework.sizes == [1, 6, 2, 2, 2]
+    for i in (1, 2, 3):
+        assert results[i] == [str(2.0 * i)] * 2
+
+
+def test_join_keeps_the_batch_forms():
+    assert _join([np.ones((1, 3)), np.zeros((2, 3))]).shape == (3, 3)
+    mixed = _join([np.ones((1, 3)), np.ones((1, 2))])
+    assert isinstance(mixed, list) and [len(x) for x in mixed] == [3, 2]
+    assert _join([["a"], ["b", "c"]]) == ["a", "b", "c"]
+
+
+def test_endpoints_variable():
+    env = {"CLIPPER_MODEL_NAME": "m", "CLIPPER_MODEL_VERSION": "1",
+           "SCHOONER_FRONTEND_ENDPOINTS": "unix:@a, unix:@a.w1,127.0.0.1:7001"}
+    config = ContainerConfig.from_env(env)
+    assert config.every_frontend
+    assert config.frontend_endpoints == ("unix:@a", "unix:@a.w1", "127.0.0.1:7001")
+    assert ContainerConfig.from_env(config.to_env()) == config
+    with pytest.raises(Exception, match="SCHOONER_FRONTEND_ENDPOINTS"):
+        ContainerConfig.from_env(env | {"SCHOONER_FRONTEND_ENDPOINTS": "nohostport"})
