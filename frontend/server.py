@@ -16,6 +16,7 @@ gRPC ports on worker 0 only.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass, field, replace
@@ -40,6 +41,19 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 0.002  # deadline sweep period while queries are pending
 HOUSEKEEPING_S = 10.0  # replica silence check and stale in-flight batches
+# The cyclic garbage collector's first threshold while serving (CPython's default is 700).
+GC_THRESHOLD = 10_000
+
+
+def settle_gc() -> None:
+    """Once started: move everything alive now (modules, state, the loop) out of the
+    collector's sight (``gc.freeze``) and let it run after 10,000 new container objects
+    rather than 700. The request path allocates a few short-lived objects per query; with
+    CPython's defaults the collections were ~7% of the frontend's CPU at 64 connections
+    (perf), and they are gone from the profile after this. Cycles are still collected."""
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD, second, third)
 
 
 @dataclass(frozen=True)
@@ -206,6 +220,7 @@ class Frontend:
         if self.worker is not None:
             self._publish_metrics()
         self._ready = True
+        settle_gc()
         log.info(
             "frontend ready%s: query port %d, management port %s, rpc port %d%s%s, state %s "
             "(%d apps, %d models)",
