@@ -10,6 +10,7 @@ Suites (``python -m benchmarks <suite> --help`` for each one's options):
 * ``oip``      — the Open Inference Protocol (REST JSON, binary, gRPC) vs Clipper's path, MLServer
 * ``reliability`` — overload goodput and shedding, kill -9 and hung replicas, largest requests
 * ``selection`` — the cost of a traffic split and a shadow per query; cache hits vs misses
+* ``workers``  — the frontend as 1, 2, ... worker processes (``--frontend-workers``): req/s, batches
 
 Every suite takes ``--smoke`` (short, no peers: what CI runs), ``--json FILE`` (raw
 results), ``--repeats N`` (median of N runs), ``--server-cpu``/``--load-cpu``/``--no-pin``.
@@ -29,6 +30,7 @@ SUITES = {
     "oip": "benchmarks.oip",
     "reliability": "benchmarks.reliability",
     "selection": "benchmarks.selection",
+    "workers": "benchmarks.workers",
 }
 
 

@@ -234,7 +234,7 @@ class Frontend:
 
     def _dispatcher_events(self) -> Dispatcher:
         """Create the dispatcher; it sends through the RPC endpoint created right after."""
-        assert self.state is not None
+        assert self.state is not None and self._loop is not None
 
         def send(identity: bytes, frames: Any) -> bool:
             local = self.local

@@ -49,6 +49,11 @@ SCHOONER_FRONTEND_ENDPOINTS    (unset)                      every endpoint to se
                                                             each worker of a frontend run with
                                                             ``--workers N``; implies
                                                             SCHOONER_EVERY_FRONTEND=1
+SCHOONER_COALESCE_WAIT         0.0005                       with several sessions: seconds
+                                                            a predict waits for the batches
+                                                            of the other busy sessions (those
+                                                            that brought one in the last
+                                                            5 ms) to join it; 0: never waits
 =============================  ===========================  ==================================
 
 A frontend run with ``--workers N`` has one RPC endpoint per worker: ``worker_rpc_socket``
@@ -159,6 +164,7 @@ class ContainerConfig:
     rpc_max_frames: int = DEFAULT_MAX_FRAMES
     every_frontend: bool = False
     frontend_endpoints: tuple[str, ...] = ()
+    coalesce_wait_s: float = 0.0005
 
     @property
     def limits(self) -> Limits:
@@ -386,6 +392,13 @@ def _non_negative_int(raw: str) -> int:
     return value
 
 
+def _wait_seconds(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 0.1:
+        raise ValueError("must be between 0 and 0.1 seconds")
+    return value
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0:
@@ -438,6 +451,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SCHOONER_RPC_MAX_FRAMES": ("rpc_max_frames", _limit(8)),
     "SCHOONER_EVERY_FRONTEND": ("every_frontend", _bool),
     "SCHOONER_FRONTEND_ENDPOINTS": ("frontend_endpoints", _endpoints),
+    "SCHOONER_COALESCE_WAIT": ("coalesce_wait_s", _wait_seconds),
 }
 _REQUIRED = frozenset({"model_name", "model_version"})
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ContainerConfig)}

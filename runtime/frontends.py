@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 RESOLVE_INTERVAL_S = 5.0  # how soon a new frontend pod gets this replica
 MAX_FRONTENDS = 64  # sessions one replica keeps at most (more addresses are ignored, logged)
+BUSY_S = 0.005  # a session that brought a batch this recently is busy (its next is coming)
 
 
 def resolve_all(hosts: str, port: int) -> list[str]:
@@ -98,23 +99,55 @@ class _Coalescing:
     session sees what its own batch alone gives (the container isolates inputs from there).
     """
 
-    def __init__(self, framework: Framework, max_inputs: int, metrics: ContainerMetrics) -> None:
+    def __init__(self, framework: Framework, max_inputs: int, metrics: ContainerMetrics,
+                 wait_s: float = 0.0) -> None:
         self._framework = framework
         self._max_inputs = max_inputs
         self._metrics = metrics
         self._cond = threading.Condition()
         self._queue: list[_Call] = []
         self._busy = False
+        self._wait_s = wait_s
+        self._seen: dict[int, float] = {}  # session thread -> when it last brought a batch
+
+    def _busy_sessions(self) -> int:
+        """Sessions that brought a batch in the last BUSY_S (0 when not waiting at all)."""
+        if not self._wait_s:
+            return 0
+        now = time.monotonic()
+        if len(self._seen) > 2 * MAX_FRONTENDS:  # threads of sessions long closed
+            self._seen = {k: t for k, t in self._seen.items() if now - t < BUSY_S}
+        return sum(1 for t in self._seen.values() if now - t < BUSY_S)
+
+    def _full(self) -> bool:
+        """The waiting calls already fill one batch."""
+        limit = self._max_inputs
+        return bool(limit) and sum(c.size for c in self._queue) >= limit
 
     def predict(self, batch: Batch) -> Sequence[str]:
         call = _Call(batch)
         with self._cond:
             self._queue.append(call)
+            if self._wait_s:
+                self._seen[threading.get_ident()] = time.monotonic()
+                self._cond.notify_all()
             while True:
                 while self._busy and not call.done:
                     self._cond.wait()
                 if call.done:
                     break
+                busy_sessions = self._busy_sessions()
+                if len(self._queue) < busy_sessions and not self._full():
+                    # the other busy sessions' batches are on their way: let them join
+                    deadline = time.monotonic() + self._wait_s
+                    while len(self._queue) < busy_sessions and not self._busy \
+                            and not call.done and not self._full():  # fmt: skip
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                    if self._busy or call.done:
+                        continue
                 taken = self._take()
                 self._busy = True
                 self._cond.release()
@@ -217,7 +250,8 @@ class EveryFrontend:
         interval_s: float = RESOLVE_INTERVAL_S,
     ) -> None:
         self.config = config
-        self.framework = cast(Framework, _Coalescing(framework, config.max_batch_size, metrics))
+        self.framework = cast(Framework, _Coalescing(framework, config.max_batch_size, metrics,
+                                                     config.coalesce_wait_s))  # fmt: skip
         self.metrics = metrics
         self._session_metrics = cast(ContainerMetrics, _SessionMetrics(metrics))
         self._resolve = resolve

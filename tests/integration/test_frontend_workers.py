@@ -20,7 +20,7 @@ import pytest
 
 requests = pytest.importorskip("requests")
 
-from conftest import local_cluster  # noqa: E402
+from conftest import free_port, local_cluster  # noqa: E402
 
 from schooner.runtime.config import ContainerConfig, worker_endpoints  # noqa: E402
 from schooner.runtime.frontends import _Coalescing, _join  # noqa: E402
@@ -63,10 +63,26 @@ def _all_answered(frontend: Any, app: str, n: int, expect: float) -> list[int]:
     return ids
 
 
+def _two_free_ports() -> int:
+    """A port p with p + 1 free too: worker 1 binds the RPC port + 1."""
+    import socket
+
+    while True:
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
 @pytest.fixture
 def two_workers(start_frontend, start_container, closure_artifact):
-    frontend = start_frontend(extra_args=["--workers", "2", "--allow-unauthenticated-containers"],
-                              local_socket=True)
+    rpc = _two_free_ports()  # (the last --rpc-port given wins)
+    frontend = start_frontend(extra_args=["--workers", "2", "--allow-unauthenticated-containers",
+                                          "--rpc-port", str(rpc)], local_socket=True)
+    frontend.rpc_port = rpc
     frontend.process.wait_until(lambda: "frontend ready (worker 1)" in frontend.process.log(),
                                 timeout=30, what="worker 1 ready")
 
@@ -274,3 +290,40 @@ def test_endpoints_variable():
     assert ContainerConfig.from_env(config.to_env()) == config
     with pytest.raises(Exception, match="SCHOONER_FRONTEND_ENDPOINTS"):
         ContainerConfig.from_env(env | {"SCHOONER_FRONTEND_ENDPOINTS": "nohostport"})
+
+
+def test_a_busy_sessions_batch_is_waited_for(monkeypatch):
+    import schooner.runtime.frontends as frontends
+
+    monkeypatch.setattr(frontends, "BUSY_S", 10.0)  # a session seen once stays busy here
+    framework = _Recording()
+    framework.release.set()
+    shared = _Coalescing(framework, 0, ContainerMetrics("m", "1"), wait_s=5.0)  # type: ignore[arg-type]
+    answers: list[Any] = []
+
+    def session(delays: list[float]) -> None:
+        for delay in delays:
+            time.sleep(delay)
+            answers.append(list(shared.predict(np.ones((1, 2)))))
+
+    # a: alone at 0 (nobody else busy yet), again at 0.6; b at 0.2 sees a busy and waits
+    # for a's next batch: one call of 2, well before the 5 s limit
+    threads = [threading.Thread(target=session, args=(d,)) for d in ([0.0, 0.6], [0.2])]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert answers == [["2.0"]] * 3
+    assert framework.sizes == [1, 2]
+    assert time.monotonic() - started < 3.0
+
+
+def test_a_lone_session_does_not_wait():
+    framework = _Recording()
+    framework.release.set()
+    shared = _Coalescing(framework, 0, ContainerMetrics("m", "1"), wait_s=5.0)  # type: ignore[arg-type]
+    started = time.monotonic()
+    for _ in range(3):
+        assert list(shared.predict(np.ones((1, 2)))) == ["2.0"]
+    assert time.monotonic() - started < 1.0
