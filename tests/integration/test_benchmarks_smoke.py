@@ -214,3 +214,18 @@ def test_selection_smoke(tmp_path):
                                          cwd=ROOT, capture_output=True, text=True).stderr
     assert re.search(r"^- 16 connections: a cache hit answers \S+x the req/s of a miss",
                      result.stdout, re.MULTILINE)  # fmt: skip
+
+
+def test_workers_smoke(tmp_path):
+    """``python -m benchmarks workers``: 1 and 2 frontend workers each answer the load with
+    no errors, the model saw batches, and the table and the JSON say the same."""
+    out = tmp_path / "workers.json"
+    result = _run_suite("workers", "--smoke", "--json", str(out))
+    rows = {r["workers"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {1, 2}
+    for n, row in rows.items():
+        assert row["errors"] == 0 and row["requests_per_s"] > 0
+        assert row["model_batch"] >= 1 and row["frontend_batch"] >= 1
+        assert [c for c in table_rows(result.stdout) if c[0] == str(n)][0][2] == \
+            f"{row['requests_per_s']:,.0f}"  # fmt: skip
+    assert "the load generator share these" in result.stdout
