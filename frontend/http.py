@@ -250,50 +250,79 @@ def render(
 class Router:
     """Exact ``(method, path)`` routes, and ``(method, suffix)`` routes for ``/<name>/<suffix>``."""
 
+    # Routed (method, path) pairs remembered, so that a client asking the same path again
+    # (every query of an app) costs one dict lookup: paths up to REMEMBER_CHARS long, at most
+    # MAX_REMEMBERED of them (then forgotten all at once).
+    MAX_REMEMBERED = 1024
+    REMEMBER_CHARS = 256
+
     def __init__(self) -> None:
         self._exact: dict[tuple[str, str], Handler] = {}
         self._pattern: dict[tuple[str, str], Handler] = {}
         self._prefixes: list[tuple[str, Handler]] = []
         self._paths: set[str] = set()
         self._suffixes: set[str] = set()
+        # (method, path) -> (handler, param) of paths that found a handler
+        self._remembered: dict[tuple[str, str], tuple[Handler, str | None]] = {}
 
     def add(self, method: str, path: str, handler: Handler) -> None:
         self._exact[(method, path)] = handler
         self._paths.add(path)
+        self._remembered.clear()
 
     def add_pattern(self, method: str, suffix: str, handler: Handler) -> None:
         """Route ``METHOD /<name>/<suffix>``; the handler finds ``<name>`` in ``request.param``."""
         self._pattern[(method, suffix)] = handler
         self._suffixes.add(suffix)
+        self._remembered.clear()
 
     def add_prefix(self, prefix: str, handler: Handler) -> None:
         """Route every method and path under ``prefix`` (``"/v2"``: ``/v2`` and ``/v2/...``)
         to ``handler``, which answers 404/405 for what it does not serve itself."""
         self._prefixes.append((prefix, handler))
+        self._remembered.clear()
 
     def dispatch(self, request: Request, reply: Reply) -> None:
-        path = request.path
+        key = (request.method, request.path)
+        found = self._remembered.get(key)
+        if found is None:
+            found = self._resolve(request.method, request.path)
+            if found is None:
+                path = request.path
+                if path in self._paths or self._suffix(path) in self._suffixes:
+                    reply(*json_error(405, "method not allowed", f"{request.method} {clip(path)}"))
+                else:
+                    reply(*json_error(404, "not found", f"no route for {clip(path)}"))
+                return
+            if len(request.path) <= self.REMEMBER_CHARS:
+                if len(self._remembered) >= self.MAX_REMEMBERED:
+                    self._remembered.clear()
+                self._remembered[key] = found
+        handler, request.param = found
+        handler(request, reply)
+
+    @staticmethod
+    def _suffix(path: str) -> str | None:
+        """The ``<suffix>`` of ``/<name>/<suffix>``, else None."""
+        cut = path.rfind("/")
+        if cut > 1 and path.count("/", 0, cut) == 1:
+            return path[cut + 1 :]
+        return None
+
+    def _resolve(self, method: str, path: str) -> tuple[Handler, str | None] | None:
+        """The handler of ``method path`` and the ``<name>`` of a pattern route, or None."""
         for prefix, prefixed in self._prefixes:
             if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
-                prefixed(request, reply)
-                return
-        handler = self._exact.get((request.method, path))
-        known = path in self._paths
-        if handler is None:
-            cut = path.rfind("/")
-            if cut > 1 and path.count("/", 0, cut) == 1:
-                suffix = path[cut + 1 :]
-                handler = self._pattern.get((request.method, suffix))
-                known = known or suffix in self._suffixes
-                if handler is not None:
-                    request.param = path[1:cut]
-        if handler is None:
-            if known:
-                reply(*json_error(405, "method not allowed", f"{request.method} {clip(path)}"))
-            else:
-                reply(*json_error(404, "not found", f"no route for {clip(path)}"))
-            return
-        handler(request, reply)
+                return prefixed, None
+        handler = self._exact.get((method, path))
+        if handler is not None:
+            return handler, None
+        suffix = self._suffix(path)
+        if suffix is not None:
+            handler = self._pattern.get((method, suffix))
+            if handler is not None:
+                return handler, path[1 : len(path) - len(suffix) - 1]
+        return None
 
 
 class _ReservedRouter(Router):
@@ -316,6 +345,9 @@ _FULL_ERROR = json_error(
     503, "service unavailable", "the server is at its connection limit; try again later"
 )
 _FULL = render(503, _FULL_ERROR[1], JSON, True)
+
+# The methods' names as str, without decoding them per request (others are decoded).
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 
 # What a connection is doing, for the sweep (``HttpProtocol._phase``).
 _IDLE, _HEAD, _BODY = 0, 1, 2
@@ -592,7 +624,8 @@ class HttpProtocol(asyncio.Protocol):
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._body = []  # here, not at the next request: a closed connection keeps none
         big = self._body_len > TRIM_AFTER_BYTES  # give memory back once it is answered
-        method = parser.get_method().decode("ascii")
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         request = Request(method, path, query, body, self._header_length)
         request.authorization = self._authorization
         head = method == "HEAD"  # its answer has a Content-Length but no body

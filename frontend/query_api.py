@@ -245,6 +245,8 @@ class QueryApi:
         first = self._ids.take(len(inputs))
         slo = app.latency_slo_micros
         name = app.name
+        if len(inputs) == 1:  # most requests: no comprehension to set up
+            return [Query(first, name, inputs[0], now, slo, on_done)]
         return [
             Query(first + i, name, data, now, slo, on_done) for i, data in enumerate(inputs)
         ]

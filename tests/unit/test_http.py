@@ -409,3 +409,31 @@ def test_a_peer_that_reads_no_responses_is_dropped() -> None:
         server.close()
 
     asyncio.run(main())
+
+
+def test_the_router_remembers_what_it_routed_within_bounds_and_forgets_on_a_new_route() -> None:
+    from schooner.frontend.http import Request, Router
+
+    router = Router()
+    seen: list[tuple[str, str | None]] = []
+    answers: list[int] = []
+    router.add_pattern("POST", "predict", lambda req, reply: seen.append(("app", req.param)))
+
+    def ask(method: str, path: str) -> None:
+        router.dispatch(Request(method, path, "", b""), lambda status, *rest: answers.append(status))
+
+    ask("POST", "/a/predict")
+    ask("POST", "/a/predict")  # from memory: the same handler and name
+    assert seen == [("app", "a"), ("app", "a")]
+    router.add("POST", "/a/predict", lambda req, reply: seen.append(("exact", req.param)))
+    ask("POST", "/a/predict")  # a new route is seen at once
+    assert seen[-1] == ("exact", None)
+    ask("GET", "/a/predict")
+    ask("POST", "/a/b/predict")
+    assert answers == [405, 404]
+    for i in range(Router.MAX_REMEMBERED + 10):  # many names: memory stays bounded
+        ask("POST", f"/app{i}/predict")
+    ask("POST", "/" + "x" * 300 + "/predict")  # too long to remember, still routed
+    assert seen[-1] == ("app", "x" * 300)
+    assert 0 < len(router._remembered) <= Router.MAX_REMEMBERED
+    assert all(len(path) <= Router.REMEMBER_CHARS for _, path in router._remembered)
