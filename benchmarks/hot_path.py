@@ -5,7 +5,10 @@ server process, keeping ``inflight`` requests outstanding; it only receives repl
 the driver's own cost is the same whatever the server is. Servers, measured in one run:
 
 * ``echo``      — a raw pyzmq DEALER that sends every message straight back (the floor);
-* ``schooner``  — the container (``python -m schooner.runtime``) with a no-op closure.
+* ``schooner``  — the container (``python -m schooner.runtime``) with a no-op closure;
+* ``clipper``   — opt-in (``--clipper-rpc DIR``): Clipper's own Python closure container,
+  ``containers/python/rpc.py`` from ucbrise/clipper, which the user fetches into ``DIR``
+  (nothing of Clipper is in this repository), serving the same no-op closure.
 
 Each row is run with plain v3 framing (one frame per input and per output) and with
 Schooner's negotiated packed framing (a whole batch in a constant number of frames), at
@@ -15,27 +18,48 @@ so it reads the tensor where ZeroMQ received it) against the echo, which sends t
 bytes straight back without copying them; it reports GB/s of input. The server is pinned
 to one core and the driver to another (``--server-cpu``/``--load-cpu``).
 
+The plain-path table (with ``--clipper-rpc DIR``) is the path a Clipper frontend drives:
+plain v3, a frame per input, batch 1 with 1 in flight and batch 64 with 4 in flight, for the
+echo, Schooner's container and Clipper's, measured pinned and floating (nothing pinned). It
+reports Schooner's rate over Clipper's and each server's CPU time per input frame (the server
+process's user + system time, all its threads, over the timed runs, divided by the inputs).
+
+Clipper's container is started the way its ``python_closure_container.py`` starts one
+(``CLIPPER_*`` variables, a ``func.pkl`` closure answered with ``[str(p) for p in preds]``),
+with ``DIR/python_closure_container.py`` itself when it is there. To run its Python 2/3 file
+on today's Python and pyzmq without editing it, the harness applies two shims at run time:
+``clipper_admin.metrics`` (imported at the top of rpc.py, part of Clipper's admin package) is
+a stand-in module, since metrics are off; and the server is started as ``RPCService.start``
+would, but with ``collect_metrics=False`` and without writing ``/model_is_ready.check`` or
+spawning Clipper's metrics side-process. Its print per message stays (to /dev/null): that
+is its hot path.
+
     python -m benchmarks hotpath                 # full run, prints the tables
     python -m benchmarks hotpath --smoke         # a few hundred requests (CI)
     python -m benchmarks hotpath --json out.json # raw results too
+    python -m benchmarks hotpath --clipper-rpc ~/.cache/schooner/clipper --plain-path-only
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import zmq
 
 from benchmarks.harness import (
+    Placement,
     add_common_args,
     header,
     markdown_table,
@@ -96,6 +120,107 @@ def start_container(port: int, artifact: Path, cpu: int | None,
     return subprocess.Popen(pinned(cmd, cpu), env=env, cwd=repo_root())
 
 
+# --------------------------------------------------------------------------- Clipper's container
+
+CLIPPER_RPC = "rpc.py"  # the file the user fetches from ucbrise/clipper, containers/python/
+CLIPPER_CLOSURE = "python_closure_container.py"  # optional, same folder
+
+
+def clipper_rpc_dir(value: str) -> Path:
+    """``--clipper-rpc DIR``: a folder holding Clipper's rpc.py (argparse type)."""
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: not a folder")
+    if not (folder / CLIPPER_RPC).is_file():
+        raise argparse.ArgumentTypeError(
+            f"{value} holds no {CLIPPER_RPC}: fetch containers/python/{CLIPPER_RPC} (and "
+            f"{CLIPPER_CLOSURE}) from ucbrise/clipper into it"
+        )
+    return folder.resolve()
+
+
+def save_clipper_model(func, directory: Path) -> Path:  # type: ignore[no-untyped-def]
+    """A closure model as Clipper's closure container reads one: ``DIR/func.pkl``."""
+    import cloudpickle
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "func.pkl").write_bytes(cloudpickle.dumps(func, protocol=pickle.DEFAULT_PROTOCOL))
+    return directory
+
+
+def _clipper_metrics_shim() -> None:
+    """rpc.py imports ``clipper_admin.metrics`` at the top (Clipper's admin package, which
+    also pulls in Docker and Kubernetes clients); with metrics off nothing of it is called,
+    so a stand-in module satisfies the import. A real one, if installed, is used instead."""
+    try:
+        import clipper_admin.metrics  # type: ignore[import-not-found]  # noqa: F401
+        return
+    except ImportError:
+        pass
+
+    def unused(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("Clipper metrics are off in this benchmark")
+
+    package = types.ModuleType("clipper_admin")
+    package.__path__ = []
+    metrics = types.ModuleType("clipper_admin.metrics")
+    metrics.report_metric = metrics.add_metric = unused  # type: ignore[attr-defined]
+    package.metrics = metrics  # type: ignore[attr-defined]
+    sys.modules["clipper_admin"], sys.modules["clipper_admin.metrics"] = package, metrics
+
+
+def clipper_server(port: int, rpc_dir: Path, model_dir: Path) -> None:
+    """Clipper's closure container, started as its ``RPCService.start`` does, minus the
+    ready file and the metrics side-process (see the module docstring)."""
+    _clipper_metrics_shim()
+    sys.path.insert(0, str(rpc_dir))
+    import rpc  # type: ignore[import-not-found]  # Clipper's, from rpc_dir
+
+    input_type = "doubles"
+    if (rpc_dir / CLIPPER_CLOSURE).is_file():
+        from python_closure_container import PythonContainer  # type: ignore[import-not-found]
+
+        model = PythonContainer(str(model_dir), input_type)
+    else:  # what python_closure_container.PythonContainer does, for doubles
+        with open(model_dir / "func.pkl", "rb") as f:
+            import cloudpickle
+
+            func = cloudpickle.load(f)
+
+        class _Closure(rpc.ModelContainerBase):  # type: ignore[misc, name-defined]
+            def predict_doubles(self, inputs):  # type: ignore[no-untyped-def]
+                return [str(p) for p in func(inputs)]
+
+        model = _Closure()
+    server = rpc.Server(zmq.Context(), "127.0.0.1", port)
+    server.model_name, server.model_version = "noop", "1"
+    server.model_input_type = rpc.string_to_input_type(input_type)
+    server.model = model
+    server.run(collect_metrics=False)
+
+
+def start_clipper(port: int, rpc_dir: Path, model_dir: Path, cpu: int | None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "benchmarks.hot_path", "--clipper-server", str(port),
+           "--clipper-rpc", str(rpc_dir), "--clipper-model", str(model_dir)]  # fmt: skip
+    # Its print per message goes nowhere (it is still made: that is its hot path).
+    return subprocess.Popen(pinned(cmd, cpu), cwd=repo_root(), stdout=subprocess.DEVNULL)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has run, all its threads together (Linux: each thread's
+    ``schedstat``, in ns; 0 where there is no ``/proc``)."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                pass  # a thread that just ended
+    except OSError:
+        return 0.0
+    return total / 1e9
+
+
 @dataclass(frozen=True)
 class Payload:
     """What one request carries: ``batch`` inputs of ``features`` values of ``input_type``."""
@@ -131,6 +256,8 @@ class Row:
     runs: list[float]
     input_bytes: int = 0
     gb_per_s: float = 0.0
+    cpu_us_per_input: float = 0.0  # server CPU time per input frame over the timed runs
+    placement: str = "pinned"
 
 
 def handshake(router: zmq.Socket, server: str, timeout_s: float = 30) -> bytes:
@@ -138,7 +265,7 @@ def handshake(router: zmq.Socket, server: str, timeout_s: float = 30) -> bytes:
     if not router.poll(int(timeout_s * 1000)):
         raise RuntimeError(f"{server} server did not connect within {timeout_s:g} s")
     identity, *frames = router.recv_multipart()
-    if server == "schooner":
+    if server in ("schooner", "clipper"):
         router.send_multipart([identity, *wire.encode_heartbeat_reply(
             wire.HeartbeatType.REQUEST_CONTAINER_METADATA)])  # fmt: skip
         while True:
@@ -158,20 +285,39 @@ def request_frames(framing: str, payload: Payload, msg_id: int) -> list[bytes]:
         msg_id, payload.input_type, [row.tobytes() for row in x])]  # fmt: skip
 
 
+_SNDMORE, _RCVMORE = int(zmq.SNDMORE), int(zmq.RCVMORE)
+
+
 def drive(router: zmq.Socket, identity: bytes, frames: list[bytes], inflight: int,
-          count: int) -> float:  # fmt: skip
-    """Send ``count`` requests keeping ``inflight`` outstanding; return elapsed seconds."""
+          count: int, copy: bool = True) -> float:  # fmt: skip
+    """Send ``count`` requests keeping ``inflight`` outstanding; return elapsed seconds.
+
+    Frames go through the compiled socket's per-frame send/recv, not pyzmq's Python
+    ``send_multipart``/``recv_multipart`` (enum arithmetic per frame), so that the driver
+    is not what limits a plain v3 row of 64 frames. ``copy=False`` receives without a copy
+    (the 600 KB rows)."""
+    base = zmq.backend.Socket
+    send_frame, recv_frame = base.send.__get__(router), base.recv.__get__(router)
+    more = partial(base.get.__get__(router), _RCVMORE)
     msg = [identity, *frames]
-    send, recv = router.send_multipart, router.recv_multipart
+    head, last = msg[:-1], msg[-1]
+
+    def send() -> None:
+        for frame in head:
+            send_frame(frame, _SNDMORE, True)
+        send_frame(last, 0, len(last) < 65536)
+
     start = time.perf_counter()
     sent = 0
     for _ in range(min(inflight, count)):
-        send(msg, copy=False)
+        send()
         sent += 1
     for _ in range(count):
-        recv(copy=False)
+        recv_frame(0, copy)
+        while more():
+            recv_frame(0, copy)
         if sent < count:
-            send(msg, copy=False)
+            send()
             sent += 1
     return time.perf_counter() - start
 
@@ -184,23 +330,42 @@ def check_answer(router: zmq.Socket, identity: bytes, framing: str, payload: Pay
     assert response.packed == (framing == "packed") and response.texts() == ["0"] * payload.batch
 
 
+@dataclass(frozen=True)
+class Clipper:
+    """Where Clipper's container comes from: the fetched rpc.py and the model it serves."""
+
+    rpc_dir: Path
+    model_dir: Path
+
+
 def measure(server: str, framing: str, payload: Payload, inflight: int, count: int,
-            repeats: int, artifact: Path, server_cpu: int | None) -> Row:  # fmt: skip
+            repeats: int, artifact: Path, server_cpu: int | None,
+            clipper: Clipper | None = None) -> Row:  # fmt: skip
     ctx = zmq.Context.instance()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     port = router.bind_to_random_port("tcp://127.0.0.1")
-    proc = (start_echo(port, server_cpu) if server == "echo"
-            else start_container(port, artifact, server_cpu, payload.input_type,
-                                 zero_copy=payload.tensor))  # fmt: skip
+    if server == "echo":
+        proc = start_echo(port, server_cpu)
+    elif server == "clipper":
+        if clipper is None:
+            raise ValueError("the clipper server needs --clipper-rpc")
+        proc = start_clipper(port, clipper.rpc_dir, clipper.model_dir, server_cpu)
+    else:
+        proc = start_container(port, artifact, server_cpu, payload.input_type,
+                               zero_copy=payload.tensor)  # fmt: skip
     identity = b""
     try:
         identity = handshake(router, server)
-        if server == "schooner":
+        if server != "echo":
             check_answer(router, identity, framing, payload)
         frames = request_frames(framing, payload, 1)
-        drive(router, identity, frames, inflight, max(count // 10, 10))  # warm-up
-        runs = [count / drive(router, identity, frames, inflight, count) for _ in range(repeats)]
+        copy = not payload.tensor
+        drive(router, identity, frames, inflight, max(count // 10, 10), copy)  # warm-up
+        cpu_before = cpu_seconds(proc.pid)
+        runs = [count / drive(router, identity, frames, inflight, count, copy)
+                for _ in range(repeats)]  # fmt: skip
+        cpu = cpu_seconds(proc.pid) - cpu_before
     finally:
         if server == "echo" and identity:
             router.send_multipart([identity, b"stop"])
@@ -209,8 +374,10 @@ def measure(server: str, framing: str, payload: Payload, inflight: int, count: i
         router.close(linger=0)
     rate = statistics.median(runs)
     size = payload.input_bytes
+    per_input = cpu / (count * repeats * payload.batch) * 1e6
     return Row(server, framing, payload.batch, inflight, rate, rate * payload.batch, runs,
-               size, rate * size / 1e9)  # fmt: skip
+               size, rate * size / 1e9, per_input,
+               "pinned" if server_cpu is not None else "floating")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- report
@@ -244,6 +411,66 @@ def tensor_table(rows: list[Row]) -> str:
                            "input GB/s", "vs zero-copy echo"], out, "llrrrrr")  # fmt: skip
 
 
+PLAIN_PATH = ((1, 1), (64, 4))  # (batch, in flight): the plain-path rows
+PLAIN_TARGET = 1.5  # Schooner's container over Clipper's, batches/s, on both rows
+
+
+def plain_path_table(rows: list[Row]) -> tuple[str, list[str]]:
+    """The plain-path rows side by side, and one target line per row with Clipper in it."""
+    cells: dict[tuple[str, int, int], dict[str, Row]] = {}
+    for r in rows:
+        cells.setdefault((r.placement, r.batch, r.inflight), {})[r.server] = r
+    out, verdicts = [], []
+    for (placement, batch, inflight), by in cells.items():
+        echo, ours, theirs = by.get("echo"), by.get("schooner"), by.get("clipper")
+
+        def rate(r: Row | None) -> str:
+            return f"{r.batches_per_s:,.0f}" if r else "—"
+
+        def cpu(r: Row | None) -> str:
+            return f"{r.cpu_us_per_input:.1f}" if r and r.cpu_us_per_input else "—"
+
+        vs_clipper = ours.batches_per_s / theirs.batches_per_s if ours and theirs else None
+        vs_echo = ours.batches_per_s / echo.batches_per_s if ours and echo else None
+        out.append([placement, batch, inflight, rate(echo), rate(ours), rate(theirs),
+                    f"{vs_clipper:.2f}x" if vs_clipper else "—",
+                    f"{vs_echo:.2f}" if vs_echo else "—", cpu(echo), cpu(ours), cpu(theirs)])  # fmt: skip
+        if vs_clipper is not None:
+            verdict = "met" if vs_clipper >= PLAIN_TARGET else "MISSED"
+            verdicts.append(f"- plain v3, batch {batch}, {inflight} in flight, {placement}: "
+                            f"Schooner {vs_clipper:.2f}x Clipper's container "
+                            f"(target >= {PLAIN_TARGET}: {verdict})")  # fmt: skip
+    headers = ["placement", "batch", "in flight", "echo batches/s", "Schooner batches/s",
+               "Clipper batches/s", "Schooner / Clipper", "Schooner / echo",
+               "echo µs CPU/input", "Schooner µs CPU/input", "Clipper µs CPU/input"]  # fmt: skip
+    return markdown_table(headers, out, "lrrrrrrrrrr"), verdicts
+
+
+def _set_affinity(cpus: set[int] | None) -> None:
+    if cpus is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus)
+
+
+def measure_plain_path(args: argparse.Namespace, placement: Placement, artifact: Path,
+                       clipper: Clipper | None, every_cpu: set[int] | None) -> list[Row]:  # fmt: skip
+    """The plain-path rows: pinned as the arguments say (when pinning is possible), then
+    floating (driver and servers free on ``every_cpu``, the cpus this process started on)."""
+    servers = ["echo", "schooner"] + (["clipper"] if clipper else [])
+    rows: list[Row] = []
+    placements = ([placement.server_cpu] if placement.server_cpu is not None else []) + [None]
+    for server_cpu in placements:
+        if server_cpu is None:
+            _set_affinity(every_cpu)
+        else:
+            placement.pin_self()
+        for batch, inflight in PLAIN_PATH:
+            count = max(args.count // max(batch // 8, 1), 50)  # batch 64: 1/8 of the requests
+            for server in servers:
+                rows.append(measure(server, "plain", Payload(batch), inflight, count,
+                                    args.repeats, artifact, server_cpu, clipper))  # fmt: skip
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks hotpath",
                                      description=__doc__.split("\n\n")[0])  # fmt: skip
@@ -253,37 +480,58 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--inflight", default="1,8")
     parser.add_argument("--no-tensor", action="store_true", help="skip the 600 KB rows")
+    parser.add_argument("--clipper-rpc", type=clipper_rpc_dir, metavar="DIR",
+                        help="a folder holding Clipper's containers/python/rpc.py (and "
+                             "python_closure_container.py), fetched from ucbrise/clipper: adds "
+                             "Clipper's own container to the plain-path rows")  # fmt: skip
+    parser.add_argument("--plain-path-only", action="store_true",
+                        help="only the plain-path rows (batch 1 / 1 in flight, batch 64 / 4 in "
+                             "flight; pinned and floating)")  # fmt: skip
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--clipper-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--clipper-model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo_server:
         echo_server(args.echo_server)
         return 0
+    if args.clipper_server:
+        if args.clipper_rpc is None or args.clipper_model is None:
+            parser.error("--clipper-server needs --clipper-rpc and --clipper-model")
+        clipper_server(args.clipper_server, args.clipper_rpc, args.clipper_model)
+        return 0
     if args.smoke:
         args.count, args.tensor_count, args.repeats = 300, 100, 1
+    every_cpu = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     placement = placement_from(args)
     placement.pin_self()
     server_cpu = placement.server_cpu
     rows: list[Row] = []
     tensor_rows: list[Row] = []
+    plain_rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         artifact = closure.save(noop, Path(tmp) / "noop")
-        for batch in map(int, args.batches.split(",")):
+        clipper = (Clipper(args.clipper_rpc, save_clipper_model(noop, Path(tmp) / "clipper-noop"))
+                   if args.clipper_rpc else None)  # fmt: skip
+        for batch in [] if args.plain_path_only else map(int, args.batches.split(",")):
             for inflight in map(int, args.inflight.split(",")):
                 for framing in ("plain", "packed"):
                     for server in ("echo", "schooner"):
                         rows.append(measure(server, framing, Payload(batch), inflight,
                                             args.count, args.repeats, artifact, server_cpu))  # fmt: skip
-        if not args.no_tensor:
+        if not (args.no_tensor or args.plain_path_only):
             for inflight in map(int, args.inflight.split(",")):
                 for framing in ("plain", "packed"):
                     for server in ("echo", "schooner"):
                         tensor_rows.append(measure(server, framing, tensor_payload(), inflight,
                                                    args.tensor_count, args.repeats, artifact,
                                                    server_cpu))  # fmt: skip
+        if clipper or args.plain_path_only:
+            plain_rows = measure_plain_path(args, placement, artifact, clipper, every_cpu)
     detail = (f"{FEATURES} doubles per input, no-op closure; {args.count} requests per run "
               f"({args.tensor_count} of 600 KB), median of {args.repeats}")  # fmt: skip
     print(header("hot path: the container over RPC v3 vs a raw pyzmq echo", placement, detail))
-    print(table(rows))
+    if rows:
+        print(table(rows))
     if tensor_rows:
         print()
         print("# one 600 KB float32 tensor per request; the container with SCHOONER_ZERO_COPY=1")
@@ -295,7 +543,16 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = r.gb_per_s / echo[framing].gb_per_s
                 print(f"- 600 KB input, {framing}, 1 in flight: {ratio:.2f}x the zero-copy echo "
                       f"(target >= 0.7: {'met' if ratio >= 0.7 else 'MISSED'})")  # fmt: skip
-    write_json(args.json, rows + tensor_rows)
+    if plain_rows:
+        print()
+        print("# the plain v3 path (a frame per input), as a Clipper frontend drives it; batch 64 "
+              "runs 1/8 of the requests; CPU: the server process, all threads, per input frame"
+              + ("" if clipper else "; Clipper's container not measured (no --clipper-rpc)"))
+        text, verdicts = plain_path_table(plain_rows)
+        print(text)
+        for line in verdicts:
+            print(line)
+    write_json(args.json, rows + tensor_rows + plain_rows)
     return 0
 
 

@@ -1,8 +1,8 @@
 """The model container's loop: one session with the frontend after another.
 
-A session opens a fresh channel (``schooner.runtime.transport``: a ZeroMQ DEALER to a
-Clipper-compatible frontend, or the local Unix socket of a Schooner frontend on the same
-machine), so the frontend sees a new replica, says hello with a heartbeat and then, until
+A session opens a fresh channel (``schooner.runtime.transport``: a ZeroMQ DEALER, spoken
+as ZMTP over one TCP connection, to a Clipper-compatible frontend, or the local Unix socket of
+a Schooner frontend on the same machine), so the frontend sees a new replica, says hello with a heartbeat and then, until
 the frontend has been silent for ``session_timeout`` or has closed the connection:
 
 1. waits for messages; when idle for ``heartbeat_interval`` it sends a heartbeat;
@@ -29,15 +29,13 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import zmq
-
 from schooner.frameworks.base import Framework
 from schooner.runtime import batch as batching
 from schooner.runtime import wire
 from schooner.runtime.config import ContainerConfig
 from schooner.runtime.errors import PredictionError, WireError
 from schooner.runtime.metrics import ContainerMetrics
-from schooner.runtime.transport import Channel, ChannelClosed, SocketChannel, ZmqChannel
+from schooner.runtime.transport import Channel, ChannelClosed, SocketChannel, ZmtpChannel
 
 __all__ = ["Container"]
 
@@ -62,7 +60,6 @@ class Container:
         self.framework = framework
         self.metrics = metrics
         self._clock = clock
-        self._context: zmq.Context[Any] | None = None
         self._socket: Channel | None = None
         self._socket_lock = threading.Lock()  # held by the loop except while predicting
         self._predicting_since: float | None = None
@@ -103,15 +100,11 @@ class Container:
         """A new channel to the frontend, or None (after a pause) if it cannot be reached."""
         cfg = self.config
         timeout = min(cfg.heartbeat_interval, 1.0)
-        if cfg.rpc_socket is None:
-            if self._context is None:
-                self._context = zmq.Context.instance()
-            # Received frames as bytes (one memcpy, cheapest for small messages) or as
-            # zero-copy buffers (large tensors): SCHOONER_ZERO_COPY picks; see config.
-            return ZmqChannel(self._context, cfg.frontend_address, timeout, not cfg.zero_copy,
-                              cfg.limits)  # fmt: skip
         try:
-            channel = SocketChannel(cfg.rpc_socket, timeout, cfg.limits)
+            if cfg.rpc_socket is not None:
+                channel: Channel = SocketChannel(cfg.rpc_socket, timeout, cfg.limits)
+            else:
+                channel = ZmtpChannel(cfg.frontend_host, cfg.frontend_port, timeout, cfg.limits)
         except ChannelClosed as exc:
             # The frontend is not listening (yet, or any more): retry with a growing pause,
             # as ZeroMQ's reconnection would.

@@ -5,11 +5,17 @@ container's loop: ``recv()`` blocks for the next message and raises one of the c
 ``timeouts`` after ``timeout`` seconds of silence, ``ready()`` is true (non-zero) when
 another message can be had without waiting, ``send(frames)`` writes one message. Neither is
 safe to use from two threads at once; the loop lends its channel to the heartbeat thread
-through a lock. On the ZeroMQ channel the three are pyzmq's own bound methods (no Python
-frame of ours between the loop and libzmq: the hot path stays as short as a raw echo's).
+through a lock.
 
-* ``ZmqChannel`` (``tcp://host:port``): Clipper's transport, the one every Clipper
-  frontend speaks. ZeroMQ reconnects by itself, so a lost frontend only shows as silence.
+* ``ZmtpChannel`` (``tcp://host:port``, the default): Clipper's transport, the one every
+  Clipper frontend speaks, spoken directly: a blocking TCP socket that talks ZMTP 3.0 (the
+  ZeroMQ wire protocol, NULL mechanism, as a DEALER) to the frontend's ROUTER. libzmq's I/O
+  thread sits between a ZeroMQ socket and the network: two thread hand-overs and a wake-up
+  per message, and a queue operation per frame, which on the plain v3 path (a frame per input
+  and per output) cost more than the container's own work. Here a message is one ``recv``
+  (often several messages) and one ``send``; frames are cut out of the received bytes as
+  views. A lost frontend is seen at once: ``ChannelClosed``, and the loop opens a new session
+  (as ``SocketChannel`` does), where ZeroMQ would have reconnected quietly.
 * ``SocketChannel`` (``SCHOONER_RPC_SOCKET``): a frontend on the same machine. A plain
   stream socket has no I/O threads between the two processes, so a request costs one
   write and one wake-up on each side instead of three hand-overs; messages are delimited
@@ -20,18 +26,19 @@ frame of ours between the loop and libzmq: the hot path stays as short as a raw 
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import struct
 from collections.abc import Sequence
-from functools import partial
 from typing import Any, Protocol
-
-import zmq
 
 from schooner.runtime import wire
 from schooner.runtime.errors import ConfigError
 
-__all__ = ["Channel", "ChannelClosed", "ZmqChannel", "SocketChannel", "unix_address"]
+__all__ = [
+    "Channel", "ChannelClosed", "ZmtpChannel", "SocketChannel", "ZmtpReader",
+    "zmtp_greeting", "zmtp_command", "zmtp_message", "unix_address",
+]  # fmt: skip
 
 _RECV_CHUNK = 1 << 20
 # connect() errors that mean "no frontend listens there yet (or any more)": retried
@@ -57,39 +64,6 @@ class Channel(Protocol):
 def unix_address(path: str) -> str | bytes:
     """A Unix socket address: ``@name`` is Linux's abstract namespace (no file), else a path."""
     return b"\0" + path[1:].encode() if path.startswith("@") else path
-
-
-class ZmqChannel:
-    """A DEALER connected to ``address``. ``copy=False`` receives zero-copy buffers."""
-
-    timeouts: tuple[type[BaseException], ...] = (zmq.Again,)
-
-    def __init__(
-        self,
-        context: zmq.Context[Any],
-        address: str,
-        timeout: float,
-        copy: bool,
-        limits: wire.Limits | None = None,
-    ):
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        # libzmq drops the connection on a frame larger than a message may be (it reconnects).
-        sock.setsockopt(zmq.MAXMSGSIZE, (limits or wire.Limits()).max_bytes)
-        # Block in recv (one wake-up per message), but never longer than ``timeout``, so a
-        # stop request or a due heartbeat is noticed promptly.
-        sock.setsockopt(zmq.RCVTIMEO, max(1, int(timeout * 1000)))
-        sock.connect(address)
-        self._sock = sock
-        self.recv = partial(sock.recv_multipart, copy=True) if copy else self._recv_buffers
-        self.ready = partial(sock.get, zmq.EVENTS)  # POLLIN (1) set: a message is waiting
-        self.send = partial(sock.send_multipart, copy=False)
-
-    def _recv_buffers(self) -> list[Any]:
-        return [f.buffer for f in self._sock.recv_multipart(copy=False)]
-
-    def close(self) -> None:
-        self._sock.close(linger=0)
 
 
 class SocketChannel:
@@ -171,6 +145,331 @@ class SocketChannel:
             self._next = 0
             return True
         return False
+
+    def _take(self) -> list[memoryview]:
+        message = self._messages[self._next]
+        self._next += 1
+        return message
+
+
+# --------------------------------------------------------------------------- ZMTP 3.0
+#
+# What a ZeroMQ DEALER says on a TCP connection (ZMTP 3.0, rfc.zeromq.org/spec/23, NULL
+# mechanism): a 64-byte greeting each way, one READY command each way (the socket type and
+# identity as properties), then frames. A frame is one flags byte (MORE 1, LONG 2, COMMAND 4)
+# and its size (one byte, or 8 bytes big-endian with LONG), then the body; a message is its
+# frames up to the first without MORE.
+
+_ZMTP_MORE, _ZMTP_LONG, _ZMTP_COMMAND = 1, 2, 4
+_GREETING_BYTES = 64
+_U64BE = struct.Struct(">Q")
+_U32BE = struct.Struct(">I")
+# One header per short frame size: flags byte (MORE or not) and size byte.
+_SHORT_MORE = [bytes((_ZMTP_MORE, n)) for n in range(256)]
+_SHORT_LAST = [bytes((0, n)) for n in range(256)]
+_COPY_BELOW = 4096  # received frames smaller than this are bytes, larger ones views
+_MAX_COMMAND = 1 << 16
+
+
+def zmtp_greeting() -> bytes:
+    """Our greeting: signature, version 3.0, mechanism NULL, as-server 0, filler."""
+    return b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0") + bytes(32)
+
+
+def zmtp_command(name: bytes, properties: Sequence[tuple[bytes, bytes]] = (),
+                 body: bytes = b"") -> bytes:  # fmt: skip
+    """One command frame: ``name`` (with READY-style properties, or a raw ``body``)."""
+    data = bytes((len(name),)) + name + body + b"".join(
+        bytes((len(k),)) + k + _U32BE.pack(len(v)) + v for k, v in properties
+    )
+    if len(data) < 256:
+        return bytes((_ZMTP_COMMAND, len(data))) + data
+    return bytes((_ZMTP_COMMAND | _ZMTP_LONG,)) + _U64BE.pack(len(data)) + data
+
+
+def zmtp_message(frames: Sequence[wire.Buffer]) -> list[wire.Buffer]:
+    """The pieces to write for one message: each frame's header, then the frame itself."""
+    last = len(frames) - 1
+    try:  # every frame under 256 bytes (a plain v3 answer): headers from the tables
+        heads = [_SHORT_MORE[f.nbytes if type(f) is memoryview else len(f)] for f in frames]
+        f = frames[last]
+        heads[last] = _SHORT_LAST[f.nbytes if type(f) is memoryview else len(f)]
+    except IndexError:
+        heads = []
+        for i, frame in enumerate(frames):
+            n = frame.nbytes if type(frame) is memoryview else len(frame)
+            more = _ZMTP_MORE if i < last else 0
+            if n < 256:
+                heads.append(bytes((more, n)))
+            else:
+                heads.append(bytes((_ZMTP_LONG | more,)) + _U64BE.pack(n))
+    out: list[wire.Buffer] = [b""] * (2 * len(frames))
+    out[::2] = heads
+    out[1::2] = frames
+    return out
+
+
+def _parse_greeting(data: bytes) -> None:
+    if data[0] != 0xFF or data[9] != 0x7F:
+        raise wire.WireError("the peer does not speak ZMTP (bad greeting signature)")
+    if data[10] < 3:
+        raise wire.WireError(f"the peer speaks ZMTP {data[10]}.{data[11]}; 3.0 or later is needed")
+    mechanism = data[12:32].rstrip(b"\0")
+    if mechanism != b"NULL":
+        raise wire.WireError(f"the peer asks for the {wire.excerpt(mechanism)} mechanism; only NULL is spoken")
+
+
+def _command(body: memoryview) -> tuple[bytes, memoryview]:
+    """A command frame's name and the rest of its body."""
+    if len(body) < 1 or len(body) < 1 + body[0]:
+        raise wire.WireError("a ZMTP command frame shorter than its name")
+    return bytes(body[1 : 1 + body[0]]), body[1 + body[0] :]
+
+
+def _properties(data: memoryview) -> dict[bytes, bytes]:
+    props: dict[bytes, bytes] = {}
+    pos, end = 0, len(data)
+    while pos < end:
+        k = data[pos]
+        if pos + 1 + k + 4 > end:
+            raise wire.WireError("a ZMTP READY property runs past its frame")
+        name = bytes(data[pos + 1 : pos + 1 + k])
+        (v,) = _U32BE.unpack_from(data, pos + 1 + k)
+        start = pos + 1 + k + 4
+        if start + v > end:
+            raise wire.WireError("a ZMTP READY property value runs past its frame")
+        props[name.lower()] = bytes(data[start : start + v])
+        pos = start + v
+    return props
+
+
+class ZmtpReader:
+    """Cuts a ZMTP byte stream (after the greeting) into messages and commands.
+
+    ``feed`` takes whatever the socket returned and gives back every message completed by it,
+    each a list of frames (frames under 4 KB as bytes, larger ones as zero-copy views of the
+    received bytes), and every command frame (name, body) in ``commands``. The frames of a
+    message still arriving are kept as they complete, and only a partial frame is buffered
+    (and appended to, until it is whole), so a large message costs one pass, not one per
+    chunk. A message of more frames, or more bytes, than ``limits`` allow raises WireError as
+    soon as its headers say so (the connection must be closed; libzmq's ``MAXMSGSIZE`` does
+    the same).
+    """
+
+    __slots__ = ("_buf", "_need", "_frames", "_total", "_max_frames", "_max_bytes", "commands")
+
+    def __init__(self, limits: wire.Limits | None = None) -> None:
+        self._buf = bytearray()  # the start of a frame (or frame header) not yet complete
+        self._need = 0  # bytes _buf must hold before that frame can be cut
+        self._frames: list[wire.Buffer] = []  # the complete frames of the message arriving
+        self._total = 0  # their bytes
+        limits = limits or wire.Limits()
+        self._max_frames, self._max_bytes = limits.max_frames, limits.max_bytes
+        self.commands: list[tuple[bytes, memoryview]] = []
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as (part of) a message."""
+        return len(self._buf) + self._total
+
+    def feed(self, data: wire.Buffer) -> list[list[wire.Buffer]]:
+        """Every message ``data`` completes, in order."""
+        if self._buf:
+            self._buf += data
+            if len(self._buf) < self._need:
+                return []
+            data = bytes(self._buf)
+        elif type(data) is not bytes:
+            data = bytes(data)
+        view = memoryview(data)
+        out: list[list[wire.Buffer]] = []
+        end = len(data)
+        pos = 0
+        frames, total = self._frames, self._total
+        max_frames, max_bytes = self._max_frames, self._max_bytes
+        need = 0
+        while True:
+            if end - pos < 2:
+                need = pos + 2
+                break
+            flags = data[pos]
+            if flags & _ZMTP_LONG:
+                if end - pos < 9:
+                    need = pos + 9
+                    break
+                (size,) = _U64BE.unpack_from(data, pos + 1)
+                at = pos + 9
+            else:
+                size = data[pos + 1]
+                at = pos + 2
+            nxt = at + size
+            if flags & _ZMTP_COMMAND:
+                if frames:
+                    raise wire.WireError("a ZMTP command inside a message")
+                if size > _MAX_COMMAND:
+                    raise wire.WireError(f"a ZMTP command of {size} bytes")
+                if nxt > end:
+                    need = nxt
+                    break
+                self.commands.append(_command(view[at:nxt]))
+                pos = nxt
+                continue
+            if total + size > max_bytes:  # before waiting for a body that may never fit
+                raise wire.WireError(f"a message of more than {max_bytes} bytes")
+            if nxt > end:
+                need = nxt
+                break
+            # A small frame is copied out (cheaper to make and to use than a view); a large
+            # one is a view of the received bytes.
+            frames.append(data[at:nxt] if size < _COPY_BELOW else view[at:nxt])
+            total += size
+            pos = nxt
+            if len(frames) > max_frames:
+                raise wire.WireError(f"a message of more than {max_frames} frames")
+            if not flags & _ZMTP_MORE:
+                out.append(frames)
+                frames, total = [], 0
+        self._frames, self._total = frames, total
+        if pos < end:
+            self._buf, self._need = bytearray(view[pos:]), need - pos
+        else:
+            self._buf, self._need = bytearray(), 0
+        return out
+
+
+class ZmtpChannel:
+    """A DEALER's side of ZMTP 3.0 over one blocking TCP connection to ``host:port``.
+
+    Raises ``ChannelClosed`` from the constructor when nothing listens there (yet) or the
+    handshake fails, and from ``recv``/``send`` when the frontend goes away or breaks the
+    protocol.
+    """
+
+    timeouts: tuple[type[BaseException], ...] = (BlockingIOError, TimeoutError)
+
+    def __init__(self, host: str, port: int, timeout: float, limits: wire.Limits | None = None,
+                 handshake_timeout: float = 5.0):  # fmt: skip
+        try:
+            sock = socket.create_connection((host, port), timeout=handshake_timeout)
+        except OSError as exc:
+            raise ChannelClosed(f"cannot connect to tcp://{host}:{port}: {exc}") from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(zmtp_greeting())
+            greeting = self._read_exactly(sock, _GREETING_BYTES)
+            _parse_greeting(greeting)
+            sock.sendall(zmtp_command(b"READY", [(b"Socket-Type", b"DEALER"), (b"Identity", b"")]))
+            self._reader = wire_reader = ZmtpReader(limits)
+            self._messages: list[list[memoryview]] = []
+            self._next = 0
+            while not wire_reader.commands:
+                data = sock.recv(_RECV_CHUNK)
+                if not data:
+                    raise ChannelClosed("the frontend closed the connection in the handshake")
+                self._messages += wire_reader.feed(data)
+            name, body = wire_reader.commands.pop(0)
+            if name == b"ERROR":
+                raise wire.WireError(f"the frontend refused the handshake: {wire.excerpt(bytes(body))}")
+            if name != b"READY":
+                raise wire.WireError(f"expected READY from the frontend, got {wire.excerpt(name)}")
+            peer = _properties(body).get(b"socket-type", b"")
+            if peer not in (b"ROUTER", b"DEALER", b"REP"):
+                raise wire.WireError(f"a DEALER cannot talk to a {wire.excerpt(peer)} socket")
+        except (OSError, wire.WireError) as exc:
+            sock.close()
+            raise ChannelClosed(f"ZMTP handshake with tcp://{host}:{port} failed: {exc}") from None
+        # Blocking, with a kernel receive timeout: one system call per recv.
+        seconds = max(timeout, 0.001)
+        sock.settimeout(None)
+        timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        self._sock = sock
+        self._sendall = sock.sendall
+        self._recv_raw = sock.recv
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        self._poll = poller.poll
+
+    @staticmethod
+    def _read_exactly(sock: socket.socket, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise ChannelClosed("the frontend closed the connection in the handshake")
+            data += chunk
+        return data
+
+    def recv(self) -> list[Any]:
+        if self._next < len(self._messages):
+            return self._take()
+        while True:
+            try:
+                data = self._recv_raw(_RECV_CHUNK)
+            except self.timeouts:
+                raise
+            except OSError as exc:
+                raise ChannelClosed(str(exc)) from None
+            if not data:
+                raise ChannelClosed("the frontend closed the connection")
+            if self._fill(data):
+                return self._take()
+
+    def ready(self) -> int:
+        if self._next < len(self._messages):
+            return True
+        # Whatever has arrived meanwhile, without blocking; poll first, so that "nothing
+        # yet" (the usual answer) costs no exception.
+        while self._poll(0):
+            try:
+                data = self._recv_raw(_RECV_CHUNK, socket.MSG_DONTWAIT)
+            except OSError:
+                return False  # a broken socket: the next recv says so
+            if not data:
+                return False  # closed: the next recv says so
+            if self._fill(data):
+                return True
+        return False
+
+    def send(self, frames: Sequence[wire.Buffer]) -> None:
+        try:
+            self._sendall(b"".join(zmtp_message(frames)))
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from None
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _fill(self, data: bytes) -> bool:
+        reader = self._reader
+        try:
+            messages = reader.feed(data)
+        except wire.WireError as exc:
+            raise ChannelClosed(f"the frontend broke ZMTP: {exc}") from None
+        if reader.commands:
+            self._answer_commands()
+        if messages:
+            self._messages = messages
+            self._next = 0
+            return True
+        return False
+
+    def _answer_commands(self) -> None:
+        """PING (ZMTP 3.1 heartbeats) is answered with PONG; ERROR ends the session; other
+        commands (PONG, SUBSCRIBE, ...) mean nothing to a DEALER and are ignored."""
+        for name, body in self._reader.commands:
+            if name == b"PING":
+                context = bytes(body[2:18]) if len(body) >= 2 else b""  # after the u16 TTL
+                self.send_command(zmtp_command(b"PONG", body=context))
+            elif name == b"ERROR":
+                raise ChannelClosed(f"the frontend sent a ZMTP ERROR: {wire.excerpt(bytes(body))}")
+        self._reader.commands.clear()
+
+    def send_command(self, frame: bytes) -> None:
+        try:
+            self._sendall(frame)
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from None
 
     def _take(self) -> list[memoryview]:
         message = self._messages[self._next]
