@@ -142,7 +142,11 @@ def test_verdicts_compare_schooner_with_each_peer_at_64_connections():
         "1.8x as much server CPU per request",
         "mlp, 64 connections: Schooner's OIP path 5.0x triton's req/s; triton spends 5.0x as "
         "much server CPU per request",
+        "noop, 64 connections: Schooner's server CPU 30.0 µs per request (target <= 25: MISSED)",
     ]
+    one = [Cell("noop", "schooner", 1, 5_000, 0.09, 0.2, 150.0, 0, []),
+           Cell("noop", "floor", 1, 15_000, 0.03, 0.1, 25.0, 0, [])]  # fmt: skip
+    assert verdicts(one) == ["noop, 1 connection: Schooner's p50 3.0x the floor's (target <= 3: met)"]
 
 
 def test_a_peer_that_cannot_start_says_why(tmp_path):
