@@ -389,6 +389,12 @@ class ZmtpChannel:
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         self._poll = poller.poll
+        if wire_reader.commands:  # sent right behind READY (a PING, say)
+            try:
+                self._answer_commands()
+            except ChannelClosed:
+                sock.close()
+                raise
 
     @staticmethod
     def _read_exactly(sock: socket.socket, n: int) -> bytes:
