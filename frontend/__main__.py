@@ -76,9 +76,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
     )
     p.add_argument(
-        "--workers", type=int, default=0,
+        "--workers", type=int, default=1,
         help="processes serving queries, sharing the query port and the state file (0: half "
-        "the cores this process may use, at least 1; see schooner.frontend.workers)",
+        "the cores this process may use, at least 1; see schooner.frontend.workers). Each "
+        "replica must then serve every worker (SCHOONER_FRONTEND_ENDPOINTS), as the local "
+        "manager sets it up; so 1, the default, for replicas that name one RPC address",
     )  # fmt: skip
     p.add_argument(
         "--max-inputs-per-request", type=int, default=10_000,

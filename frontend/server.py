@@ -19,6 +19,7 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -318,11 +319,11 @@ class Frontend:
     async def _follow_shared_state(self) -> None:
         """Apply the changes other frontends (or workers) make to the shared state
         (shared_state); a model that appears waits for replicas as at start-up."""
-        from schooner.frontend.shared_state import SharedStateStore
+        from schooner.frontend.shared_state import SharedStateStore, SqliteSharedStateStore
 
         assert isinstance(self.state, SharedStateStore) and self._loop is not None
         state, dispatcher, down = self.state, self._require_dispatcher(), False
-        grace = self.config.replica_grace_s
+        grace, stuck = self.config.replica_grace_s, False
         while True:
             await asyncio.sleep(state.poll_interval_s)
             before = set(state.models)
@@ -340,10 +341,18 @@ class Frontend:
                 log.info("the state database answers again")
                 down = False
             try:
+                if isinstance(state, SqliteSharedStateStore):
+                    self._apply_notices(state.notices(fetched[1]))
                 changed = state.apply(*fetched)
             except Exception as exc:  # the file is busy past its timeout: next poll retries
-                log.warning("cannot apply the shared state's changes yet: %s", exc)
+                if not stuck:
+                    log.warning("cannot apply the shared state's changes yet: %s", exc,
+                                exc_info=True)  # fmt: skip
+                stuck = True
                 continue
+            if stuck:
+                log.info("the shared state's changes apply again")
+                stuck = False
             if changed:
                 for key in before - set(state.models):
                     dispatcher.configure_model(key, -1)
@@ -351,6 +360,18 @@ class Frontend:
                     dispatcher.configure_model(model.key, model.batch_size)
                     if model.key not in before and self.worker is not None:
                         dispatcher.expect_replicas(model.key, grace)
+
+    def _apply_notices(self, notices: list[dict[str, Any]]) -> None:
+        """What worker 0 was told that is not state: replicas starting (workers module)."""
+        dispatcher = self._require_dispatcher()
+        for notice in notices:
+            try:
+                if notice.get("kind") == "expect_replicas":
+                    left = float(notice["seconds"]) - max(0.0, time.time() - float(notice["at"]))
+                    key = (str(notice["model_name"]), str(notice["model_version"]))
+                    dispatcher.expect_replicas(key, max(0.0, left))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("ignored a notice from another worker (%s): %r", exc, notice)
 
     # ----------------------------------------------------------------- shutdown
 

@@ -403,6 +403,31 @@ class SqliteSharedStateStore(SharedStateStore):
         self._applied = int(cursor.lastrowid or 0)
         self._report()
 
+    def announce(self, notice: dict[str, Any]) -> int:
+        """Append a notice for the other workers (what is not state: replicas a manager
+        says are starting); returns its log position. Changes no table."""
+        entry = json.dumps({"notice": notice, "worker": self.worker})
+        if len(entry) > MAX_ENTRY_BYTES:
+            raise state_module.Invalid(f"one notice is at most {MAX_ENTRY_BYTES} bytes")
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            cursor = self._db.execute("INSERT INTO oplog (entry) VALUES (?)", (entry,))
+        return int(cursor.lastrowid or 0)
+
+    def notices(self, entries: list[bytes]) -> list[dict[str, Any]]:
+        """The other workers' notices among polled entries."""
+        found = []
+        for entry in entries:
+            if entry.startswith(b"{"):
+                try:
+                    decoded = json.loads(entry)
+                except ValueError:
+                    continue
+                if decoded.get("worker") != self.worker and isinstance(decoded.get("notice"),
+                                                                       dict):  # fmt: skip
+                    found.append(decoded["notice"])
+        return found
+
     def save_policy_state(self, name: str, state: str) -> None:
         """What the app's selection policy learned: written without a log entry (last
         writer wins; the other workers read it at their next reload)."""

@@ -14,7 +14,9 @@ frontend with exit code 1. What the workers share, and how:
 * **The management API**: worker 0 serves it (and the gRPC port, when configured). A change
   made there is answered only once every live worker has applied it
   (``ChangesReachEveryWorker``, at most ``SYNC_TIMEOUT_S``), so a query sent right after
-  ``register_application`` + ``link_model_to_app`` finds the app on any worker.
+  ``register_application`` + ``link_model_to_app`` finds the app on any worker. Replicas a
+  manager announces as starting (``expect_replicas``, not state) go to the others as a
+  notice in the same log.
 * **Replicas**: worker ``i`` has its own RPC endpoint (``runtime.config.worker_rpc_port``
   and ``worker_rpc_socket``); a replica given every worker's (SCHOONER_FRONTEND_ENDPOINTS)
   serves all of them and coalesces their batches (``runtime.frontends``).
@@ -26,9 +28,12 @@ frontend with exit code 1. What the workers share, and how:
   most ``PUBLISH_S`` old. ``schooner_frontend_worker_predictions_total{worker}`` says what
   each worker answered.
 
-The default number of workers (``--workers 0``) is ``default_workers()``: half the cores
-this process may run on (``os.sched_getaffinity``), the other half left to the replicas
-and the load, at least 1 and at most ``MAX_WORKERS``.
+``--workers 0`` runs ``default_workers()``: half the cores this process may run on
+(``os.sched_getaffinity``), the other half left to the replicas and the load, at least 1
+and at most ``MAX_WORKERS``. That is the local manager's default (it gives every replica
+every worker's endpoint); the command line's default is 1, because a replica that names one
+RPC address (started by hand, by Docker or Kubernetes) would serve worker 0 only, and the
+queries the kernel hands the other workers would wait for a replica that never comes.
 """
 
 from __future__ import annotations
@@ -53,7 +58,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schooner.frontend import credentials, http
 from schooner.frontend.metrics import FrontendMetrics
-from schooner.runtime.config import MAX_FRONTEND_WORKERS, default_frontend_workers
+from schooner.runtime.config import (
+    MAX_FRONTEND_WORKERS,
+    default_frontend_workers,
+    worker_endpoints,
+)
 
 if TYPE_CHECKING:
     from schooner.frontend.server import FrontendConfig
@@ -66,6 +75,7 @@ log = logging.getLogger(__name__)
 
 MAX_WORKERS = MAX_FRONTEND_WORKERS
 PUBLISH_S = 1.0  # how often a worker publishes its metrics for the others
+EXPECT_PATH = "/admin/expect_replicas"  # the one management call that changes no state
 SYNC_TIMEOUT_S = 2.0  # the longest a management answer waits for the other workers
 STOP_GRACE_S = 10.0
 MAX_BACKOFF_S = 5.0
@@ -127,7 +137,9 @@ def run_workers(config: FrontendConfig, run_one: Callable[[FrontendConfig], int]
         procs[index], started[index] = proc, time.monotonic()
         log.info("worker %d started (pid %d)", index, proc.pid)
 
-    log.info("frontend: %d workers on query port %d", workers, port)
+    endpoints = worker_endpoints(workers, config.rpc_host, config.rpc_port, config.rpc_socket)
+    log.info("frontend: %d workers on query port %d; each replica must serve every worker: "
+             "SCHOONER_FRONTEND_ENDPOINTS=%s", workers, port, ",".join(endpoints))  # fmt: skip
     for index in range(workers):
         start(index)
     code = 0
@@ -299,12 +311,24 @@ class ChangesReachEveryWorker(http.Router):
 
         def answer(*args: Any, **kwargs: Any) -> None:
             position = state.applied
+            if request.path == EXPECT_PATH and args and args[0] == 200:
+                position = self._announce_expected(request.body)
             if position == before or not state.lagging(position):
                 reply(*args, **kwargs)
             else:
                 asyncio.ensure_future(self._answer_when_applied(position, reply, args, kwargs))
 
         super().dispatch(request, answer)
+
+    def _announce_expected(self, body: bytes) -> int:
+        """Replicas announced starting (already applied here): tell the other workers."""
+        import json
+
+        fields = json.loads(body)  # the handler has parsed and checked it
+        return self._state.announce({
+            "kind": "expect_replicas", "model_name": str(fields["model_name"]),
+            "model_version": str(fields["model_version"]), "seconds": float(fields["seconds"]),
+            "at": time.time()})  # fmt: skip
 
     async def _answer_when_applied(self, position: int, reply: http.Reply,
                                    args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:  # fmt: skip

@@ -144,6 +144,20 @@ def test_a_management_change_is_on_every_worker_when_answered(two_workers, start
     _all_answered(frontend, "sum", 30, 100.0)
     frontend.admin("set_model_version", {"model_name": "sum", "model_version": "1"})
     _all_answered(frontend, "sum", 30, 0.0)
+    # replicas announced as not coming (expect_replicas 0): every worker answers at once
+    # (without the notice, the other worker would hold the queries for their SLO, 3 s)
+    frontend.admin("add_app", {"name": "pending", "input_type": "doubles", "default_output": "d",
+                               "latency_slo_micros": 3_000_000})
+    frontend.admin("add_model", {"model_name": "later", "model_version": "1",
+                                 "input_type": "doubles", "batch_size": -1})
+    frontend.admin("add_model_links", {"app_name": "pending", "model_names": ["later"]})
+    frontend.admin("expect_replicas", {"model_name": "later", "model_version": "1",
+                                       "seconds": 0})
+    for _ in range(20):
+        started = time.monotonic()
+        status, answer = _fresh(f"{frontend.query_url}/pending/predict", {"input": [1.0]})
+        assert status == 200 and answer["default"] is True, answer
+        assert time.monotonic() - started < 1.5, answer
     frontend.admin("delete_app", {"name": "again"})
     for _ in range(20):
         status, _answer = _fresh(f"{frontend.query_url}/again/predict", {"input": [1.0]})
@@ -327,3 +341,55 @@ def test_a_lone_session_does_not_wait():
     for _ in range(3):
         assert list(shared.predict(np.ones((1, 2)))) == ["2.0"]
     assert time.monotonic() - started < 1.0
+
+
+# ----------------------------------------------------------------- the shared state file
+
+
+def _race(path: str, worker: int, names: list[str], barrier: Any, out: Any) -> None:
+    from schooner.frontend.shared_state import SqliteSharedStateStore
+    from schooner.frontend.state import App, StateError
+    from schooner.runtime.wire import InputType
+
+    store = SqliteSharedStateStore.open(path, worker)
+    barrier.wait(10)
+    for name in names:
+        try:
+            store.add_app(App(name, InputType.DOUBLES, "d", 1000))
+            out.put((worker, name, 200))
+        except StateError as exc:
+            out.put((worker, name, exc.status))
+    out.put((worker, "ids", store.reserve_query_ids(1000)))
+    store.close()
+
+
+def test_workers_racing_on_the_state_file(tmp_path):
+    """Processes adding apps at once through one file: every name is made exactly once
+    (the loser gets 409), each sees them all after catching up, query ids never overlap."""
+    import multiprocessing
+
+    from schooner.frontend.shared_state import SqliteSharedStateStore
+
+    path = str(tmp_path / "state.db")
+    ctx = multiprocessing.get_context("fork")
+    barrier, out = ctx.Barrier(3), ctx.Queue()
+    shared = [f"app{i}" for i in range(20)]
+    procs = [ctx.Process(target=_race, args=(path, w, shared + [f"own{w}"], barrier, out))
+             for w in range(3)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in range(3 * 22)]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    made = [(w, name) for w, name, status in results if name != "ids" and status == 200]
+    refused = [name for w, name, status in results if name != "ids" and status == 409]
+    assert sorted(name for _, name in made) == sorted(shared + ["own0", "own1", "own2"])
+    assert sorted(refused) == sorted(shared * 2)
+    firsts = sorted(first for w, name, first in results if name == "ids")
+    assert all(b - a >= 1000 for a, b in zip(firsts, firsts[1:]))
+    reader = SqliteSharedStateStore.open(path, 9)
+    assert set(reader.apps) == set(shared) | {"own0", "own1", "own2"}
+    # the racing workers have exited: nobody is waited for
+    assert reader.lagging(reader.applied + 1) == [9]
+    reader.close()
