@@ -83,8 +83,9 @@ def two_workers(start_frontend, start_container, closure_artifact):
     frontend = start_frontend(extra_args=["--workers", "2", "--allow-unauthenticated-containers",
                                           "--rpc-port", str(rpc)], local_socket=True)
     frontend.rpc_port = rpc
-    frontend.process.wait_until(lambda: "frontend ready (worker 1)" in frontend.process.log(),
-                                timeout=30, what="worker 1 ready")
+    frontend.process.wait_until(  # worker 0 serves the management port
+        lambda: all(f"frontend ready (worker {i})" in frontend.process.log() for i in (0, 1)),
+        timeout=30, what="both workers ready")
 
     def plus(k):
         def model(xs):
