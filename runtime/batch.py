@@ -34,7 +34,7 @@ def items_of(request: PredictRequest) -> list[Buffer]:
 
 
 def _check_sizes(sizes: Sequence[int], itemsize: int, input_type: InputType) -> None:
-    if not any([size % itemsize for size in sizes]):
+    if not any([size % itemsize for size in set(sizes)]):  # each distinct size once
         return
     for i, size in enumerate(sizes):
         if size % itemsize:
@@ -73,8 +73,11 @@ def assemble(requests: Sequence[PredictRequest], input_type: InputType) -> Any:
         if sizes and min(sizes) == max(sizes):
             if request.payload is not None:
                 return np.frombuffer(request.payload, dtype).reshape(len(sizes), -1)
+            inputs = request.inputs
+            assert inputs is not None
             if len(sizes) == 1:
-                return np.frombuffer(request.inputs[0], dtype).reshape(1, -1)  # type: ignore[index]
+                return np.frombuffer(inputs[0], dtype).reshape(1, -1)
+            return np.frombuffer(b"".join(inputs), dtype).reshape(len(sizes), -1)
     items = [item for r in requests for item in items_of(r)]
     sizes = [len(item) for item in items]
     if sizes and min(sizes) == max(sizes):

@@ -167,6 +167,8 @@ _U32BE = struct.Struct(">I")
 # One header per short frame size: flags byte (MORE or not) and size byte.
 _SHORT_MORE = [bytes((_ZMTP_MORE, n)) for n in range(256)]
 _SHORT_LAST = [bytes((0, n)) for n in range(256)]
+_SHORT_MORE_GET = dict(enumerate(_SHORT_MORE)).get
+_LONG_MORE = bytes((_ZMTP_LONG | _ZMTP_MORE,))
 _COPY_BELOW = 4096  # received frames smaller than this are bytes, larger ones views
 _MAX_COMMAND = 1 << 16
 
@@ -189,22 +191,24 @@ def zmtp_command(name: bytes, properties: Sequence[tuple[bytes, bytes]] = (),
 
 def zmtp_message(frames: Sequence[wire.Buffer]) -> list[wire.Buffer]:
     """The pieces to write for one message: each frame's header, then the frame itself."""
+    if memoryview in set(map(type, frames)):
+        sizes = [f.nbytes if type(f) is memoryview else len(f) for f in frames]
+    else:
+        sizes = list(map(len, frames))
+    # Short frames' headers from the table, in C; None marks a frame of 256 bytes or more.
+    heads: list[bytes | None] = list(map(_SHORT_MORE_GET, sizes))
+    large = heads.count(None)
+    if large > 16:
+        heads = [_SHORT_MORE[n] if n < 256 else _LONG_MORE + _U64BE.pack(n) for n in sizes]
+    else:
+        for _ in range(large):  # a few (a plain v3 answer has one: its header)
+            i = heads.index(None)
+            heads[i] = _LONG_MORE + _U64BE.pack(sizes[i])
     last = len(frames) - 1
-    try:  # every frame under 256 bytes (a plain v3 answer): headers from the tables
-        heads = [_SHORT_MORE[f.nbytes if type(f) is memoryview else len(f)] for f in frames]
-        f = frames[last]
-        heads[last] = _SHORT_LAST[f.nbytes if type(f) is memoryview else len(f)]
-    except IndexError:
-        heads = []
-        for i, frame in enumerate(frames):
-            n = frame.nbytes if type(frame) is memoryview else len(frame)
-            more = _ZMTP_MORE if i < last else 0
-            if n < 256:
-                heads.append(bytes((more, n)))
-            else:
-                heads.append(bytes((_ZMTP_LONG | more,)) + _U64BE.pack(n))
+    n = sizes[last]
+    heads[last] = _SHORT_LAST[n] if n < 256 else bytes((_ZMTP_LONG,)) + _U64BE.pack(n)
     out: list[wire.Buffer] = [b""] * (2 * len(frames))
-    out[::2] = heads
+    out[::2] = heads  # type: ignore[assignment]  # no None is left
     out[1::2] = frames
     return out
 
@@ -243,6 +247,12 @@ def _properties(data: memoryview) -> dict[bytes, bytes]:
     return props
 
 
+def _too_big(frames: int, size: int, max_frames: int, max_bytes: int) -> str:
+    if frames > max_frames:
+        return f"a message of more than {max_frames} frames"
+    return f"a message of more than {max_bytes} bytes"
+
+
 class ZmtpReader:
     """Cuts a ZMTP byte stream (after the greeting) into messages and commands.
 
@@ -252,8 +262,9 @@ class ZmtpReader:
     message still arriving are kept as they complete, and only a partial frame is buffered
     (and appended to, until it is whole), so a large message costs one pass, not one per
     chunk. A message of more frames, or more bytes, than ``limits`` allow raises WireError as
-    soon as its headers say so (the connection must be closed; libzmq's ``MAXMSGSIZE`` does
-    the same).
+    soon as a frame header says so (a large frame), or at the latest once the chunk that
+    carries them is read (small frames); the connection must then be closed (libzmq's
+    ``MAXMSGSIZE`` does the same).
     """
 
     __slots__ = ("_buf", "_need", "_frames", "_total", "_max_frames", "_max_bytes", "commands")
@@ -299,36 +310,38 @@ class ZmtpReader:
                     break
                 (size,) = _U64BE.unpack_from(data, pos + 1)
                 at = pos + 9
+                if total + size > max_bytes and not flags & _ZMTP_COMMAND:
+                    # refused before waiting for a body that may never fit
+                    raise wire.WireError(f"a message of more than {max_bytes} bytes")
             else:
                 size = data[pos + 1]
                 at = pos + 2
             nxt = at + size
+            if nxt > end:
+                need = nxt
+                break
             if flags & _ZMTP_COMMAND:
                 if frames:
                     raise wire.WireError("a ZMTP command inside a message")
                 if size > _MAX_COMMAND:
                     raise wire.WireError(f"a ZMTP command of {size} bytes")
-                if nxt > end:
-                    need = nxt
-                    break
                 self.commands.append(_command(view[at:nxt]))
                 pos = nxt
                 continue
-            if total + size > max_bytes:  # before waiting for a body that may never fit
-                raise wire.WireError(f"a message of more than {max_bytes} bytes")
-            if nxt > end:
-                need = nxt
-                break
             # A small frame is copied out (cheaper to make and to use than a view); a large
             # one is a view of the received bytes.
             frames.append(data[at:nxt] if size < _COPY_BELOW else view[at:nxt])
             total += size
             pos = nxt
-            if len(frames) > max_frames:
-                raise wire.WireError(f"a message of more than {max_frames} frames")
             if not flags & _ZMTP_MORE:
+                # Frames and short-frame bytes are counted per message, and per chunk below:
+                # never more than one chunk's worth past the limits.
+                if len(frames) > max_frames or total > max_bytes:
+                    raise wire.WireError(_too_big(len(frames), total, max_frames, max_bytes))
                 out.append(frames)
                 frames, total = [], 0
+        if len(frames) > max_frames or total > max_bytes:
+            raise wire.WireError(_too_big(len(frames), total, max_frames, max_bytes))
         self._frames, self._total = frames, total
         if pos < end:
             self._buf, self._need = bytearray(view[pos:]), need - pos

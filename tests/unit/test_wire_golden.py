@@ -499,3 +499,21 @@ def test_wire_error_is_a_value_error_in_the_tree() -> None:
         decode_from_container([DELIM, b"\x09\x00\x00\x00"])
     assert isinstance(info.value, SchoonerError)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("position", [0, 31, 63])
+@pytest.mark.parametrize("view", [False, True], ids=["bytes", "memoryview"])
+def test_plain_decode_names_the_input_whose_size_is_wrong(position: int, view: bool) -> None:
+    """The size check runs in one C-level pass; a mismatch anywhere is still a WireError that
+    says which input and both sizes."""
+    inputs = [bytes(800)] * 64
+    frames: list = encode_predict_request(9, InputType.DOUBLES, inputs)
+    frames[7 + position] = bytes(792)  # the header still says 800
+    if view:
+        frames = [memoryview(f) for f in frames]
+    with pytest.raises(WireError, match=f"input {position} is 792 bytes, header says 800"):
+        decode_from_frontend(frames)
+    frames[7 + position] = bytes(800)
+    assert decode_from_frontend(frames).sizes == (800,) * 64
+    with pytest.raises(WireError, match="announces 64 inputs, message carries 63"):
+        decode_from_frontend(frames[:-1])
