@@ -171,6 +171,7 @@ _SHORT_MORE_GET = dict(enumerate(_SHORT_MORE)).get
 _LONG_MORE = bytes((_ZMTP_LONG | _ZMTP_MORE,))
 _COPY_BELOW = 4096  # received frames smaller than this are bytes, larger ones views
 _MAX_COMMAND = 1 << 16
+_IN_PLACE = 64 * 1024  # a frame at least this large that is still arriving is received in place
 
 
 def zmtp_greeting() -> bytes:
@@ -267,11 +268,17 @@ class ZmtpReader:
     ``MAXMSGSIZE`` does the same).
     """
 
-    __slots__ = ("_buf", "_need", "_frames", "_total", "_max_frames", "_max_bytes", "commands")
+    __slots__ = ("_buf", "_need", "_frames", "_total", "_max_frames", "_max_bytes", "commands",
+                 "_body", "_filled", "_body_flags")  # fmt: skip
 
     def __init__(self, limits: wire.Limits | None = None) -> None:
         self._buf = bytearray()  # the start of a frame (or frame header) not yet complete
         self._need = 0  # bytes _buf must hold before that frame can be cut
+        # A large data frame still arriving: its body, allocated once at its full size and
+        # filled in place (by ``feed`` or, through ``body_target``, by the socket itself).
+        self._body: memoryview | None = None
+        self._filled = 0
+        self._body_flags = 0
         self._frames: list[wire.Buffer] = []  # the complete frames of the message arriving
         self._total = 0  # their bytes
         limits = limits or wire.Limits()
@@ -281,10 +288,45 @@ class ZmtpReader:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as (part of) a message."""
-        return len(self._buf) + self._total
+        return len(self._buf) + self._total + self._filled
+
+    def body_target(self) -> memoryview | None:
+        """Where the rest of a large frame's body goes, to receive it in place; None when no
+        large frame is arriving. Report what was written there with ``body_received``."""
+        return None if self._body is None else self._body[self._filled :]
+
+    def body_received(self, n: int) -> list[list[wire.Buffer]]:
+        """``n`` more bytes were written at ``body_target()``; the messages that completes."""
+        self._filled += n
+        return self.feed(b"") if self._body is not None and self._filled >= len(self._body) else []
+
+    def _large_frame(self, data: wire.Buffer) -> tuple[list[list[wire.Buffer]], int]:
+        """Fill the large frame arriving from ``data``; the message it completed (if it did)
+        and how many bytes of ``data`` it took."""
+        body = self._body
+        assert body is not None
+        take = min(len(body) - self._filled, len(data))
+        body[self._filled : self._filled + take] = data[:take]
+        self._filled += take
+        if self._filled < len(body):
+            return [], take
+        self._body, self._filled = None, 0
+        self._frames.append(body)
+        self._total += len(body)
+        if self._body_flags & _ZMTP_MORE:
+            return [], take
+        if len(self._frames) > self._max_frames:
+            raise wire.WireError(f"a message of more than {self._max_frames} frames")
+        frames, self._frames, self._total = self._frames, [], 0
+        return [frames], take
 
     def feed(self, data: wire.Buffer) -> list[list[wire.Buffer]]:
         """Every message ``data`` completes, in order."""
+        if self._body is not None:
+            done, take = self._large_frame(data)
+            if self._body is not None or take == len(data):
+                return done
+            return done + self.feed(memoryview(data)[take:])
         if self._buf:
             self._buf += data
             if len(self._buf) < self._need:
@@ -318,6 +360,14 @@ class ZmtpReader:
                 at = pos + 2
             nxt = at + size
             if nxt > end:
+                if size >= _IN_PLACE and not flags & _ZMTP_COMMAND:
+                    # A large frame still arriving: its body gets a buffer of its own, filled
+                    # in place from here on (no growing buffer, no copy when it completes).
+                    self._frames, self._total = frames, total
+                    self._body, self._body_flags = memoryview(bytearray(size)), flags
+                    self._buf, self._need = bytearray(), 0
+                    done, _ = self._large_frame(view[at:])
+                    return out + done
                 need = nxt
                 break
             if flags & _ZMTP_COMMAND:
@@ -398,7 +448,11 @@ class ZmtpChannel:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
         self._sock = sock
         self._sendall = sock.sendall
-        self._recv_raw = sock.recv
+        # Received into one buffer that stays mapped (a fresh 1 MB bytes per recv would be
+        # a fresh mapping, page-faulted in by every large read), then copied out as long as
+        # what arrived.
+        self._chunk = memoryview(bytearray(_RECV_CHUNK))
+        self._recv_into = sock.recv_into
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         self._poll = poller.poll
@@ -422,16 +476,28 @@ class ZmtpChannel:
     def recv(self) -> list[Any]:
         if self._next < len(self._messages):
             return self._take()
+        reader = self._reader
         while True:
+            target = reader.body_target()
             try:
-                data = self._recv_raw(_RECV_CHUNK)
+                if target is not None:  # the rest of a large frame: straight into its buffer
+                    n = self._sock.recv_into(target)
+                    data = b""
+                else:
+                    n = self._recv_into(self._chunk)
+                    data = self._chunk[:n].tobytes()
             except self.timeouts:
                 raise
             except OSError as exc:
                 raise ChannelClosed(str(exc)) from None
-            if not data:
+            if not n:
                 raise ChannelClosed("the frontend closed the connection")
-            if self._fill(data):
+            if target is not None:
+                messages = reader.body_received(n)
+                if messages:
+                    self._messages, self._next = messages, 0
+                    return self._take()
+            elif self._fill(data):
                 return self._take()
 
     def ready(self) -> int:
@@ -441,12 +507,12 @@ class ZmtpChannel:
         # yet" (the usual answer) costs no exception.
         while self._poll(0):
             try:
-                data = self._recv_raw(_RECV_CHUNK, socket.MSG_DONTWAIT)
+                n = self._recv_into(self._chunk, 0, socket.MSG_DONTWAIT)
             except OSError:
                 return False  # a broken socket: the next recv says so
-            if not data:
+            if not n:
                 return False  # closed: the next recv says so
-            if self._fill(data):
+            if self._fill(self._chunk[:n].tobytes()):
                 return True
         return False
 

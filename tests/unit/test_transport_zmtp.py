@@ -236,3 +236,18 @@ def test_ping_is_answered_with_pong() -> None:
     pong = zmtp_command(b"PONG", body=b"ctx")
     data = bytes(received)
     assert data.startswith(zmtp_greeting()) and data.endswith(pong)
+
+
+def test_a_large_frame_still_arriving_is_received_in_place() -> None:
+    big = bytes(range(256)) * 1000  # 256 KB
+    data = _stream([[b"", big], [b"", b"next"]])
+    reader = ZmtpReader()
+    assert reader.feed(data[:1000]) == [] and reader.body_target() is not None
+    target = reader.body_target()
+    rest = data[1000:]
+    body_left = len(target)
+    target[:] = rest[:body_left]  # as socket.recv_into would
+    (message,) = reader.body_received(body_left)
+    assert [bytes(f) for f in message] == [b"", big] and reader.body_target() is None
+    assert [[bytes(f) for f in m] for m in reader.feed(rest[body_left:])] == [[b"", b"next"]]
+    assert reader.buffered == 0
