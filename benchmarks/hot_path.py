@@ -13,8 +13,9 @@ the driver's own cost is the same whatever the server is. Servers, measured in o
 Each row is run with plain v3 framing (one frame per input and per output) and with
 Schooner's negotiated packed framing (a whole batch in a constant number of frames), at
 batch sizes 1, 8 and 64 (100 doubles per input), one and 8 requests in flight. A second
-table sends one 600 KB float32 tensor per request: the container (``SCHOONER_ZERO_COPY=1``,
-so it reads the tensor where ZeroMQ received it) against the echo, which sends the same
+table sends one 600 KB float32 tensor per request: the container (its ZMTP channel receives
+a large frame in place, into a buffer of the frame's size, and predicts on a view of it; it
+is started with ``SCHOONER_ZERO_COPY=1`` as before) against the echo, which sends the same
 bytes straight back without copying them; it reports GB/s of input. The server is pinned
 to one core and the driver to another (``--server-cpu``/``--load-cpu``).
 
