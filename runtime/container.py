@@ -102,9 +102,11 @@ class Container:
         timeout = min(cfg.heartbeat_interval, 1.0)
         try:
             if cfg.rpc_socket is not None:
-                channel: Channel = SocketChannel(cfg.rpc_socket, timeout, cfg.limits)
+                channel: Channel = SocketChannel(cfg.rpc_socket, timeout, cfg.limits,
+                                                 send_timeout=cfg.session_timeout)
             else:
-                channel = ZmtpChannel(cfg.frontend_host, cfg.frontend_port, timeout, cfg.limits)
+                channel = ZmtpChannel(cfg.frontend_host, cfg.frontend_port, timeout, cfg.limits,
+                                      send_timeout=cfg.session_timeout)
         except ChannelClosed as exc:
             # The frontend is not listening (yet, or any more): retry with a growing pause,
             # as ZeroMQ's reconnection would.

@@ -75,7 +75,8 @@ class SocketChannel:
 
     timeouts: tuple[type[BaseException], ...] = (BlockingIOError, TimeoutError)
 
-    def __init__(self, path: str, timeout: float, limits: wire.Limits | None = None):
+    def __init__(self, path: str, timeout: float, limits: wire.Limits | None = None,
+                 send_timeout: float = 30.0):  # fmt: skip
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(unix_address(path))
@@ -91,6 +92,10 @@ class SocketChannel:
         seconds = max(timeout, 0.001)
         timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        # as ZmtpChannel: a frontend that reads nothing fails the send after send_timeout
+        seconds = max(send_timeout, 0.001)
+        timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
         self._sock = sock
         self._reader = wire.StreamReader(limits)
         self._messages: list[list[memoryview]] = []
@@ -352,8 +357,11 @@ class ZmtpReader:
                     break
                 (size,) = _U64BE.unpack_from(data, pos + 1)
                 at = pos + 9
-                if total + size > max_bytes and not flags & _ZMTP_COMMAND:
-                    # refused before waiting for a body that may never fit
+                # refused before waiting for a body that may never fit
+                if flags & _ZMTP_COMMAND:
+                    if size > _MAX_COMMAND:
+                        raise wire.WireError(f"a ZMTP command of {size} bytes")
+                elif total + size > max_bytes:
                     raise wire.WireError(f"a message of more than {max_bytes} bytes")
             else:
                 size = data[pos + 1]
@@ -403,6 +411,11 @@ class ZmtpReader:
 class ZmtpChannel:
     """A DEALER's side of ZMTP 3.0 over one blocking TCP connection to ``host:port``.
 
+    Commands (PING) are read and answered by ``recv``/``ready`` only, so a frontend that
+    sets ZMQ_HEARTBEAT_TIMEOUT shorter than a predict call would drop the replica while it
+    predicts (Schooner's frontend sets none; Clipper's neither). Connecting and each read of
+    the handshake wait at most ``handshake_timeout``; a send, at most ``send_timeout``.
+
     Raises ``ChannelClosed`` from the constructor when nothing listens there (yet) or the
     handshake fails, and from ``recv``/``send`` when the frontend goes away or breaks the
     protocol.
@@ -411,7 +424,7 @@ class ZmtpChannel:
     timeouts: tuple[type[BaseException], ...] = (BlockingIOError, TimeoutError)
 
     def __init__(self, host: str, port: int, timeout: float, limits: wire.Limits | None = None,
-                 handshake_timeout: float = 5.0):  # fmt: skip
+                 handshake_timeout: float = 5.0, send_timeout: float = 30.0):  # fmt: skip
         try:
             sock = socket.create_connection((host, port), timeout=handshake_timeout)
         except OSError as exc:
@@ -446,6 +459,12 @@ class ZmtpChannel:
         sock.settimeout(None)
         timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        # A frontend that stays connected but reads nothing (stopped, wedged) must not hold
+        # a send (and the socket's lock) forever: after ``send_timeout`` the send fails, the
+        # stream is out of step, and the loop opens a new session (ChannelClosed).
+        seconds = max(send_timeout, 0.001)
+        timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
         self._sock = sock
         self._sendall = sock.sendall
         # Received into one buffer that stays mapped (a fresh 1 MB bytes per recv would be

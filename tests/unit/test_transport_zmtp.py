@@ -123,6 +123,13 @@ def test_reader_limits_bytes_before_the_body_arrives() -> None:
         reader.feed(_stream([[b"a" * 3000, b"b" * 3000]]))
 
 
+def test_reader_refuses_a_huge_command_before_its_body_arrives() -> None:
+    reader = ZmtpReader(wire.Limits(max_frames=8, max_bytes=1 << 30))
+    # COMMAND | LONG announcing 1 TB: refused from its header, nothing buffered for it
+    with pytest.raises(WireError, match="ZMTP command of"):
+        reader.feed(b"\x06" + struct.pack(">Q", 1 << 40) + b"x" * 1000)
+
+
 # --------------------------------------------------------------------------- against libzmq
 
 
@@ -251,3 +258,33 @@ def test_a_large_frame_still_arriving_is_received_in_place() -> None:
     assert [bytes(f) for f in message] == [b"", big] and reader.body_target() is None
     assert [[bytes(f) for f in m] for m in reader.feed(rest[body_left:])] == [[b"", b"next"]]
     assert reader.buffered == 0
+
+
+def test_a_frontend_that_reads_nothing_fails_the_send_after_the_send_timeout() -> None:
+    """Connected, handshaken, then never reading: the send gives up (ChannelClosed) instead
+    of blocking the container's loop forever."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    ready = zmtp_command(b"READY", [(b"Socket-Type", b"ROUTER")])
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.sendall(zmtp_greeting() + ready)
+        held.append(conn)  # kept open, never read
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    channel = ZmtpChannel("127.0.0.1", server.getsockname()[1], timeout=0.5, send_timeout=0.3)
+    thread.join(timeout=5)
+    try:
+        with pytest.raises(ChannelClosed):
+            for _ in range(10_000):  # far more than the kernel buffers hold
+                channel.send([b"", b"x" * 65536])
+    finally:
+        channel.close()
+        for conn in held:
+            conn.close()
+        server.close()
