@@ -105,6 +105,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
             worker_rpc_socket(a.rpc_socket, workers - 1).encode()) > UNIX_SOCKET_PATH_LIMIT:
         problems.append(f"--rpc-socket with {workers} workers: worker sockets add a suffix "
                         f"(.wN), so the path must be shorter")  # fmt: skip
+    if workers > 1 and a.rpc_port == 0:
+        problems.append("--workers above 1 need a fixed --rpc-port (worker i takes port + i, "
+                        "the address every replica must be given): 0 picks none")  # fmt: skip
     if a.max_inputs_per_request < 1:
         problems.append("--max-inputs-per-request must be at least 1")
     if a.state_redis is not None:

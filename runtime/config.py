@@ -21,11 +21,11 @@ SCHOONER_METRICS_HOST          127.0.0.1                    address the HTTP ser
                                                             (0.0.0.0 to scrape from elsewhere)
 SCHOONER_READY_FILE            /model_is_ready.check        written once the model is loaded
 SCHOONER_HEARTBEAT_INTERVAL    5                            seconds between idle heartbeats
-SCHOONER_SESSION_TIMEOUT       30                           silence (s) before reconnecting
+SCHOONER_SESSION_TIMEOUT       30                           silence (s) before reconnecting;
+                                                            also how long a send may block
 SCHOONER_FRAMEWORK             (from the artifact)          override the manifest's framework
-SCHOONER_ZERO_COPY             0                            receive frames without copying
-                                                            (pays off for inputs of ~64 KB+)
-SCHOONER_RPC_SOCKET            (unset: ZeroMQ to CLIPPER_*) the frontend's local Unix socket
+SCHOONER_ZERO_COPY             0                            ignored: large frames are never copied
+SCHOONER_RPC_SOCKET            (unset: ZMTP to CLIPPER_*)   the frontend's local Unix socket
                                                             (``@name``: abstract namespace);
                                                             replaces CLIPPER_IP/CLIPPER_PORT
 SCHOONER_LOG_LEVEL             INFO                         logging level
@@ -155,7 +155,7 @@ class ContainerConfig:
     heartbeat_interval: float = 5.0
     session_timeout: float = 30.0
     framework: str | None = None
-    zero_copy: bool = False
+    zero_copy: bool = False  # SCHOONER_ZERO_COPY: accepted, no effect (large frames: no copy)
     rpc_socket: str | None = None
     log_level: str = "INFO"
     rpc_secret: str | None = dataclasses.field(default=None, repr=False)

@@ -173,9 +173,26 @@ class _Coalescing:
         return taken
 
     def _run(self, calls: list[_Call]) -> None:
+        """Answer every call of ``calls`` (each ends ``done``, with outputs or an error),
+        whatever happens here: the calls are out of the queue and their threads wait."""
+        try:
+            self._predict_calls(calls)
+        except BaseException as exc:
+            for c in calls:
+                if not c.done:
+                    c.error, c.done = exc, True
+            if not isinstance(exc, Exception):
+                raise
+
+    def _predict_calls(self, calls: list[_Call]) -> None:
         if len(calls) > 1:
             total = sum(c.size for c in calls)
-            outputs = self._timed(_join([c.batch for c in calls]), total)
+            try:
+                joined = _join([c.batch for c in calls])
+            except Exception as exc:  # (a MemoryError, say): each batch alone, below
+                outputs: Any = exc
+            else:
+                outputs = self._timed(joined, total)
             if _sized(outputs) == total:
                 pos = 0
                 for c in calls:

@@ -289,6 +289,22 @@ def test_a_coalesced_call_that_raises_is_predicted_batch_by_batch():
         assert results[i] == [str(2.0 * i)] * 2
 
 
+def test_a_join_that_fails_leaves_no_session_waiting(monkeypatch):
+    """Joining the batches itself raises (a MemoryError on a large concatenate, say): every
+    session still gets its own batch's answer, predicted alone."""
+    import schooner.runtime.frontends as frontends
+
+    def broken(batches):
+        raise MemoryError("joining")
+
+    monkeypatch.setattr(frontends, "_join", broken)
+    framework, results = _coalesced(limit=0)
+    assert framework.sizes == [1, 2, 2, 2]
+    assert results[0] == ["2.0"]
+    for i in (1, 2, 3):
+        assert results[i] == [str(2.0 * i)] * 2
+
+
 def test_join_keeps_the_batch_forms():
     assert _join([np.ones((1, 3)), np.zeros((2, 3))]).shape == (3, 3)
     mixed = _join([np.ones((1, 3)), np.ones((1, 2))])
@@ -394,3 +410,14 @@ def test_workers_racing_on_the_state_file(tmp_path):
     # the racing workers have exited: nobody is waited for
     assert reader.lagging(reader.applied + 1) == [9]
     reader.close()
+
+
+def test_several_workers_refuse_a_kernel_picked_rpc_port(capsys):
+    from schooner.frontend.__main__ import parse_args
+
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--workers", "2", "--rpc-port", "0", "--state-db", "/tmp/none.db"])
+    assert exited.value.code == 2
+    assert "need a fixed --rpc-port" in capsys.readouterr().err
+    config, _ = parse_args(["--workers", "2", "--rpc-port", "7100", "--state-db", "/tmp/none.db"])
+    assert config.workers == 2 and config.rpc_port == 7100
