@@ -66,6 +66,18 @@ def unix_address(path: str) -> str | bytes:
     return b"\0" + path[1:].encode() if path.startswith("@") else path
 
 
+def _kernel_timeouts(sock: socket.socket, recv_s: float, send_s: float) -> None:
+    """A blocking socket with kernel timeouts: a recv waits at most ``recv_s`` (one system
+    call per recv; a Python-level timeout would poll before each), and a send to a frontend
+    that stays connected but reads nothing (stopped, wedged) fails after ``send_s`` instead
+    of holding the loop and the socket's lock forever: the stream is then out of step, and
+    the loop opens a new session (ChannelClosed)."""
+    for option, seconds in ((socket.SO_RCVTIMEO, recv_s), (socket.SO_SNDTIMEO, send_s)):
+        seconds = max(seconds, 0.001)
+        timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, option, timeval)
+
+
 class SocketChannel:
     """A connected Unix stream socket to the frontend's local RPC endpoint.
 
@@ -87,15 +99,7 @@ class SocketChannel:
             raise ConfigError([  # no permission, not a socket, ...: retrying cannot help
                 f"SCHOONER_RPC_SOCKET={path}: cannot connect ({exc.strerror or exc})"
             ]) from None
-        # Blocking, with a kernel receive timeout: one system call per recv (a Python-level
-        # timeout would poll before every recv).
-        seconds = max(timeout, 0.001)
-        timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        # as ZmtpChannel: a frontend that reads nothing fails the send after send_timeout
-        seconds = max(send_timeout, 0.001)
-        timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        _kernel_timeouts(sock, timeout, send_timeout)
         self._sock = sock
         self._reader = wire.StreamReader(limits)
         self._messages: list[list[memoryview]] = []
@@ -454,17 +458,8 @@ class ZmtpChannel:
         except (OSError, wire.WireError) as exc:
             sock.close()
             raise ChannelClosed(f"ZMTP handshake with tcp://{host}:{port} failed: {exc}") from None
-        # Blocking, with a kernel receive timeout: one system call per recv.
-        seconds = max(timeout, 0.001)
         sock.settimeout(None)
-        timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        # A frontend that stays connected but reads nothing (stopped, wedged) must not hold
-        # a send (and the socket's lock) forever: after ``send_timeout`` the send fails, the
-        # stream is out of step, and the loop opens a new session (ChannelClosed).
-        seconds = max(send_timeout, 0.001)
-        timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        _kernel_timeouts(sock, timeout, send_timeout)
         self._sock = sock
         self._sendall = sock.sendall
         # Received into one buffer that stays mapped (a fresh 1 MB bytes per recv would be
