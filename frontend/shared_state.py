@@ -333,7 +333,19 @@ class SqliteSharedStateStore(SharedStateStore):
         db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
                              timeout=_BUSY_TIMEOUT_MS / 1000)  # fmt: skip
         db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        db.execute("PRAGMA journal_mode=WAL")
+        # Workers starting together race to switch a new file to WAL; SQLite answers the
+        # loser "database is locked" at once (no busy wait for a journal-mode change), so
+        # it tries again until the busy timeout has passed.
+        deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    db.close()
+                    raise
+                time.sleep(0.01)
         db.execute("PRAGMA synchronous=NORMAL")
         with db:
             db.execute("BEGIN IMMEDIATE")  # one worker creates the tables at a time

@@ -421,3 +421,32 @@ def test_several_workers_refuse_a_kernel_picked_rpc_port(capsys):
     assert "need a fixed --rpc-port" in capsys.readouterr().err
     config, _ = parse_args(["--workers", "2", "--rpc-port", "7100", "--state-db", "/tmp/none.db"])
     assert config.workers == 2 and config.rpc_port == 7100
+
+
+def _open_at_once(path: str, worker: int, barrier: Any, out: Any) -> None:
+    from schooner.frontend.shared_state import SqliteSharedStateStore
+
+    barrier.wait(10)
+    try:
+        SqliteSharedStateStore.open(path, worker).close()
+        out.put("ok")
+    except Exception as exc:
+        out.put(repr(exc))
+
+
+def test_workers_opening_a_new_state_file_at_once_all_start(tmp_path):
+    """Workers started together race to switch a new file to WAL; none of them may fail
+    ("database is locked" stopped a frontend at start)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(5):
+        path = str(tmp_path / f"state{attempt}.db")
+        barrier, out = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_open_at_once, args=(path, w, barrier, out)) for w in range(6)]
+        for p in procs:
+            p.start()
+        results = [out.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(30)
+        assert results == ["ok"] * 6
