@@ -57,6 +57,7 @@ import os
 import random
 import sqlite3
 import time
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,7 @@ def _mutation(name: str) -> Callable[..., Any]:
     return run
 
 
-class SharedStateStore(StateStore):
+class SharedStateStore(StateStore, metaclass=ABCMeta):
     """What both shared stores have: an operation log that ``poll`` reads past
     ``_applied`` and ``apply`` catches up with, and mutations validated against the log's
     end (retried when another process appended first). Subclasses say how."""
@@ -136,11 +137,13 @@ class SharedStateStore(StateStore):
     def applied(self) -> int:
         return self._applied
 
+    @abstractmethod
     def poll(self) -> tuple[int, list[bytes]]:
-        raise NotImplementedError
+        """Where the log entries not applied here start, and those entries (a read only)."""
 
+    @abstractmethod
     def apply(self, start: int, entries: list[bytes]) -> bool:
-        raise NotImplementedError
+        """Apply ``entries`` (from ``poll``) here; whether anything changed."""
 
     def sync(self) -> bool:
         return self.apply(*self.poll())
