@@ -14,9 +14,9 @@ Each row is run with plain v3 framing (one frame per input and per output) and w
 Schooner's negotiated packed framing (a whole batch in a constant number of frames), at
 batch sizes 1, 8 and 64 (100 doubles per input), one and 8 requests in flight. A second
 table sends one 600 KB float32 tensor per request: the container (its ZMTP channel receives
-a large frame in place, into a buffer of the frame's size, and predicts on a view of it; it
-is started with ``SCHOONER_ZERO_COPY=1`` as before) against the echo, which sends the same
-bytes straight back without copying them; it reports GB/s of input. The server is pinned
+a large frame in place, into a buffer of the frame's size, and predicts on a view of it)
+against the echo, which sends the same bytes straight back without copying them; it reports
+GB/s of input. The server is pinned
 to one core and the driver to another (``--server-cpu``/``--load-cpu``).
 
 The plain-path table (with ``--clipper-rpc DIR``) is the path a Clipper frontend drives:
@@ -535,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(rows))
     if tensor_rows:
         print()
-        print("# one 600 KB float32 tensor per request; the container with SCHOONER_ZERO_COPY=1")
+        print("# one 600 KB float32 tensor per request, received in place")
         print(tensor_table(tensor_rows))
         best = {r.framing: r for r in tensor_rows if r.server == "schooner" and r.inflight == 1}
         echo = {r.framing: r for r in tensor_rows if r.server == "echo" and r.inflight == 1}

@@ -21,6 +21,7 @@ from schooner.runtime.config import EXIT_ARTIFACT, EXIT_CONFIG, ContainerConfig
 from schooner.runtime.container import Container
 from schooner.runtime.errors import ConfigError, SchoonerError
 from schooner.runtime.frontends import EveryFrontend
+from schooner.runtime.memory import keep_freed_memory
 from schooner.runtime.metrics import ContainerMetrics, MetricsServer
 
 log = logging.getLogger("schooner.runtime")
@@ -37,6 +38,7 @@ def main() -> int:
         format=f"%(asctime)s %(levelname)s [{config.model_name}:{config.model_version}] "
         "%(name)s: %(message)s",
     )
+    keep_freed_memory(config.keep_freed_bytes)
     metrics = ContainerMetrics(config.model_name, config.model_version)
     server = None
     if config.metrics_port is not None:

@@ -49,6 +49,12 @@ SCHOONER_FRONTEND_ENDPOINTS    (unset)                      every endpoint to se
                                                             each worker of a frontend run with
                                                             ``--workers N``; implies
                                                             SCHOONER_EVERY_FRONTEND=1
+SCHOONER_KEEP_FREED_BYTES      67108864 (64 MiB)            freed heap the allocator keeps for
+                                                            the next batch instead of giving it
+                                                            back (glibc; large inputs are not
+                                                            page-faulted in again per batch);
+                                                            given back when idle; 0: glibc's
+                                                            defaults (runtime.memory)
 SCHOONER_COALESCE_WAIT         0.0005                       with several sessions: seconds
                                                             a predict waits for the batches
                                                             of the other busy sessions (those
@@ -165,6 +171,7 @@ class ContainerConfig:
     every_frontend: bool = False
     frontend_endpoints: tuple[str, ...] = ()
     coalesce_wait_s: float = 0.0005
+    keep_freed_bytes: int = 64 << 20
 
     @property
     def limits(self) -> Limits:
@@ -399,6 +406,13 @@ def _wait_seconds(raw: str) -> float:
     return value
 
 
+def _keep_bytes(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 1 << 30:
+        raise ValueError("must be between 0 and 1073741824 (1 GiB)")
+    return value
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0:
@@ -452,6 +466,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SCHOONER_EVERY_FRONTEND": ("every_frontend", _bool),
     "SCHOONER_FRONTEND_ENDPOINTS": ("frontend_endpoints", _endpoints),
     "SCHOONER_COALESCE_WAIT": ("coalesce_wait_s", _wait_seconds),
+    "SCHOONER_KEEP_FREED_BYTES": ("keep_freed_bytes", _keep_bytes),
 }
 _REQUIRED = frozenset({"model_name", "model_version"})
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ContainerConfig)}

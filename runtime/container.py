@@ -5,7 +5,8 @@ as ZMTP over one TCP connection, to a Clipper-compatible frontend, or the local 
 a Schooner frontend on the same machine), so the frontend sees a new replica, says hello with a heartbeat and then, until
 the frontend has been silent for ``session_timeout`` or has closed the connection:
 
-1. waits for messages; when idle for ``heartbeat_interval`` it sends a heartbeat;
+1. waits for messages; when idle for ``heartbeat_interval`` it sends a heartbeat (and,
+   idle after serving, gives back the freed memory kept for large inputs: runtime.memory);
 2. drains everything queued (up to the max batch size): heartbeat replies are answered
    (NewContainer when the frontend asks who we are), prediction requests are collected;
 3. predicts the collected requests as one batch, checks N outputs for N inputs, and sends
@@ -34,6 +35,7 @@ from schooner.runtime import batch as batching
 from schooner.runtime import wire
 from schooner.runtime.config import ContainerConfig
 from schooner.runtime.errors import PredictionError, WireError
+from schooner.runtime.memory import release_freed_memory
 from schooner.runtime.metrics import ContainerMetrics
 from schooner.runtime.transport import Channel, ChannelClosed, SocketChannel, ZmtpChannel
 
@@ -129,11 +131,15 @@ class Container:
             try:
                 self._send(wire.encode_heartbeat())
                 last_heard = self._clock()
+                served = False
                 log.info("session open: %s", cfg.frontend_address)
                 while not self._stopped.is_set():
                     try:
                         frames = recv()
                     except timeouts:
+                        if served:  # idle after work: give the memory kept for it back
+                            release_freed_memory()
+                            served = False
                         now = self._clock()
                         if now - last_heard > cfg.session_timeout:
                             self.metrics.reconnects += 1
@@ -156,6 +162,7 @@ class Container:
                         frames = recv()
                     if requests:
                         self._serve(requests)
+                        served = True
             except ChannelClosed as exc:
                 self.metrics.reconnects += 1
                 log.warning("lost the frontend (%s): reconnecting", exc)

@@ -519,14 +519,24 @@ class ZmtpChannel:
             return True
         # Whatever has arrived meanwhile, without blocking; poll first, so that "nothing
         # yet" (the usual answer) costs no exception.
+        reader = self._reader
         while self._poll(0):
+            target = reader.body_target()
             try:
-                n = self._recv_into(self._chunk, 0, socket.MSG_DONTWAIT)
+                if target is not None:  # the rest of a large frame, in place (as in recv)
+                    n = self._sock.recv_into(target, 0, socket.MSG_DONTWAIT)
+                else:
+                    n = self._recv_into(self._chunk, 0, socket.MSG_DONTWAIT)
             except OSError:
                 return False  # a broken socket: the next recv says so
             if not n:
                 return False  # closed: the next recv says so
-            if self._fill(self._chunk[:n].tobytes()):
+            if target is not None:
+                messages = reader.body_received(n)
+                if messages:
+                    self._messages, self._next = messages, 0
+                    return True
+            elif self._fill(self._chunk[:n].tobytes()):
                 return True
         return False
 

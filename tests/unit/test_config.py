@@ -56,3 +56,13 @@ def test_config_is_frozen():
     c = ContainerConfig.from_env(BASE)
     with pytest.raises(AttributeError):
         c.model_name = "other"  # type: ignore[misc]
+
+
+def test_keep_freed_bytes_is_bounded_and_round_trips():
+    assert ContainerConfig.from_env(BASE).keep_freed_bytes == 64 << 20
+    c = ContainerConfig.from_env({**BASE, "SCHOONER_KEEP_FREED_BYTES": "0"})
+    assert c.keep_freed_bytes == 0 and c.to_env()["SCHOONER_KEEP_FREED_BYTES"] == "0"
+    assert ContainerConfig.from_env(c.to_env()) == c
+    for bad in ("-1", str((1 << 30) + 1), "lots"):
+        with pytest.raises(ConfigError, match="SCHOONER_KEEP_FREED_BYTES"):
+            ContainerConfig.from_env({**BASE, "SCHOONER_KEEP_FREED_BYTES": bad})

@@ -288,3 +288,22 @@ def test_a_frontend_that_reads_nothing_fails_the_send_after_the_send_timeout() -
         for conn in held:
             conn.close()
         server.close()
+
+
+def test_large_frames_that_ready_reads_arrive_whole() -> None:
+    """Several large messages behind the first: ``ready`` receives the rest of a large frame
+    in place (as ``recv`` does) and every message comes out whole, in order."""
+    messages = [[b"", bytes([i]) * 300_000, b"tail%d" % i] for i in range(5)] + [[b"", b"end"]]
+    ready_cmd = zmtp_command(b"READY", [(b"Socket-Type", b"ROUTER")])
+    port, _, thread = _fake_frontend(zmtp_greeting(), ready_cmd + _stream(messages))
+    channel = ZmtpChannel("127.0.0.1", port, timeout=2)
+    try:
+        got = [channel.recv()]
+        while len(got) < len(messages):
+            channel.ready()  # takes what has arrived (all of it, most runs)
+            got.append(channel.recv())
+        assert [[bytes(f) for f in m] for m in got] == messages
+        assert not channel.ready()
+    finally:
+        channel.close()
+        thread.join(timeout=5)
