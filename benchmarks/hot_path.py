@@ -16,8 +16,8 @@ batch sizes 1, 8 and 64 (100 doubles per input), one and 8 requests in flight. A
 table sends one 600 KB float32 tensor per request: the container (its ZMTP channel receives
 a large frame in place, into a buffer of the frame's size, and predicts on a view of it)
 against the echo, which sends the same bytes straight back without copying them; it reports
-GB/s of input. The server is pinned
-to one core and the driver to another (``--server-cpu``/``--load-cpu``).
+GB/s of input. The server is pinned to one core and the driver to another
+(``--server-cpu``/``--load-cpu``).
 
 The plain-path table (with ``--clipper-rpc DIR``) is the path a Clipper frontend drives:
 plain v3, a frame per input, batch 1 with 1 in flight and batch 64 with 4 in flight, for the
