@@ -33,6 +33,34 @@ static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
                                1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
+static const uint64_t POW10_U64[] = {1, 10, 100, 1000, 10000, 100000, 1000000, 10000000,
+                                     100000000};
+
+/* The ASCII digits among the 8 bytes at p (which must be readable), counted from p: how
+ * many before the first byte that is not one (0 to 8), and their value as one decimal
+ * number (*value). Eight bytes at once (SWAR): each byte XOR '0' is 0..9 for a digit; a
+ * byte is not one when that is 10 or more, which adding 0x76 to its low 7 bits (no carry
+ * into the next byte) or its own top bit shows in bit 7. The digits, moved to the top of
+ * the word (zeros, i.e. leading zeros, below them), are summed in pairs, fours and eights
+ * by three multiplications. */
+static inline int digits8(const char *p, uint64_t *value) {
+    uint64_t x;
+    memcpy(&x, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    x = __builtin_bswap64(x); /* p[0] in the lowest byte */
+#endif
+    x ^= UINT64_C(0x3030303030303030);
+    uint64_t stop = (((x & UINT64_C(0x7F7F7F7F7F7F7F7F)) + UINT64_C(0x7676767676767676)) | x) &
+                    UINT64_C(0x8080808080808080);
+    int n = stop ? __builtin_ctzll(stop) >> 3 : 8;
+    if (n == 0) { *value = 0; return 0; }
+    if (n < 8) x <<= 8 * (8 - n);
+    x = (x * 2561) >> 8;
+    x = ((x & UINT64_C(0x00FF00FF00FF00FF)) * 6553601) >> 16;
+    *value = ((x & UINT64_C(0x0000FFFF0000FFFF)) * UINT64_C(42949672960001)) >> 32;
+    return n;
+}
+
 static const char *scan_number(const char *p, const char *end, int *integral, int *exact,
                                double *value) {
     const char *q = p;
@@ -59,7 +87,21 @@ static const char *scan_number(const char *p, const char *end, int *integral, in
         *integral = 0;
         q++;
         if (q >= end || *q < '0' || *q > '9') return NULL;
-        while (q < end && *q >= '0' && *q <= '9') {
+        /* Eight digits at a time while eight bytes are left and eight more digits fit the
+         * significand (fewer than 10^19). A run of zeros before the first significant
+         * digit is not counted; zeros in the same eight bytes as it are, which may only
+         * send a long token to the slow, general conversion sooner. */
+        int run_ended = 0;
+        while (end - q >= 8 && digits <= 11) {
+            uint64_t chunk;
+            int k = digits8(q, &chunk);
+            mantissa = mantissa * POW10_U64[k] + chunk;
+            if (mantissa) digits += k;
+            exp10 -= k;
+            q += k;
+            if (k < 8) { run_ended = 1; break; }
+        }
+        while (!run_ended && q < end && *q >= '0' && *q <= '9') {
             if (mantissa || *q != '0') digits++; /* leading zeros are not significant */
             if (digits <= 19) { mantissa = mantissa * 10 + (uint64_t)(*q - '0'); exp10--; }
             else *exact = 0;

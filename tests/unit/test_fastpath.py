@@ -323,3 +323,32 @@ def test_both_paths_agree_wherever_the_shortcut_answers(parse_input):
                 compared += 1
                 assert fast == general(body, input_type), (input_type, body)
     assert compared > 800
+
+
+def fraction_runs() -> list[str]:
+    """Fractions of every length from 1 to 24 digits, with and without leading zeros,
+    signs and exponents: the digit runs the shortcut reads eight bytes at a time."""
+    tokens = []
+    for n in range(1, 25):
+        digits = "".join(str((7 * i + 3) % 10) for i in range(n))
+        for lead in ("", "0" * (n % 9), "0" * 11):
+            for int_part in ("0", "3", "12345678", "-0", "-98765"):
+                tokens.append(f"{int_part}.{lead}{digits}")
+        tokens.append(f"1.{digits}e-5")
+        tokens.append(f"-2.{digits}E+7")
+        tokens.append(f"0.{digits}0000000")
+    return tokens
+
+
+@pytest.mark.parametrize("input_type", [InputType.DOUBLES, InputType.FLOATS], ids=["d", "f"])
+def test_digit_runs_of_every_length_and_at_every_offset(path: QueryPath, input_type: InputType):
+    """Every token alone (so that fewer than eight bytes follow it), then the same tokens
+    in one body, shifted by 0 to 7 spaces, so that each run starts at every offset of an
+    eight-byte word and ends next to ``,``, ``]``, ``e`` or the body's end."""
+    tokens = fraction_runs()
+    for token in tokens:
+        for body in (b'{"input":[%s]}' % token.encode(), b'{"input":[%s ] }' % token.encode()):
+            assert path.convert(body, input_type) == reference(body, input_type), body
+    for shift in range(8):
+        body = (b'{"input":[' + b" " * shift + ",".join(tokens).encode() + b"]}")
+        assert path.convert(body, input_type) == reference(body, input_type), shift
