@@ -10,6 +10,12 @@
  * error. Where it does answer, it answers what that path would: numbers are converted
  * with CPython's own correctly rounded string-to-double, float32 by the same C cast that
  * struct.pack('f') uses, with the same overflow rule.
+ *
+ * And one more shortcut of the same kind, for the HTTP layer (frontend/http.py): a whole,
+ * plain keep-alive HTTP/1.1 request at the start of what a connection received, scanned in
+ * one call instead of one httptools callback per part. Anything it does not recognise or
+ * that a limit refuses makes it return None, and httptools parses the rest (and words every
+ * error).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -255,6 +261,178 @@ static PyObject *parse_array_at(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* ------------------------------------------------------------------------------------
+ * scan_request: one complete HTTP/1.1 request, the common kind, in one pass.
+ *
+ * Recognised: METHOD SP target SP "HTTP/1.1" CRLF, header lines "Name: value" CRLF, an
+ * empty line, then exactly Content-Length bytes of body (none without the header), all in
+ * the buffer. METHOD is one of METHOD_NAMES; the target starts with '/' and holds only
+ * RFC 3986 characters; names are RFC 9110 tokens; values hold visible characters, spaces,
+ * tabs and obs-text. Not recognised, so left to httptools: anything else, and any of
+ * Transfer-Encoding, Upgrade, Expect, a Connection other than keep-alive, a repeated
+ * header that matters here, a value of one with trailing spaces, a target, head or body
+ * past its limit, or a request not all received yet. */
+
+static const char *const METHOD_NAMES[] = {"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS",
+                                          "PATCH"};
+#define N_METHODS (sizeof(METHOD_NAMES) / sizeof(METHOD_NAMES[0]))
+static PyObject *method_strs[N_METHODS];
+
+/* Byte classes, filled at import: RFC 9110 tchar (header names), and the RFC 3986
+ * characters of a request target (unreserved, sub-delims, ':', '@', '/', '?', '%'). */
+static unsigned char TCHAR[256], TARGET[256];
+
+static void fill_classes(void) {
+    for (int c = 0; c < 256; c++) {
+        int alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        TCHAR[c] = (unsigned char)(alnum || (c && strchr("!#$%&'*+-.^_`|~", c)));
+        TARGET[c] = (unsigned char)(alnum || (c && strchr("-._~!$&'()*+,;=:@/?%", c)));
+    }
+}
+
+/* Case-insensitive compare of a header name with a lowercase literal. */
+static inline int name_is(const char *name, size_t len, const char *lower) {
+    size_t n = strlen(lower);
+    if (len != n) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (c >= 'A' && c <= 'Z') c = (char)(c + 32);
+        if (c != lower[i]) return 0;
+    }
+    return 1;
+}
+
+/* scan_request(data, offset, max_url, max_headers, max_header_bytes, max_body) ->
+ *   (end, method, path, query, body, header_length, authorization) | None
+ * end: the offset after the request; header_length: Inference-Header-Content-Length as
+ * http.py reads it (None if absent, -1 if not a number of up to 11 digits); authorization:
+ * the Authorization value (bytes) or None. */
+static PyObject *scan_request(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    Py_ssize_t offset, max_url, max_headers, max_header_bytes, max_body;
+    if (!PyArg_ParseTuple(args, "y*nnnnn", &data, &offset, &max_url, &max_headers,
+                          &max_header_bytes, &max_body))
+        return NULL;
+    const char *start = data.buf, *end = start + data.len;
+    PyObject *result = NULL;
+    if (offset < 0 || offset >= data.len) goto fallback;
+    const char *p = start + offset;
+
+    /* the request line */
+    size_t m;
+    for (m = 0; m < N_METHODS; m++) {
+        size_t n = strlen(METHOD_NAMES[m]);
+        if ((size_t)(end - p) > n && memcmp(p, METHOD_NAMES[m], n) == 0 && p[n] == ' ') {
+            p += n + 1;
+            break;
+        }
+    }
+    if (m == N_METHODS) goto fallback;
+    const char *url = p;
+    if (p >= end || *p != '/') goto fallback;
+    while (p < end && *p != ' ') {
+        if (!TARGET[(unsigned char)*p]) goto fallback;
+        p++;
+    }
+    const char *url_end = p;
+    if (url_end - url > max_url) goto fallback;
+    if (end - p < 11 || memcmp(p, " HTTP/1.1\r\n", 11) != 0) goto fallback;
+    p += 11;
+
+    /* the headers */
+    Py_ssize_t headers = 0, header_bytes = 0;
+    long long content_length = -1;
+    const char *auth = NULL, *ihcl = NULL;
+    size_t auth_len = 0, ihcl_len = 0;
+    for (;;) {
+        if (end - p < 2) goto fallback;
+        if (p[0] == '\r' && p[1] == '\n') { p += 2; break; }
+        const char *name = p;
+        while (p < end && TCHAR[(unsigned char)*p]) p++;
+        if (p == name || p >= end || *p != ':') goto fallback;
+        size_t name_len = (size_t)(p - name);
+        p++;
+        while (p < end && (*p == ' ' || *p == '\t')) p++;
+        const char *value = p;
+        while (p < end && *p != '\r') {
+            unsigned char c = (unsigned char)*p;
+            if ((c < 0x20 && c != '\t') || c == 0x7F) goto fallback;
+            p++;
+        }
+        if (end - p < 2 || p[1] != '\n') goto fallback;
+        const char *value_end = p;
+        p += 2;
+        int trailing = value_end > value && (value_end[-1] == ' ' || value_end[-1] == '\t');
+        size_t value_len = (size_t)(value_end - value);
+        headers++;
+        header_bytes += (Py_ssize_t)(name_len + value_len);
+        if (headers > max_headers || header_bytes > max_header_bytes) goto fallback;
+        if (name_is(name, name_len, "content-length")) {
+            if (content_length >= 0 || trailing || value_len == 0 || value_len > 15) goto fallback;
+            content_length = 0;
+            for (size_t i = 0; i < value_len; i++) {
+                if (value[i] < '0' || value[i] > '9') goto fallback;
+                content_length = content_length * 10 + (value[i] - '0');
+            }
+        } else if (name_is(name, name_len, "connection")) {
+            if (trailing || !name_is(value, value_len, "keep-alive")) goto fallback;
+        } else if (name_is(name, name_len, "transfer-encoding") ||
+                   name_is(name, name_len, "upgrade") || name_is(name, name_len, "expect")) {
+            goto fallback;
+        } else if (name_is(name, name_len, "authorization")) {
+            if (auth != NULL || trailing) goto fallback;
+            auth = value;
+            auth_len = value_len;
+        } else if (name_is(name, name_len, "inference-header-content-length")) {
+            if (ihcl != NULL || trailing) goto fallback;
+            ihcl = value;
+            ihcl_len = value_len;
+        }
+    }
+
+    /* the body */
+    if (content_length > max_body) goto fallback;
+    Py_ssize_t body_len = content_length < 0 ? 0 : (Py_ssize_t)content_length;
+    if (end - p < body_len) goto fallback;
+
+    /* path and query: the target split at its first '?', as latin-1 */
+    const char *q = memchr(url, '?', (size_t)(url_end - url));
+    PyObject *path = PyUnicode_DecodeLatin1(url, (q ? q : url_end) - url, NULL);
+    PyObject *query = q ? PyUnicode_DecodeLatin1(q + 1, url_end - q - 1, NULL)
+                        : PyUnicode_FromStringAndSize("", 0);
+    PyObject *body = PyBytes_FromStringAndSize(p, body_len);
+    PyObject *header_length = NULL;
+    if (ihcl == NULL) {
+        header_length = Py_NewRef(Py_None);
+    } else {
+        long long v = 0;
+        int ok = ihcl_len > 0 && ihcl_len < 12;
+        for (size_t i = 0; ok && i < ihcl_len; i++) {
+            if (ihcl[i] < '0' || ihcl[i] > '9') ok = 0;
+            else v = v * 10 + (ihcl[i] - '0');
+        }
+        header_length = PyLong_FromLongLong(ok ? v : -1);
+    }
+    PyObject *authorization = auth == NULL ? Py_NewRef(Py_None)
+                                           : PyBytes_FromStringAndSize(auth, (Py_ssize_t)auth_len);
+    if (path && query && body && header_length && authorization) {
+        result = Py_BuildValue("(nONNNNN)", (Py_ssize_t)(p + body_len - start), method_strs[m],
+                               path, query, body, header_length, authorization);
+    } else {
+        Py_XDECREF(path);
+        Py_XDECREF(query);
+        Py_XDECREF(body);
+        Py_XDECREF(header_length);
+        Py_XDECREF(authorization);
+    }
+    PyBuffer_Release(&data);
+    return result;
+
+fallback:
+    PyBuffer_Release(&data);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"parse_input", parse_input, METH_VARARGS,
      "parse_input(body, code) -> bytes | None: the wire bytes of a body that is exactly "
@@ -262,6 +440,10 @@ static PyMethodDef methods[] = {
     {"parse_array_at", parse_array_at, METH_VARARGS,
      "parse_array_at(body, offset, code) -> (bytes, end) | None: the wire bytes of the JSON "
      "array of numbers at body[offset], and the offset after it; None to fall back."},
+    {"scan_request", scan_request, METH_VARARGS,
+     "scan_request(data, offset, max_url, max_headers, max_header_bytes, max_body) -> (end, "
+     "method, path, query, body, header_length, authorization) | None: one complete, plain "
+     "keep-alive HTTP/1.1 request at data[offset], or None for httptools to parse."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -270,4 +452,13 @@ static struct PyModuleDef module = {
     "The query path's common case in C (see frontend/_fastpath.c).", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__fastpath(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    fill_classes();
+    for (size_t m = 0; m < N_METHODS; m++) {
+        if (method_strs[m] == NULL) {
+            method_strs[m] = PyUnicode_InternFromString(METHOD_NAMES[m]);
+            if (method_strs[m] == NULL) return NULL;
+        }
+    }
+    return PyModule_Create(&module);
+}

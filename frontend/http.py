@@ -69,6 +69,11 @@ from typing import Any
 import httptools
 import orjson
 
+try:  # the C shortcut for whole plain requests (frontend/_fastpath.c); else httptools only
+    from schooner.frontend._fastpath import scan_request as _scan_request
+except ImportError:  # built without a C compiler
+    _scan_request = None
+
 __all__ = [
     "Request", "Reply", "Handler", "Router", "HttpProtocol", "HttpLimits", "json_error", "clip",
     "serve", "raise_fd_limit", "add_arguments", "from_arguments",
@@ -434,7 +439,7 @@ class HttpProtocol(asyncio.Protocol):
         "_body_len", "_slots", "_broken", "_paused", "_reject", "_expect", "_header_length",
         "_phase", "_mark", "_seen", "_left", "_headers_left", "_header_bytes_left",
         "_max_headers", "_max_header_bytes", "_max_url", "_head_bytes", "_overflow",
-        "_write_paused", "_write_mark", "_write_size", "_authorization", "_linger",
+        "_write_paused", "_write_mark", "_write_size", "_authorization", "_linger", "_inside",
     )  # fmt: skip
 
     def __init__(self, listener: _Listener) -> None:
@@ -470,6 +475,7 @@ class HttpProtocol(asyncio.Protocol):
         self._write_mark = 0
         self._write_size = 0
         self._linger: asyncio.Transport | None = None  # half-closed: reading to the end
+        self._inside = False  # httptools holds part of a request (between begin and complete)
 
     # ----------------------------------------------------------------- transport events
 
@@ -528,6 +534,22 @@ class HttpProtocol(asyncio.Protocol):
                 if self._head_bytes > LINGER_BYTES:
                     self._abort()
             return
+        if _scan_request is not None and not self._inside:
+            # Whole plain requests, each in one C call; httptools takes what is left
+            offset, size = 0, len(data)
+            while True:
+                found = _scan_request(data, offset, self._max_url, self._max_headers,
+                                      self._max_header_bytes, self._max_body)  # fmt: skip
+                if found is None:
+                    break
+                offset, method, path, query, body, header_length, authorization = found
+                self._phase = _IDLE
+                self._left -= 1
+                self._complete(method, path, query, body, True, header_length, authorization)
+                if offset == size or self._broken:
+                    return
+            if offset:
+                data = data[offset:]
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -549,6 +571,7 @@ class HttpProtocol(asyncio.Protocol):
     # ----------------------------------------------------------------- parser callbacks
 
     def on_message_begin(self) -> None:
+        self._inside = True
         self._url = b""
         self._body_len = 0
         self._header_length = None
@@ -605,6 +628,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         parser = self._parser
+        self._inside = False
         self._phase = _IDLE
         self._left -= 1
         if self._broken:  # closing (an earlier answer said so): nothing more is answered
@@ -623,14 +647,23 @@ class HttpProtocol(asyncio.Protocol):
         chunks = self._body
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._body = []  # here, not at the next request: a closed connection keeps none
-        big = self._body_len > TRIM_AFTER_BYTES  # give memory back once it is answered
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-        request = Request(method, path, query, body, self._header_length)
-        request.authorization = self._authorization
+        self._complete(method, path, query, body, parser.should_keep_alive(),
+                       self._header_length, self._authorization)  # fmt: skip
+
+    def _complete(
+        self, method: str, path: str, query: str, body: bytes, keep_alive: bool,
+        header_length: int | None, authorization: bytes | None,
+    ) -> None:  # fmt: skip
+        """Route one whole request (parsed by httptools or ``_scan_request``) and give it
+        its place in line for the answer."""
+        big = len(body) > TRIM_AFTER_BYTES  # give memory back once it is answered
+        request = Request(method, path, query, body, header_length)
+        request.authorization = authorization
         head = method == "HEAD"  # its answer has a Content-Length but no body
         slot = _Slot()
-        slot.close = self._left == 0 or not parser.should_keep_alive()
+        slot.close = self._left == 0 or not keep_alive
         self._slots.append(slot)
         if len(self._slots) > MAX_PIPELINE and not self._paused and self._transport is not None:
             self._paused = True
