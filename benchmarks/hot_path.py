@@ -24,6 +24,10 @@ plain v3, a frame per input, batch 1 with 1 in flight and batch 64 with 4 in fli
 echo, Schooner's container and Clipper's, measured pinned and floating (nothing pinned). It
 reports Schooner's rate over Clipper's and each server's CPU time per input frame (the server
 process's user + system time, all its threads, over the timed runs, divided by the inputs).
+Its driver (``--driver``, default ``zmtp``) speaks ZMTP itself (``benchmarks.zmtp_driver``):
+a request is one pre-encoded write and an answer is recognised by its bytes, so the rows
+measure the servers; through pyzmq (``--driver pyzmq``, the other tables' driver) the
+driver's own cost per frame held Schooner's batch-64 row at ~60% of its container's capacity.
 
 Clipper's container is started the way its ``python_closure_container.py`` starts one
 (``CLIPPER_*`` variables, a ``func.pkl`` closure answered with ``[str(p) for p in preds]``),
@@ -55,6 +59,7 @@ import types
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
@@ -69,6 +74,7 @@ from benchmarks.harness import (
     repo_root,
     write_json,
 )  # fmt: skip
+from benchmarks.zmtp_driver import RawRouter
 from schooner.frameworks import closure
 from schooner.runtime import wire
 
@@ -341,11 +347,17 @@ class Clipper:
 
 def measure(server: str, framing: str, payload: Payload, inflight: int, count: int,
             repeats: int, artifact: Path, server_cpu: int | None,
-            clipper: Clipper | None = None) -> Row:  # fmt: skip
-    ctx = zmq.Context.instance()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
+            clipper: Clipper | None = None, driver: str = "pyzmq") -> Row:  # fmt: skip
+    """One row. ``driver``: ``pyzmq`` (a ROUTER, frame by frame) or ``zmtp`` (``RawRouter``:
+    ZMTP spoken by the driver itself, a request as one pre-encoded write)."""
+    router: Any
+    if driver == "zmtp":
+        router = RawRouter()
+        port = router.port
+    else:
+        router = zmq.Context.instance().socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
     if server == "echo":
         proc = start_echo(port, server_cpu)
     elif server == "clipper":
@@ -362,10 +374,15 @@ def measure(server: str, framing: str, payload: Payload, inflight: int, count: i
             check_answer(router, identity, framing, payload)
         frames = request_frames(framing, payload, 1)
         copy = not payload.tensor
-        drive(router, identity, frames, inflight, max(count // 10, 10), copy)  # warm-up
+
+        def run(n: int) -> float:
+            if driver == "zmtp":
+                return float(router.drive(frames, inflight, n))
+            return drive(router, identity, frames, inflight, n, copy)
+
+        run(max(count // 10, 10))  # warm-up
         cpu_before = cpu_seconds(proc.pid)
-        runs = [count / drive(router, identity, frames, inflight, count, copy)
-                for _ in range(repeats)]  # fmt: skip
+        runs = [count / run(count) for _ in range(repeats)]
         cpu = cpu_seconds(proc.pid) - cpu_before
     finally:
         if server == "echo" and identity:
@@ -468,7 +485,8 @@ def measure_plain_path(args: argparse.Namespace, placement: Placement, artifact:
             count = max(args.count // max(batch // 8, 1), 50)  # batch 64: 1/8 of the requests
             for server in servers:
                 rows.append(measure(server, "plain", Payload(batch), inflight, count,
-                                    args.repeats, artifact, server_cpu, clipper))  # fmt: skip
+                                    args.repeats, artifact, server_cpu, clipper,
+                                    args.driver))  # fmt: skip
     return rows
 
 
@@ -488,6 +506,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plain-path-only", action="store_true",
                         help="only the plain-path rows (batch 1 / 1 in flight, batch 64 / 4 in "
                              "flight; pinned and floating)")  # fmt: skip
+    parser.add_argument("--driver", choices=("zmtp", "pyzmq"), default="zmtp",
+                        help="the plain-path rows' driver: zmtp (speaks ZMTP itself, a request "
+                             "as one write: what the servers cost, not the driver; default) or "
+                             "pyzmq (a ROUTER, frame by frame, as before)")  # fmt: skip
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--clipper-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--clipper-model", type=Path, help=argparse.SUPPRESS)
@@ -547,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     if plain_rows:
         print()
         print("# the plain v3 path (a frame per input), as a Clipper frontend drives it; batch 64 "
-              "runs 1/8 of the requests; CPU: the server process, all threads, per input frame"
+              "runs 1/8 of the requests; CPU: the server process, all threads, per input frame; "
+              f"driver: {args.driver}"
               + ("" if clipper else "; Clipper's container not measured (no --clipper-rpc)"))
         text, verdicts = plain_path_table(plain_rows)
         print(text)
