@@ -482,7 +482,8 @@ class Dispatcher:
             log.warning("replica %d: %s", replica.replica_id, explanation)
             for q in queries:
                 self.answer_default(q, MODEL_ERROR, explanation)
-        elif response.status is None:  # _answer's steps, one call fewer per query
+        elif response.status is None or not any(response.status):  # no output is an error:
+            # _answer's steps, one call fewer per query
             answered = self._metrics.answered
             for q, text in zip(queries, texts):
                 if not q.done:
