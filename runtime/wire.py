@@ -445,14 +445,16 @@ def decode_from_frontend(frames: Sequence[Buffer]) -> FromFrontend:
     raise WireError(f"unexpected message type {_u32(mtype, 'message type')} from the frontend")
 
 
+_INPUT_TYPES = {int(t): t for t in InputType}
+
+
 def _request_header(frame: Buffer) -> tuple[InputType, tuple[int, ...]]:
     header = _u64s(frame, "request header")
     if len(header) < 2:
         raise WireError("request header needs at least [input_type, N]")
-    try:
-        input_type = InputType(header[0])
-    except ValueError:
-        raise WireError(f"unknown input type {header[0]}") from None
+    input_type = _INPUT_TYPES.get(header[0])  # a dict lookup, not an Enum call per request
+    if input_type is None:
+        raise WireError(f"unknown input type {header[0]}")
     n = header[1]
     sizes = header[2:]
     if len(sizes) != n:
