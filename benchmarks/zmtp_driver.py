@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from schooner.runtime import wire
 from schooner.runtime.transport import (
+    ZmtpChannel,
     ZmtpReader,
     _parse_greeting,
     _properties,
@@ -143,13 +144,7 @@ class RawRouter:
         sock.settimeout(self._timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(zmtp_greeting())
-        greeting = b""
-        while len(greeting) < _GREETING_BYTES:
-            chunk = sock.recv(_GREETING_BYTES - len(greeting))
-            if not chunk:
-                raise ConnectionError("the peer closed the connection in the ZMTP greeting")
-            greeting += chunk
-        _parse_greeting(greeting)
+        _parse_greeting(ZmtpChannel._read_exactly(sock, _GREETING_BYTES))
         sock.sendall(zmtp_command(b"READY", [(b"Socket-Type", b"ROUTER")]))
         self._sock = sock
         while not self._reader.commands:
