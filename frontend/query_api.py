@@ -56,8 +56,8 @@ def _as_json(text: str) -> object:
 
 # Outputs a model gives again and again (a class, a score, "0") are serialized once: the JSON
 # of each output of up to OUTPUT_JSON_CHARS characters is remembered, at most
-# OUTPUT_JSON_ENTRIES of them (then all are forgotten at once; a model's outputs pick
-# what is kept, so what is kept is bounded, never what a client sends).
+# OUTPUT_JSON_ENTRIES of them, then all are forgotten at once (so at most ~0.5 MB is kept,
+# whatever the outputs are; a model whose outputs never repeat only refills it).
 OUTPUT_JSON_CHARS = 64
 OUTPUT_JSON_ENTRIES = 4096
 _OUTPUT_JSON: dict[str, bytes] = {}
