@@ -303,10 +303,10 @@ static inline int name_is(const char *name, size_t len, const char *lower) {
 }
 
 /* scan_request(data, offset, max_url, max_headers, max_header_bytes, max_body) ->
- *   (end, method, path, query, body, header_length, authorization) | None
- * end: the offset after the request; header_length: Inference-Header-Content-Length as
- * http.py reads it (None if absent, -1 if not a number of up to 11 digits); authorization:
- * the Authorization value (bytes) or None. */
+ *   (end, method, path, query, body, binary_header, authorization) | None
+ * end: the offset after the request; binary_header: the Inference-Header-Content-Length
+ * value (bytes; http.binary_header_length reads it) or None; authorization: the
+ * Authorization value (bytes) or None. */
 static PyObject *scan_request(PyObject *self, PyObject *args) {
     Py_buffer data;
     Py_ssize_t offset, max_url, max_headers, max_header_bytes, max_body;
@@ -401,28 +401,18 @@ static PyObject *scan_request(PyObject *self, PyObject *args) {
     PyObject *query = q ? PyUnicode_DecodeLatin1(q + 1, url_end - q - 1, NULL)
                         : PyUnicode_FromStringAndSize("", 0);
     PyObject *body = PyBytes_FromStringAndSize(p, body_len);
-    PyObject *header_length = NULL;
-    if (ihcl == NULL) {
-        header_length = Py_NewRef(Py_None);
-    } else {
-        long long v = 0;
-        int ok = ihcl_len > 0 && ihcl_len < 12;
-        for (size_t i = 0; ok && i < ihcl_len; i++) {
-            if (ihcl[i] < '0' || ihcl[i] > '9') ok = 0;
-            else v = v * 10 + (ihcl[i] - '0');
-        }
-        header_length = PyLong_FromLongLong(ok ? v : -1);
-    }
+    PyObject *binary_header = ihcl == NULL ? Py_NewRef(Py_None)
+                                           : PyBytes_FromStringAndSize(ihcl, (Py_ssize_t)ihcl_len);
     PyObject *authorization = auth == NULL ? Py_NewRef(Py_None)
                                            : PyBytes_FromStringAndSize(auth, (Py_ssize_t)auth_len);
-    if (path && query && body && header_length && authorization) {
+    if (path && query && body && binary_header && authorization) {
         result = Py_BuildValue("(nONNNNN)", (Py_ssize_t)(p + body_len - start), method_strs[m],
-                               path, query, body, header_length, authorization);
+                               path, query, body, binary_header, authorization);
     } else {
         Py_XDECREF(path);
         Py_XDECREF(query);
         Py_XDECREF(body);
-        Py_XDECREF(header_length);
+        Py_XDECREF(binary_header);
         Py_XDECREF(authorization);
     }
     PyBuffer_Release(&data);
@@ -442,7 +432,7 @@ static PyMethodDef methods[] = {
      "array of numbers at body[offset], and the offset after it; None to fall back."},
     {"scan_request", scan_request, METH_VARARGS,
      "scan_request(data, offset, max_url, max_headers, max_header_bytes, max_body) -> (end, "
-     "method, path, query, body, header_length, authorization) | None: one complete, plain "
+     "method, path, query, body, binary_header, authorization) | None: one complete, plain "
      "keep-alive HTTP/1.1 request at data[offset], or None for httptools to parse."},
     {NULL, NULL, 0, NULL},
 };

@@ -258,7 +258,7 @@ class Dispatcher:
         now = self._clock()
         n = len(queries)
         replicas = len(mq.replicas)
-        waiting = len(mq.queue) - mq.stale  # mq.waiting
+        waiting = mq.waiting
         if replicas == 0:
             if now >= mq.expect_until:
                 explanation = f"no replica of model {mq.label} is connected"
@@ -482,15 +482,10 @@ class Dispatcher:
             log.warning("replica %d: %s", replica.replica_id, explanation)
             for q in queries:
                 self.answer_default(q, MODEL_ERROR, explanation)
-        elif response.status is None or not any(response.status):  # no output is an error:
-            # _answer's steps, one call fewer per query
-            answered = self._metrics.answered
+        elif response.status is None:
             for q, text in zip(queries, texts):
                 if not q.done:
-                    q.done = True
-                    q.output = text
-                    answered(q.app, now - q.arrival, None)
-                    q.on_done(q)
+                    self._answer(q, text, now)
         else:
             for q, text, failed in zip(queries, texts, response.error_flags()):
                 if q.done:

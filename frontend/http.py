@@ -79,6 +79,7 @@ except ImportError:  # built without a C compiler
 
 __all__ = [
     "Request", "Reply", "Handler", "Router", "HttpProtocol", "HttpLimits", "json_error", "clip",
+    "binary_header_length",
     "serve", "raise_fd_limit", "add_arguments", "from_arguments",
 ]  # fmt: skip
 
@@ -225,6 +226,12 @@ Reply = Callable[..., None]
 Handler = Callable[[Request, Reply], None]
 
 
+def binary_header_length(value: bytes) -> int:
+    """``Inference-Header-Content-Length``'s value as a request carries it: the number, or
+    -1 when it is not one of up to 11 digits (the OIP then refuses the request)."""
+    return int(value) if value.isdigit() and len(value) < 12 else -1
+
+
 def json_error(status: int, error: str, cause: str) -> tuple[int, bytes]:
     """The ``{"error", "cause"}`` body every API answers failures with."""
     return status, orjson.dumps({"error": error, "cause": cause})
@@ -252,7 +259,8 @@ def render(
     status: int, body: bytes, content_type: bytes = JSON, close: bool = False, headers: bytes = b""
 ) -> bytes:
     """A complete response as one bytes object (``headers``: extra CRLF-terminated lines)."""
-    return b"%s%d\r\n%s\r\n%s" % (_head(status, content_type, close), len(body), headers, body)
+    head = _HEAD_CACHE.get((status, content_type, close)) or _head(status, content_type, close)
+    return b"%s%d\r\n%s\r\n%s" % (head, len(body), headers, body)
 
 
 class Router:
@@ -545,9 +553,10 @@ class HttpProtocol(asyncio.Protocol):
                                       self._max_header_bytes, self._max_body)  # fmt: skip
                 if found is None:
                     break
-                offset, method, path, query, body, header_length, authorization = found
+                offset, method, path, query, body, binary_header, authorization = found
                 self._phase = _IDLE
                 self._left -= 1
+                header_length = None if binary_header is None else binary_header_length(binary_header)
                 self._complete(method, path, query, body, True, header_length, authorization)
                 if offset == size or self._broken:
                     return
@@ -604,7 +613,7 @@ class HttpProtocol(asyncio.Protocol):
         elif len(name) == 6 and name.lower() == b"expect":
             self._expect = value.lower() == b"100-continue"
         elif len(name) == 31 and name.lower() == b"inference-header-content-length":
-            self._header_length = int(value) if value.isdigit() and len(value) < 12 else -1
+            self._header_length = binary_header_length(value)
         elif len(name) == 13 and name.lower() == b"authorization":
             self._authorization = value
         if (self._headers_left | self._header_bytes_left) < 0:  # either is negative
@@ -677,11 +686,7 @@ class HttpProtocol(asyncio.Protocol):
                 return
             if big or len(body) > TRIM_AFTER_BYTES:
                 self._listener.trim = True
-            head_line = _HEAD_CACHE.get((status, content_type, slot.close))
-            if head_line is None or headers:
-                data = render(status, body, content_type, slot.close, headers)
-            else:  # render's bytes without its two calls (the common answer)
-                data = b"%s%d\r\n\r\n%s" % (head_line, len(body), body)
+            data = render(status, body, content_type, slot.close, headers)
             slot.data = data[: len(data) - len(body)] if head else data
             self._flush()
 

@@ -12,7 +12,6 @@ their labelled children looked up once and cached. Everything runs on the event 
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
@@ -162,10 +161,7 @@ class FrontendMetrics:
         histogram = self._hot.latency.get(app)
         if histogram is None:
             histogram = self._hot.latency[app] = BucketHistogram(_LATENCY_BUCKETS)
-        # BucketHistogram.observe's steps, one call fewer per query
-        histogram.counts[bisect_left(_LATENCY_BUCKETS, latency_s)] += 1
-        histogram.total += latency_s
-        histogram.count += 1
+        histogram.observe(latency_s)
         if default_reason is not None:
             hot = self._hot
             key = (app, default_reason)

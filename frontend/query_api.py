@@ -420,16 +420,18 @@ def _convert_batch(values: list[Any], convert: Callable[[object], bytes], start:
     return into
 
 
-def _response(app: App, q: Query) -> dict[str, object]:
+def _answer_json(app: App, q: Query) -> bytes:
+    """One answer's JSON object: ``query_id``, ``output`` and ``default`` (and, for the
+    default output, ``default_explanation``). A model's answer is formatted in one step
+    around its output's remembered JSON (``output_json``)."""
     if q.explanation is None:
-        return {"query_id": q.id, "output": orjson.Fragment(output_json(q.output or "")),
-                "default": False}  # fmt: skip
-    return {
+        return b'{"query_id":%d,"output":%b,"default":false}' % (q.id, output_json(q.output or ""))
+    return orjson.dumps({
         "query_id": q.id,
         "output": _as_json(app.default_output),
         "default": True,
         "default_explanation": q.explanation,
-    }
+    })  # fmt: skip
 
 
 # How an app that answers overload with 503 replies to a shed request: (query, reply).
@@ -438,13 +440,10 @@ OverloadReply = Callable[[Query, Reply], None]
 
 def _single_reply(app: App, reply: Reply, overload: OverloadReply | None) -> Callable[[Query], None]:
     def done(q: Query) -> None:
-        if q.explanation is None:  # what orjson.dumps(_response(app, q)) gives, in one step
-            reply(200, b'{"query_id":%d,"output":%b,"default":false}'
-                  % (q.id, output_json(q.output or "")))  # fmt: skip
-        elif overload is not None and q.reason == SHED:
+        if overload is not None and q.reason == SHED:
             overload(q, reply)
         else:
-            reply(200, orjson.dumps(_response(app, q)))
+            reply(200, _answer_json(app, q))
 
     return done
 
@@ -456,7 +455,7 @@ class _BatchReply:
 
     def __init__(self, app: App, n: int, reply: Reply, overload: OverloadReply | None) -> None:
         self.app = app
-        self.results: list[dict[str, object] | None] = [None] * n
+        self.results: list[orjson.Fragment | None] = [None] * n
         self.left = n
         self.reply = reply
         self.first_id = 0
@@ -470,7 +469,7 @@ class _BatchReply:
             self.left = -1
             self.overload(q, self.reply)
             return
-        self.results[q.id - self.first_id] = _response(self.app, q)
+        self.results[q.id - self.first_id] = orjson.Fragment(_answer_json(self.app, q))
         self.left -= 1
         if self.left == 0:
             self.reply(200, orjson.dumps({"batch_predictions": self.results}))

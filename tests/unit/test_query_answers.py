@@ -1,5 +1,6 @@
 """The body of a Clipper answer: built in one step from a remembered serialization of the
-output, it must be what ``orjson.dumps`` of the answer's dict gives, for every output."""
+output, it must be what ``orjson.dumps`` of the answer's dict gives, for every output, alone
+and inside an ``input_batch`` answer."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import pytest
 
 from schooner.frontend import query_api
 from schooner.frontend.dispatch import Query
-from schooner.frontend.query_api import _as_json, _response, _single_reply, output_json
+from schooner.frontend.query_api import (
+    _answer_json,
+    _as_json,
+    _BatchReply,
+    _single_reply,
+    output_json,
+)
 from schooner.frontend.state import App
 from schooner.runtime.wire import InputType
 
@@ -26,7 +33,26 @@ def test_a_single_answer_is_the_dict_orjson_would_serialize(text: str) -> None:
     done(q)
     expected = orjson.dumps({"query_id": 41, "output": _as_json(text), "default": False})
     assert got == [expected]
-    assert orjson.dumps(_response(app, q)) == expected  # the batch form's part
+    assert _answer_json(app, q) == expected
+
+
+@pytest.mark.parametrize("text", OUTPUTS)
+def test_a_batch_answer_is_the_list_orjson_would_serialize(text: str) -> None:
+    app = App("a", InputType.DOUBLES, text, 1000)  # the app's default output is the text too
+    got: list[bytes] = []
+    group = _BatchReply(app, 2, lambda status, body, *rest: got.append(body), None)
+    group.first_id = 7
+    answered = Query(7, "a", b"", 0.0, 1000, group.add)
+    defaulted = Query(8, "a", b"", 0.0, 1000, group.add)
+    answered.output = text
+    defaulted.explanation = "the latency SLO was missed"
+    group.add(defaulted)
+    group.add(answered)
+    assert got == [orjson.dumps({"batch_predictions": [
+        {"query_id": 7, "output": _as_json(text), "default": False},
+        {"query_id": 8, "output": _as_json(text), "default": True,
+         "default_explanation": "the latency SLO was missed"},
+    ]})]  # fmt: skip
 
 
 def test_remembered_outputs_are_bounded_in_size_and_count(monkeypatch: pytest.MonkeyPatch) -> None:
