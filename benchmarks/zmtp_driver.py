@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 from schooner.runtime import wire
 from schooner.runtime.transport import (
+    _GREETING_BYTES,
+    _RECV_CHUNK,
     ZmtpChannel,
     ZmtpReader,
     _parse_greeting,
@@ -36,8 +38,6 @@ from schooner.runtime.transport import (
 __all__ = ["RawRouter", "IDENTITY"]
 
 IDENTITY = b"peer"  # what recv_multipart gives as the routing identity
-_GREETING_BYTES = 64
-_RECV = 1 << 20
 
 
 class RawRouter:
@@ -105,7 +105,7 @@ class RawRouter:
         sendall(request * sent)
         done, rest = 0, b""
         while done < count:
-            data = recv(_RECV)
+            data = recv(_RECV_CHUNK)
             if not data:
                 raise ConnectionError("the peer closed the connection while driven")
             if rest:
@@ -156,7 +156,7 @@ class RawRouter:
                                  f"({wire.excerpt(peer)})")  # fmt: skip
 
     def _read(self, handshake: bool = False) -> None:
-        data = self._connection().recv(_RECV)
+        data = self._connection().recv(_RECV_CHUNK)
         if not data:
             raise ConnectionError("the peer closed the connection")
         for message in self._reader.feed(data):
