@@ -46,14 +46,16 @@ def _check_sizes(sizes: Sequence[int], itemsize: int, input_type: InputType) -> 
 
 def validate(request: PredictRequest, input_type: InputType) -> None:
     """Raise PredictionError if the request cannot be decoded as ``input_type``."""
-    if request.input_type != input_type:
+    if request.input_type is not input_type:
         raise PredictionError(
             f"request carries {request.input_type.clipper_name}, this container serves "
             f"{input_type.clipper_name}"
         )
     dtype = input_type.dtype
     if dtype is not None:
-        _check_sizes(request.sizes, dtype.itemsize, input_type)
+        sizes = request.sizes
+        if len(sizes) != 1 or sizes[0] % dtype.itemsize:  # (one whole input: nothing to check)
+            _check_sizes(sizes, dtype.itemsize, input_type)
     else:
         for i, item in enumerate(items_of(request)):
             try:
@@ -70,13 +72,14 @@ def assemble(requests: Sequence[PredictRequest], input_type: InputType) -> Any:
     if len(requests) == 1:
         request = requests[0]
         sizes = request.sizes
+        if len(sizes) == 1:
+            item = request.payload if request.inputs is None else request.inputs[0]
+            return np.frombuffer(item, dtype)[None]  # type: ignore[arg-type]
         if sizes and min(sizes) == max(sizes):
             if request.payload is not None:
                 return np.frombuffer(request.payload, dtype).reshape(len(sizes), -1)
             inputs = request.inputs
             assert inputs is not None
-            if len(sizes) == 1:
-                return np.frombuffer(inputs[0], dtype).reshape(1, -1)
             return np.frombuffer(b"".join(inputs), dtype).reshape(len(sizes), -1)
     items = [item for r in requests for item in items_of(r)]
     sizes = [len(item) for item in items]

@@ -204,26 +204,23 @@ class Container:
 
     def _serve(self, requests: list[wire.PredictRequest]) -> None:
         """Predict the requests (in groups of at most the max batch size) and answer each."""
-        for group in self._groups(requests):
-            started = self._clock()
-            answers = self._predict_group(group)
-            errors = 0
+        channel, clock = self._socket, self._clock
+        assert channel is not None
+        limit = self.config.max_batch_size
+        for group in self._groups(requests, limit) if limit and len(requests) > 1 else (requests,):
+            started = clock()
+            answers, inputs, errors = self._predict_group(group)
             for request, (outputs, status) in zip(group, answers):
                 if request.packed:
-                    self._send(wire.encode_packed_response(request.msg_id, outputs, status))
-                else:
-                    self._send(wire.encode_predict_response(request.msg_id, outputs))
-                if status is not None:
-                    errors += status.count(1)
-            self.metrics.record_batch(
-                len(group), sum(len(r.sizes) for r in group), self._clock() - started, errors
-            )
+                    channel.send(wire.encode_packed_response(request.msg_id, outputs, status))
+                else:  # a plain v3 peer reads errors from the outputs themselves
+                    channel.send(wire.encode_predict_response(request.msg_id, outputs))
+            self._last_sent = now = clock()
+            self.metrics.record_batch(len(group), inputs, now - started, errors)
 
-    def _groups(self, requests: list[wire.PredictRequest]) -> Iterator[list[wire.PredictRequest]]:
-        limit = self.config.max_batch_size
-        if not limit or len(requests) == 1:
-            yield requests
-            return
+    @staticmethod
+    def _groups(requests: list[wire.PredictRequest],
+                limit: int) -> Iterator[list[wire.PredictRequest]]:  # fmt: skip
         group: list[wire.PredictRequest] = []
         size = 0
         for request in requests:
@@ -238,50 +235,60 @@ class Container:
 
     def _predict_group(
         self, group: list[wire.PredictRequest]
-    ) -> list[tuple[list[bytes], bytes | None]]:
-        """Outputs and (for packed requests) status bytes per request of the group."""
-        answers: list[tuple[list[bytes], bytes | None] | None] = [None] * len(group)
+    ) -> tuple[list[tuple[list[bytes], bytes]], int, int]:
+        """Each request's outputs and status bytes (1: that output is an error), with how
+        many inputs the group has and how many of them were answered with an error."""
+        answers: list[tuple[list[bytes], bytes] | None] = [None] * len(group)
         good: list[int] = []
+        total = n = errors = 0  # inputs: all of them, the good requests', the failed
+        input_type = self.config.input_type
         for i, request in enumerate(group):
+            size = len(request.sizes)
+            total += size
             try:
-                batching.validate(request, self.config.input_type)
-                good.append(i)
+                batching.validate(request, input_type)
             except PredictionError as exc:
                 answers[i] = self._failed(request, str(exc))
+                errors += size
+            else:
+                good.append(i)
+                n += size
         if good:
-            ok = [group[i] for i in good]
+            ok = group if n == total else [group[i] for i in good]
             try:
-                outputs = self._predict(ok)
+                outputs = self._predict(ok, n)
             except PredictionError as exc:
                 message = str(exc)
-                n = sum(len(r.sizes) for r in ok)
                 # Which inputs made the model raise? Only predicting each alone can say.
                 isolate = isinstance(exc, _ModelRaised) and n > 1
                 log.error("batch of %d inputs failed: %s%s", n, message,
                           "; predicting each input alone" if isolate else "")  # fmt: skip
                 for i in good:
                     if isolate and group[i].packed:
-                        answers[i] = self._predict_alone(group[i])
+                        answer = self._predict_alone(group[i])
                     else:
-                        answers[i] = self._failed(group[i], message)
+                        answer = self._failed(group[i], message)
+                    answers[i] = answer
+                    errors += answer[1].count(1)
             else:
                 pos = 0
                 for i in good:
-                    n = len(group[i].sizes)
-                    status = bytes(n) if group[i].packed else None
-                    answers[i] = (outputs[pos : pos + n], status)
-                    pos += n
-        return answers  # type: ignore[return-value]
+                    size = len(group[i].sizes)
+                    answers[i] = (outputs[pos : pos + size], bytes(size))
+                    pos += size
+        return answers, total, errors  # type: ignore[return-value]
 
-    def _predict(self, requests: list[wire.PredictRequest], *, quiet: bool = False) -> list[bytes]:
-        """Call the framework, converting anything it raises into PredictionError
-        (``_ModelRaised``); ``quiet`` logs the traceback at debug level only."""
-        n = sum(len(r.sizes) for r in requests)
+    def _predict(self, requests: list[wire.PredictRequest], n: int, *,
+                 quiet: bool = False) -> list[bytes]:  # fmt: skip
+        """The outputs for the ``n`` inputs of ``requests``, calling the framework and
+        converting anything it raises into PredictionError (``_ModelRaised``); ``quiet``
+        logs the traceback at debug level only."""
         limit = self.config.max_batch_size
         try:
             if limit and n > limit:  # one request bigger than the limit: predict in chunks
-                return [out for chunk in _chunks(requests[0], limit) for out in self._call([chunk])]
-            return self._call(requests)
+                return [out for chunk in _chunks(requests[0], limit)
+                        for out in self._call([chunk], len(chunk.sizes))]  # fmt: skip
+            return self._call(requests, n)
         except PredictionError:
             raise
         except Exception as exc:  # the model's own failure, converted at this one boundary
@@ -296,7 +303,7 @@ class Container:
         status = bytearray()
         for single in _chunks(request, 1):
             try:
-                outputs += self._predict([single], quiet=True)
+                outputs += self._predict([single], 1, quiet=True)
                 status.append(0)
             except PredictionError as exc:
                 outputs.append(batching.error_text(str(exc), plain=False))
@@ -306,9 +313,8 @@ class Container:
                       status.count(1), len(status))  # fmt: skip
         return outputs, bytes(status)
 
-    def _call(self, requests: list[wire.PredictRequest]) -> list[bytes]:
+    def _call(self, requests: list[wire.PredictRequest], n: int) -> list[bytes]:
         batch = batching.assemble(requests, self.config.input_type)
-        n = sum(len(r.sizes) for r in requests)
         self._predicting_since = self._clock()
         self._socket_lock.release()
         try:
@@ -318,10 +324,9 @@ class Container:
             self._predicting_since = None
         return batching.encode_outputs(outputs, n)
 
-    def _failed(self, request: wire.PredictRequest, message: str) -> tuple[list[bytes], bytes | None]:
+    def _failed(self, request: wire.PredictRequest, message: str) -> tuple[list[bytes], bytes]:
         n = len(request.sizes)
-        text = batching.error_text(message, plain=not request.packed)
-        return [text] * n, (b"\x01" * n if request.packed else None)
+        return [batching.error_text(message, plain=not request.packed)] * n, b"\x01" * n
 
     # ------------------------------------------------------------------ heartbeats
 

@@ -104,6 +104,7 @@ class SocketChannel:
         self._reader = wire.StreamReader(limits)
         self._messages: list[list[memoryview]] = []
         self._next = 0
+        self._drained = False  # the last read took everything the socket held
 
     def recv(self) -> list[Any]:
         if self._next < len(self._messages):
@@ -117,12 +118,15 @@ class SocketChannel:
                 raise ChannelClosed(str(exc)) from None
             if not data:
                 raise ChannelClosed("the frontend closed the connection")
+            self._drained = len(data) < _RECV_CHUNK
             if self._fill(data):
                 return self._take()
 
     def ready(self) -> int:
         if self._next < len(self._messages):
             return True
+        if self._drained:  # nothing was left a moment ago: no system call to ask again
+            return False
         # Whatever has arrived meanwhile, without blocking.
         while True:
             try:
@@ -131,9 +135,11 @@ class SocketChannel:
                 return False  # nothing waiting (or a broken socket: the next recv says so)
             if not data:
                 return False
+            self._drained = len(data) < _RECV_CHUNK
             if self._fill(data):
                 return True
-        return False
+            if self._drained:
+                return False
 
     def send(self, frames: Sequence[wire.Buffer]) -> None:
         try:
@@ -176,8 +182,8 @@ _U32BE = struct.Struct(">I")
 # One header per short frame size: flags byte (MORE or not) and size byte.
 _SHORT_MORE = [bytes((_ZMTP_MORE, n)) for n in range(256)]
 _SHORT_LAST = [bytes((0, n)) for n in range(256)]
-_SHORT_MORE_GET = dict(enumerate(_SHORT_MORE)).get
 _LONG_MORE = bytes((_ZMTP_LONG | _ZMTP_MORE,))
+_LONG_LAST = bytes((_ZMTP_LONG,))
 _COPY_BELOW = 4096  # received frames smaller than this are bytes, larger ones views
 _MAX_COMMAND = 1 << 16
 _IN_PLACE = 64 * 1024  # a frame at least this large that is still arriving is received in place
@@ -201,25 +207,15 @@ def zmtp_command(name: bytes, properties: Sequence[tuple[bytes, bytes]] = (),
 
 def zmtp_message(frames: Sequence[wire.Buffer]) -> list[wire.Buffer]:
     """The pieces to write for one message: each frame's header, then the frame itself."""
-    if memoryview in set(map(type, frames)):
-        sizes = [f.nbytes if type(f) is memoryview else len(f) for f in frames]
-    else:
-        sizes = list(map(len, frames))
-    # Short frames' headers from the table, in C; None marks a frame of 256 bytes or more.
-    heads: list[bytes | None] = list(map(_SHORT_MORE_GET, sizes))
-    large = heads.count(None)
-    if large > 16:
-        heads = [_SHORT_MORE[n] if n < 256 else _LONG_MORE + _U64BE.pack(n) for n in sizes]
-    else:
-        for _ in range(large):  # a few (a plain v3 answer has one: its header)
-            i = heads.index(None)
-            heads[i] = _LONG_MORE + _U64BE.pack(sizes[i])
-    last = len(frames) - 1
-    n = sizes[last]
-    heads[last] = _SHORT_LAST[n] if n < 256 else bytes((_ZMTP_LONG,)) + _U64BE.pack(n)
-    out: list[wire.Buffer] = [b""] * (2 * len(frames))
-    out[::2] = heads  # type: ignore[assignment]  # no None is left
-    out[1::2] = frames
+    out: list[wire.Buffer] = []
+    append = out.append
+    n = 0
+    for frame in frames:
+        n = frame.nbytes if type(frame) is memoryview else len(frame)
+        append(_SHORT_MORE[n] if n < 256 else _LONG_MORE + _U64BE.pack(n))
+        append(frame)
+    if out:  # the last frame's header says no more
+        out[-2] = _SHORT_LAST[n] if n < 256 else _LONG_LAST + _U64BE.pack(n)
     return out
 
 
@@ -355,45 +351,55 @@ class ZmtpReader:
                 need = pos + 2
                 break
             flags = data[pos]
-            if flags & _ZMTP_LONG:
-                if end - pos < 9:
-                    need = pos + 9
+            if flags < 2:  # the usual frame: a short data frame (MORE set or not)
+                at = pos + 2
+                nxt = at + data[pos + 1]
+                if nxt > end:
+                    need = nxt
                     break
-                (size,) = _U64BE.unpack_from(data, pos + 1)
-                at = pos + 9
-                # refused before waiting for a body that may never fit
+                frames.append(data[at:nxt])
+                total += nxt - at
+            else:
+                if flags & _ZMTP_LONG:
+                    if end - pos < 9:
+                        need = pos + 9
+                        break
+                    (size,) = _U64BE.unpack_from(data, pos + 1)
+                    at = pos + 9
+                    # refused before waiting for a body that may never fit
+                    if flags & _ZMTP_COMMAND:
+                        if size > _MAX_COMMAND:
+                            raise wire.WireError(f"a ZMTP command of {size} bytes")
+                    elif total + size > max_bytes:
+                        raise wire.WireError(f"a message of more than {max_bytes} bytes")
+                else:
+                    size = data[pos + 1]
+                    at = pos + 2
+                nxt = at + size
+                if nxt > end:
+                    if size >= _IN_PLACE and not flags & _ZMTP_COMMAND:
+                        # A large frame still arriving: its body gets a buffer of its own,
+                        # filled in place from here on (no growing buffer, no copy when it
+                        # completes).
+                        self._frames, self._total = frames, total
+                        self._body, self._body_flags = memoryview(bytearray(size)), flags
+                        self._buf, self._need = bytearray(), 0
+                        done, _ = self._large_frame(view[at:])
+                        return out + done
+                    need = nxt
+                    break
                 if flags & _ZMTP_COMMAND:
+                    if frames:
+                        raise wire.WireError("a ZMTP command inside a message")
                     if size > _MAX_COMMAND:
                         raise wire.WireError(f"a ZMTP command of {size} bytes")
-                elif total + size > max_bytes:
-                    raise wire.WireError(f"a message of more than {max_bytes} bytes")
-            else:
-                size = data[pos + 1]
-                at = pos + 2
-            nxt = at + size
-            if nxt > end:
-                if size >= _IN_PLACE and not flags & _ZMTP_COMMAND:
-                    # A large frame still arriving: its body gets a buffer of its own, filled
-                    # in place from here on (no growing buffer, no copy when it completes).
-                    self._frames, self._total = frames, total
-                    self._body, self._body_flags = memoryview(bytearray(size)), flags
-                    self._buf, self._need = bytearray(), 0
-                    done, _ = self._large_frame(view[at:])
-                    return out + done
-                need = nxt
-                break
-            if flags & _ZMTP_COMMAND:
-                if frames:
-                    raise wire.WireError("a ZMTP command inside a message")
-                if size > _MAX_COMMAND:
-                    raise wire.WireError(f"a ZMTP command of {size} bytes")
-                self.commands.append(_command(view[at:nxt]))
-                pos = nxt
-                continue
-            # A small frame is copied out (cheaper to make and to use than a view); a large
-            # one is a view of the received bytes.
-            frames.append(data[at:nxt] if size < _COPY_BELOW else view[at:nxt])
-            total += size
+                    self.commands.append(_command(view[at:nxt]))
+                    pos = nxt
+                    continue
+                # A small frame is copied out (cheaper to make and to use than a view); a
+                # large one is a view of the received bytes.
+                frames.append(data[at:nxt] if size < _COPY_BELOW else view[at:nxt])
+                total += size
             pos = nxt
             if not flags & _ZMTP_MORE:
                 # Frames and short-frame bytes are counted per message, and per chunk below:
@@ -467,6 +473,7 @@ class ZmtpChannel:
         # what arrived.
         self._chunk = memoryview(bytearray(_RECV_CHUNK))
         self._recv_into = sock.recv_into
+        self._drained = False  # the last read took everything the socket held
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         self._poll = poller.poll
@@ -506,6 +513,7 @@ class ZmtpChannel:
                 raise ChannelClosed(str(exc)) from None
             if not n:
                 raise ChannelClosed("the frontend closed the connection")
+            self._drained = n < (_RECV_CHUNK if target is None else len(target))
             if target is not None:
                 messages = reader.body_received(n)
                 if messages:
@@ -517,6 +525,8 @@ class ZmtpChannel:
     def ready(self) -> int:
         if self._next < len(self._messages):
             return True
+        if self._drained:  # nothing was left a moment ago: no system call to ask again
+            return False
         # Whatever has arrived meanwhile, without blocking; poll first, so that "nothing
         # yet" (the usual answer) costs no exception.
         reader = self._reader
@@ -531,6 +541,7 @@ class ZmtpChannel:
                 return False  # a broken socket: the next recv says so
             if not n:
                 return False  # closed: the next recv says so
+            self._drained = n < (_RECV_CHUNK if target is None else len(target))
             if target is not None:
                 messages = reader.body_received(n)
                 if messages:

@@ -204,20 +204,20 @@ class InputType(IntEnum):
     @property
     def dtype(self) -> np.dtype | None:
         """numpy element type of one input, or None for strings (UTF-8 text)."""
-        return _DTYPES[self]
+        return _DTYPES[self]  # by position: an Enum member as a dict key would hash in Python
 
     @property
     def clipper_name(self) -> str:
         return self.name.lower()
 
 
-_DTYPES: dict[InputType, np.dtype | None] = {
-    InputType.BYTES: np.dtype(np.int8),
-    InputType.INTS: np.dtype("<i4"),
-    InputType.FLOATS: np.dtype("<f4"),
-    InputType.DOUBLES: np.dtype("<f8"),
-    InputType.STRINGS: None,
-}
+_DTYPES: tuple[np.dtype | None, ...] = (  # indexed by InputType
+    np.dtype(np.int8),  # BYTES
+    np.dtype("<i4"),  # INTS
+    np.dtype("<f4"),  # FLOATS
+    np.dtype("<f8"),  # DOUBLES
+    None,  # STRINGS
+)
 
 Buffer = bytes | bytearray | memoryview
 
@@ -343,15 +343,23 @@ def _u32(frame: Buffer, what: str) -> int:
     return int(_U32.unpack(frame)[0])
 
 
+# The u64-array formats of the headers a request or an answer usually has, compiled once.
+_U64_ARRAYS = [struct.Struct(f"<{n}Q") for n in range(67)]
+
+
+def _u64_array(n: int) -> struct.Struct:
+    return _U64_ARRAYS[n] if n < len(_U64_ARRAYS) else struct.Struct(f"<{n}Q")
+
+
 def _u64s(frame: Buffer, what: str) -> tuple[int, ...]:
     n, rem = divmod(len(frame), 8)
     if rem:
         raise WireError(f"{what}: length {len(frame)} is not a multiple of 8")
-    return struct.unpack(f"<{n}Q", frame)
+    return _u64_array(n).unpack(frame)
 
 
 def _pack_u64s(values: Sequence[int]) -> bytes:
-    return struct.pack(f"<{len(values)}Q", *values)
+    return _u64_array(len(values)).pack(*values)
 
 
 # --------------------------------------------------------------------------- container side
@@ -407,8 +415,9 @@ def encode_packed_response(
 
 def decode_from_frontend(frames: Sequence[Buffer]) -> FromFrontend:
     """Decode what a container receives. Raises WireError on anything malformed."""
-    if len(frames) < 3:
-        raise WireError(f"message of {len(frames)} frames is too short")
+    count = len(frames)
+    if count < 3:
+        raise WireError(f"message of {count} frames is too short")
     if len(frames[0]) != 0:
         raise WireError("first frame must be the empty delimiter")
     if frames[1] != _V3:
@@ -416,7 +425,7 @@ def decode_from_frontend(frames: Sequence[Buffer]) -> FromFrontend:
         raise WireError(f"unsupported RPC version {version} (this container speaks {RPC_VERSION})")
     mtype = frames[2]
     if mtype == _T_CONTENT:
-        if len(frames) < 6:
+        if count < 6:
             raise WireError("prediction request is too short")
         msg_id = bytes(frames[3])
         if len(msg_id) != 4:
@@ -469,7 +478,9 @@ def _decode_plain_request(msg_id: bytes, frames: Sequence[Buffer]) -> PredictReq
     if len(frames) < 7 or declared[0] != len(frames[6]):
         raise WireError("header size frame does not match the header")
     input_type, sizes = _request_header(frames[6])
-    inputs = list(frames[7:])
+    inputs = frames[7:]
+    if type(inputs) is not list:
+        inputs = list(inputs)
     if len(inputs) != len(sizes):
         raise WireError(f"header announces {len(sizes)} inputs, message carries {len(inputs)}")
     if tuple(map(len, inputs)) != sizes:  # one C-level pass; the loop only to say which

@@ -76,7 +76,7 @@ class Frontend:
 class StreamFrontend(Frontend):
     """The same conversation on a Unix stream socket (``SCHOONER_RPC_SOCKET``), framed by
     ``wire.stream_header``. A send that returned has put the bytes in the container's
-    socket buffer: the next ``ready()`` of the container sees them."""
+    socket buffer: the container's next read of the socket gets them."""
 
     _names = itertools.count()
 
@@ -296,6 +296,30 @@ def test_readiness_metrics_and_clean_stop(start_container, closure_artifact, fro
     c.process.send_signal(signal.SIGTERM)
     assert c.process.wait_for_exit(10) == 0
     assert not c.ready_file.exists()
+
+
+def test_inputs_answered_with_errors_are_counted_on_both_framings(
+    start_container, closure_artifact, frontend
+):
+    def model(xs):
+        if any(float(x[0]) < 0 for x in xs):
+            raise ValueError("negative input")
+        return [str(float(x[0])) for x in xs]
+
+    c = _start(start_container, closure_artifact, frontend, model, SCHOONER_METRICS_PORT="0")
+    port = int(c.process.log().split("metrics and health on http://127.0.0.1:")[1].split()[0])
+    frontend.send(wire.encode_predict_request(1, D, [np.array([-1.0]).tobytes()]))  # plain
+    assert json.loads(frontend.response().texts()[0])["cause"] == "ValueError: negative input"
+    frontend.packed(2, [[-1.0], [2.0], [-3.0]])  # each input alone: two of three fail
+    assert frontend.response().error_flags() == [True, False, True]
+    frontend.send(wire.encode_predict_request(3, wire.InputType.INTS, [b"\0" * 4]))  # wrong type
+    assert "this container serves doubles" in json.loads(frontend.response().texts()[0])["cause"]
+    frontend.packed(4, [[5.0]])
+    assert frontend.response().texts() == ["5.0"]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    assert 'schooner_container_requests_total{model="m",version="1"} 4.0' in text
+    assert 'schooner_container_inputs_total{model="m",version="1"} 6.0' in text
+    assert 'schooner_container_errors_total{model="m",version="1"} 4.0' in text
 
 
 def test_bad_configuration_exits_2_listing_every_problem(spawn):
