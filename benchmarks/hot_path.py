@@ -111,7 +111,7 @@ def start_echo(port: int, cpu: int | None) -> subprocess.Popen:
 
 def start_container(port: int, artifact: Path, cpu: int | None,
                     input_type: wire.InputType = wire.InputType.DOUBLES,
-                    zero_copy: bool = False) -> subprocess.Popen:  # fmt: skip
+                    zero_copy: bool = False, busy_poll_us: int = 0) -> subprocess.Popen:  # fmt: skip
     env = dict(
         os.environ,
         CLIPPER_MODEL_NAME="noop",
@@ -122,6 +122,7 @@ def start_container(port: int, artifact: Path, cpu: int | None,
         SCHOONER_READY_FILE="none",
         SCHOONER_ZERO_COPY="1" if zero_copy else "0",
         SCHOONER_LOG_LEVEL="WARNING",
+        SCHOONER_BUSY_POLL_US=str(busy_poll_us),
     )
     cmd = [sys.executable, "-m", "schooner.runtime"]
     return subprocess.Popen(pinned(cmd, cpu), env=env, cwd=repo_root())
@@ -272,7 +273,7 @@ def handshake(router: zmq.Socket, server: str, timeout_s: float = 30) -> bytes:
     if not router.poll(int(timeout_s * 1000)):
         raise RuntimeError(f"{server} server did not connect within {timeout_s:g} s")
     identity, *frames = router.recv_multipart()
-    if server in ("schooner", "clipper"):
+    if server in ("schooner", "schooner-poll", "clipper"):
         router.send_multipart([identity, *wire.encode_heartbeat_reply(
             wire.HeartbeatType.REQUEST_CONTAINER_METADATA)])  # fmt: skip
         while True:
@@ -347,9 +348,11 @@ class Clipper:
 
 def measure(server: str, framing: str, payload: Payload, inflight: int, count: int,
             repeats: int, artifact: Path, server_cpu: int | None,
-            clipper: Clipper | None = None, driver: str = "pyzmq") -> Row:  # fmt: skip
+            clipper: Clipper | None = None, driver: str = "pyzmq",
+            busy_poll_us: int = 0) -> Row:  # fmt: skip
     """One row. ``driver``: ``pyzmq`` (a ROUTER, frame by frame) or ``zmtp`` (``RawRouter``:
-    ZMTP spoken by the driver itself, a request as one pre-encoded write)."""
+    ZMTP spoken by the driver itself, a request as one pre-encoded write). Server
+    ``schooner-poll``: Schooner's container with SCHOONER_BUSY_POLL_US=``busy_poll_us``."""
     router: Any
     if driver == "zmtp":
         router = RawRouter()
@@ -366,7 +369,8 @@ def measure(server: str, framing: str, payload: Payload, inflight: int, count: i
         proc = start_clipper(port, clipper.rpc_dir, clipper.model_dir, server_cpu)
     else:
         proc = start_container(port, artifact, server_cpu, payload.input_type,
-                               zero_copy=payload.tensor)  # fmt: skip
+                               zero_copy=payload.tensor,
+                               busy_poll_us=busy_poll_us if server == "schooner-poll" else 0)  # fmt: skip
     identity = b""
     try:
         identity = handshake(router, server)
@@ -434,13 +438,16 @@ PLAIN_TARGET = 1.5  # Schooner's container over Clipper's, batches/s, on both ro
 
 
 def plain_path_table(rows: list[Row]) -> tuple[str, list[str]]:
-    """The plain-path rows side by side, and one target line per row with Clipper in it."""
+    """The plain-path rows side by side, and one target line per row with Clipper in it
+    (Schooner's default container; a busy-polling one, when measured, gets its own lines)."""
     cells: dict[tuple[str, int, int], dict[str, Row]] = {}
     for r in rows:
         cells.setdefault((r.placement, r.batch, r.inflight), {})[r.server] = r
+    polling = any(r.server == "schooner-poll" for r in rows)
     out, verdicts = [], []
     for (placement, batch, inflight), by in cells.items():
         echo, ours, theirs = by.get("echo"), by.get("schooner"), by.get("clipper")
+        poll = by.get("schooner-poll")
 
         def rate(r: Row | None) -> str:
             return f"{r.batches_per_s:,.0f}" if r else "—"
@@ -448,20 +455,27 @@ def plain_path_table(rows: list[Row]) -> tuple[str, list[str]]:
         def cpu(r: Row | None) -> str:
             return f"{r.cpu_us_per_input:.1f}" if r and r.cpu_us_per_input else "—"
 
-        vs_clipper = ours.batches_per_s / theirs.batches_per_s if ours and theirs else None
-        vs_echo = ours.batches_per_s / echo.batches_per_s if ours and echo else None
+        def ratio(a: Row | None, b: Row | None) -> float | None:
+            return a.batches_per_s / b.batches_per_s if a and b else None
+
+        vs_clipper, vs_echo, poll_vs_clipper = ratio(ours, theirs), ratio(ours, echo), ratio(poll, theirs)
         out.append([placement, batch, inflight, rate(echo), rate(ours), rate(theirs),
                     f"{vs_clipper:.2f}x" if vs_clipper else "—",
-                    f"{vs_echo:.2f}" if vs_echo else "—", cpu(echo), cpu(ours), cpu(theirs)])  # fmt: skip
-        if vs_clipper is not None:
-            verdict = "met" if vs_clipper >= PLAIN_TARGET else "MISSED"
-            verdicts.append(f"- plain v3, batch {batch}, {inflight} in flight, {placement}: "
-                            f"Schooner {vs_clipper:.2f}x Clipper's container "
-                            f"(target >= {PLAIN_TARGET}: {verdict})")  # fmt: skip
+                    f"{vs_echo:.2f}" if vs_echo else "—", cpu(echo), cpu(ours), cpu(theirs)]
+                   + ([rate(poll), f"{poll_vs_clipper:.2f}x" if poll_vs_clipper else "—", cpu(poll)]
+                      if polling else []))  # fmt: skip
+        for label, value in (("Schooner", vs_clipper), ("Schooner busy-polling (opt-in)", poll_vs_clipper)):
+            if value is not None:
+                verdict = "met" if value >= PLAIN_TARGET else "MISSED"
+                verdicts.append(f"- plain v3, batch {batch}, {inflight} in flight, {placement}: "
+                                f"{label} {value:.2f}x Clipper's container "
+                                f"(target >= {PLAIN_TARGET}: {verdict})")  # fmt: skip
     headers = ["placement", "batch", "in flight", "echo batches/s", "Schooner batches/s",
                "Clipper batches/s", "Schooner / Clipper", "Schooner / echo",
                "echo µs CPU/input", "Schooner µs CPU/input", "Clipper µs CPU/input"]  # fmt: skip
-    return markdown_table(headers, out, "lrrrrrrrrrr"), verdicts
+    if polling:
+        headers += ["busy-polling batches/s", "busy-polling / Clipper", "busy-polling µs CPU/input"]
+    return markdown_table(headers, out, "lrr" + "r" * (len(headers) - 3)), verdicts
 
 
 def _set_affinity(cpus: set[int] | None) -> None:
@@ -473,7 +487,8 @@ def measure_plain_path(args: argparse.Namespace, placement: Placement, artifact:
                        clipper: Clipper | None, every_cpu: set[int] | None) -> list[Row]:  # fmt: skip
     """The plain-path rows: pinned as the arguments say (when pinning is possible), then
     floating (driver and servers free on ``every_cpu``, the cpus this process started on)."""
-    servers = ["echo", "schooner"] + (["clipper"] if clipper else [])
+    servers = (["echo", "schooner"] + (["schooner-poll"] if args.busy_poll_us else [])
+               + (["clipper"] if clipper else []))  # fmt: skip
     rows: list[Row] = []
     placements = ([placement.server_cpu] if placement.server_cpu is not None else []) + [None]
     for server_cpu in placements:
@@ -486,7 +501,7 @@ def measure_plain_path(args: argparse.Namespace, placement: Placement, artifact:
             for server in servers:
                 rows.append(measure(server, "plain", Payload(batch), inflight, count,
                                     args.repeats, artifact, server_cpu, clipper,
-                                    args.driver))  # fmt: skip
+                                    args.driver, args.busy_poll_us))  # fmt: skip
     return rows
 
 
@@ -510,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the plain-path rows' driver: zmtp (speaks ZMTP itself, a request "
                              "as one write: what the servers cost, not the driver; default) or "
                              "pyzmq (a ROUTER, frame by frame, as before)")  # fmt: skip
+    parser.add_argument("--busy-poll-us", type=int, default=0, metavar="US",
+                        help="add a plain-path column for Schooner's container with "
+                             "SCHOONER_BUSY_POLL_US=US (opt-in: the target lines stay on the "
+                             "default container)")  # fmt: skip
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--clipper-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--clipper-model", type=Path, help=argparse.SUPPRESS)
@@ -571,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
         print("# the plain v3 path (a frame per input), as a Clipper frontend drives it; batch 64 "
               "runs 1/8 of the requests; CPU: the server process, all threads, per input frame; "
               f"driver: {args.driver}"
+              + (f"; busy-polling: SCHOONER_BUSY_POLL_US={args.busy_poll_us}"
+                 if args.busy_poll_us else "")
               + ("" if clipper else "; Clipper's container not measured (no --clipper-rpc)"))
         text, verdicts = plain_path_table(plain_rows)
         print(text)

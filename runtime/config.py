@@ -49,6 +49,11 @@ SCHOONER_FRONTEND_ENDPOINTS    (unset)                      every endpoint to se
                                                             each worker of a frontend run with
                                                             ``--workers N``; implies
                                                             SCHOONER_EVERY_FRONTEND=1
+SCHOONER_BUSY_POLL_US          0                            microseconds the container keeps
+                                                            checking for the next request,
+                                                            yielding the CPU, before it sleeps
+                                                            in the kernel (0: sleeps at once;
+                                                            at most 10000); see transport
 SCHOONER_KEEP_FREED_BYTES      67108864 (64 MiB)            freed heap the allocator keeps for
                                                             the next batch instead of giving it
                                                             back (glibc; large inputs are not
@@ -172,6 +177,7 @@ class ContainerConfig:
     frontend_endpoints: tuple[str, ...] = ()
     coalesce_wait_s: float = 0.0005
     keep_freed_bytes: int = 64 << 20
+    busy_poll_us: int = 0
 
     @property
     def limits(self) -> Limits:
@@ -406,6 +412,13 @@ def _wait_seconds(raw: str) -> float:
     return value
 
 
+def _busy_poll_us(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 10_000:
+        raise ValueError("must be between 0 and 10000 microseconds")
+    return value
+
+
 def _keep_bytes(raw: str) -> int:
     value = int(raw)
     if not 0 <= value <= 1 << 30:
@@ -467,6 +480,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SCHOONER_FRONTEND_ENDPOINTS": ("frontend_endpoints", _endpoints),
     "SCHOONER_COALESCE_WAIT": ("coalesce_wait_s", _wait_seconds),
     "SCHOONER_KEEP_FREED_BYTES": ("keep_freed_bytes", _keep_bytes),
+    "SCHOONER_BUSY_POLL_US": ("busy_poll_us", _busy_poll_us),
 }
 _REQUIRED = frozenset({"model_name", "model_version"})
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ContainerConfig)}

@@ -105,10 +105,12 @@ class Container:
         try:
             if cfg.rpc_socket is not None:
                 channel: Channel = SocketChannel(cfg.rpc_socket, timeout, cfg.limits,
-                                                 send_timeout=cfg.session_timeout)
+                                                 send_timeout=cfg.session_timeout,
+                                                 busy_poll=cfg.busy_poll_us / 1e6)  # fmt: skip
             else:
                 channel = ZmtpChannel(cfg.frontend_host, cfg.frontend_port, timeout, cfg.limits,
-                                      send_timeout=cfg.session_timeout)
+                                      send_timeout=cfg.session_timeout,
+                                      busy_poll=cfg.busy_poll_us / 1e6)  # fmt: skip
         except ChannelClosed as exc:
             # The frontend is not listening (yet, or any more): retry with a growing pause,
             # as ZeroMQ's reconnection would.

@@ -12,6 +12,7 @@ import cloudpickle
 import pytest
 
 from benchmarks import hot_path as hp
+from schooner.frameworks import closure
 
 CLIPPER_CACHE = Path.home() / ".cache" / "schooner" / "clipper"
 
@@ -81,6 +82,31 @@ def test_plain_path_table_ratios_and_verdicts() -> None:
         "- plain v3, batch 64, 4 in flight, pinned: Schooner 1.00x Clipper's container "
         "(target >= 1.5: MISSED)",
     ]
+
+
+def test_plain_path_table_with_a_busy_polling_container() -> None:
+    rows = [
+        _row("echo", 1, 1, 9000), _row("schooner", 1, 1, 9000), _row("clipper", 1, 1, 6000),
+        _row("schooner-poll", 1, 1, 15000, cpu=2.0),
+    ]  # fmt: skip
+    text, verdicts = hp.plain_path_table(rows)
+    assert "busy-polling / Clipper" in text.splitlines()[0]
+    assert text.splitlines()[2].endswith("| 15,000 | 2.50x | 2.0 |")
+    assert verdicts == [
+        "- plain v3, batch 1, 1 in flight, pinned: Schooner 1.50x Clipper's container "
+        "(target >= 1.5: met)",
+        "- plain v3, batch 1, 1 in flight, pinned: Schooner busy-polling (opt-in) 2.50x "
+        "Clipper's container (target >= 1.5: met)",
+    ]
+    plain, _ = hp.plain_path_table(rows[:3])  # not measured: no such columns
+    assert "busy-polling" not in plain
+
+
+def test_busy_polling_container_answers_the_driver(tmp_path: Path) -> None:
+    artifact = closure.save(hp.noop, tmp_path / "noop")
+    row = hp.measure("schooner-poll", "plain", hp.Payload(1), 1, 200, 1, artifact, None,
+                     driver="zmtp", busy_poll_us=100)  # fmt: skip
+    assert row.server == "schooner-poll" and row.batches_per_s > 0
 
 
 def test_cpu_seconds_of_this_process_grows() -> None:

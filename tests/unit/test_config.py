@@ -58,6 +58,16 @@ def test_config_is_frozen():
         c.model_name = "other"  # type: ignore[misc]
 
 
+def test_busy_poll_is_off_by_default_bounded_and_round_trips():
+    assert ContainerConfig.from_env(BASE).busy_poll_us == 0
+    c = ContainerConfig.from_env({**BASE, "SCHOONER_BUSY_POLL_US": "50"})
+    assert c.busy_poll_us == 50 and c.to_env()["SCHOONER_BUSY_POLL_US"] == "50"
+    assert ContainerConfig.from_env(c.to_env()) == c
+    for bad in ("-1", "10001", "0.5", "spin"):
+        with pytest.raises(ConfigError, match="SCHOONER_BUSY_POLL_US"):
+            ContainerConfig.from_env({**BASE, "SCHOONER_BUSY_POLL_US": bad})
+
+
 def test_keep_freed_bytes_is_bounded_and_round_trips():
     assert ContainerConfig.from_env(BASE).keep_freed_bytes == 64 << 20
     c = ContainerConfig.from_env({**BASE, "SCHOONER_KEEP_FREED_BYTES": "0"})
