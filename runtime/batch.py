@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from schooner.runtime.errors import PredictionError
-from schooner.runtime.wire import Buffer, InputType, PredictRequest
+from schooner.runtime.wire import DTYPES, Buffer, InputType, PredictRequest
 
 __all__ = ["items_of", "assemble", "encode_outputs", "error_text"]
 
@@ -51,7 +51,7 @@ def validate(request: PredictRequest, input_type: InputType) -> None:
             f"request carries {request.input_type.clipper_name}, this container serves "
             f"{input_type.clipper_name}"
         )
-    dtype = input_type.dtype
+    dtype = DTYPES[input_type]
     if dtype is not None:
         sizes = request.sizes
         if len(sizes) != 1 or sizes[0] % dtype.itemsize:  # (one whole input: nothing to check)
@@ -66,7 +66,7 @@ def validate(request: PredictRequest, input_type: InputType) -> None:
 
 def assemble(requests: Sequence[PredictRequest], input_type: InputType) -> Any:
     """The batch for ``requests`` (already validated), in order."""
-    dtype = input_type.dtype
+    dtype = DTYPES[input_type]
     if dtype is None:
         return [bytes(item).decode("utf-8") for r in requests for item in items_of(r)]
     if len(requests) == 1:

@@ -213,7 +213,7 @@ class Container:
             started = clock()
             answers, inputs, errors = self._predict_group(group)
             for request, (outputs, status) in zip(group, answers):
-                if request.packed:
+                if request.inputs is None:  # packed
                     channel.send(wire.encode_packed_response(request.msg_id, outputs, status))
                 else:  # a plain v3 peer reads errors from the outputs themselves
                     channel.send(wire.encode_predict_response(request.msg_id, outputs))

@@ -363,7 +363,6 @@ class ZmtpReader:
             data = bytes(self._buf)
         elif type(data) is not bytes:
             data = bytes(data)
-        view = memoryview(data)
         out: list[list[wire.Buffer]] = []
         end = len(data)
         pos = 0
@@ -408,7 +407,7 @@ class ZmtpReader:
                         self._frames, self._total = frames, total
                         self._body, self._body_flags = memoryview(bytearray(size)), flags
                         self._buf, self._need = bytearray(), 0
-                        done, _ = self._large_frame(view[at:])
+                        done, _ = self._large_frame(memoryview(data)[at:])
                         return out + done
                     need = nxt
                     break
@@ -417,12 +416,12 @@ class ZmtpReader:
                         raise wire.WireError("a ZMTP command inside a message")
                     if size > _MAX_COMMAND:
                         raise wire.WireError(f"a ZMTP command of {size} bytes")
-                    self.commands.append(_command(view[at:nxt]))
+                    self.commands.append(_command(memoryview(data)[at:nxt]))
                     pos = nxt
                     continue
                 # A small frame is copied out (cheaper to make and to use than a view); a
                 # large one is a view of the received bytes.
-                frames.append(data[at:nxt] if size < _COPY_BELOW else view[at:nxt])
+                frames.append(data[at:nxt] if size < _COPY_BELOW else memoryview(data)[at:nxt])
                 total += size
             pos = nxt
             if not flags & _ZMTP_MORE:
@@ -436,8 +435,8 @@ class ZmtpReader:
             raise wire.WireError(_too_big(len(frames), total, max_frames, max_bytes))
         self._frames, self._total = frames, total
         if pos < end:
-            self._buf, self._need = bytearray(view[pos:]), need - pos
-        else:
+            self._buf, self._need = bytearray(memoryview(data)[pos:]), need - pos
+        elif self._buf:
             self._buf, self._need = bytearray(), 0
         return out
 

@@ -84,6 +84,7 @@ __all__ = [
     "HeartbeatType",
     "RequestType",
     "InputType",
+    "DTYPES",
     "Heartbeat",
     "HeartbeatReply",
     "NewContainer",
@@ -204,14 +205,16 @@ class InputType(IntEnum):
     @property
     def dtype(self) -> np.dtype | None:
         """numpy element type of one input, or None for strings (UTF-8 text)."""
-        return _DTYPES[self]  # by position: an Enum member as a dict key would hash in Python
+        return DTYPES[self]
 
     @property
     def clipper_name(self) -> str:
         return self.name.lower()
 
 
-_DTYPES: tuple[np.dtype | None, ...] = (  # indexed by InputType
+# An input type's dtype, by position (``DTYPES[input_type]``): no call, where the property is
+# one, and no Enum hash (in Python) as a dict key would be.
+DTYPES: tuple[np.dtype | None, ...] = (
     np.dtype(np.int8),  # BYTES
     np.dtype("<i4"),  # INTS
     np.dtype("<f4"),  # FLOATS
@@ -400,7 +403,7 @@ def encode_auth_response(mac: bytes) -> list[bytes]:
 def encode_predict_response(msg_id: bytes, outputs: Sequence[bytes]) -> list[bytes]:
     """Plain v3 response: header ``[N, len_0..]`` (no input-type field), a frame per output."""
     n = len(outputs)
-    header = _pack_u64s([n, *map(len, outputs)])
+    header = _u64_array(n + 1).pack(n, *map(len, outputs))
     return [_EMPTY, _T_CONTENT, msg_id, _U64.pack(len(header)), header, *outputs]
 
 
@@ -427,7 +430,9 @@ def decode_from_frontend(frames: Sequence[Buffer]) -> FromFrontend:
     if mtype == _T_CONTENT:
         if count < 6:
             raise WireError("prediction request is too short")
-        msg_id = bytes(frames[3])
+        msg_id = frames[3]
+        if type(msg_id) is not bytes:
+            msg_id = bytes(msg_id)
         if len(msg_id) != 4:
             raise WireError("message id must be a 4-byte frame")
         rtype = frames[4]
@@ -458,9 +463,11 @@ _INPUT_TYPES = {int(t): t for t in InputType}
 
 
 def _request_header(frame: Buffer) -> tuple[InputType, tuple[int, ...]]:
-    header = _u64s(frame, "request header")
-    if len(header) < 2:
+    count, rem = divmod(len(frame), 8)
+    if rem or count < 2:
+        _u64s(frame, "request header")  # says what is wrong with the length, if it is
         raise WireError("request header needs at least [input_type, N]")
+    header = (_U64_ARRAYS[count] if count < len(_U64_ARRAYS) else _u64_array(count)).unpack(frame)
     input_type = _INPUT_TYPES.get(header[0])  # a dict lookup, not an Enum call per request
     if input_type is None:
         raise WireError(f"unknown input type {header[0]}")
@@ -472,10 +479,12 @@ def _request_header(frame: Buffer) -> tuple[InputType, tuple[int, ...]]:
 
 
 def _decode_plain_request(msg_id: bytes, frames: Sequence[Buffer]) -> PredictRequest:
-    declared = _u64s(frames[5], "header size")
-    if len(declared) != 1:
+    header_size = frames[5]
+    if len(header_size) != 8:
+        _u64s(header_size, "header size")  # says what is wrong with the length, if it is
         raise WireError("header size must be one u64")
-    if len(frames) < 7 or declared[0] != len(frames[6]):
+    (declared,) = _U64.unpack(header_size)
+    if len(frames) < 7 or declared != len(frames[6]):
         raise WireError("header size frame does not match the header")
     input_type, sizes = _request_header(frames[6])
     inputs = frames[7:]
@@ -487,7 +496,7 @@ def _decode_plain_request(msg_id: bytes, frames: Sequence[Buffer]) -> PredictReq
         for i, (frame, size) in enumerate(zip(inputs, sizes)):
             if _nbytes(frame) != size:
                 raise WireError(f"input {i} is {_nbytes(frame)} bytes, header says {size}")
-    return PredictRequest(msg_id, input_type, sizes, inputs=inputs)
+    return PredictRequest(msg_id, input_type, sizes, inputs)
 
 
 def _decode_packed_request(msg_id: bytes, frames: Sequence[Buffer]) -> PredictRequest:
