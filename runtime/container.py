@@ -256,7 +256,7 @@ class Container:
                 good.append(i)
                 n += size
         if good:
-            ok = group if n == total else [group[i] for i in good]
+            ok = group if len(good) == len(group) else [group[i] for i in good]
             try:
                 outputs = self._predict(ok, n)
             except PredictionError as exc:
