@@ -11,6 +11,7 @@ Suites (``python -m benchmarks <suite> --help`` for each one's options):
 * ``reliability`` — overload goodput and shedding, kill -9 and hung replicas, largest requests
 * ``selection`` — the cost of a traffic split and a shadow per query; cache hits vs misses
 * ``workers``  — the frontend as 1, 2, ... worker processes (``--frontend-workers``): req/s, batches
+* ``ab``       — the container of another revision (``--base REV``) and of this checkout, interleaved
 
 Every suite takes ``--smoke`` (short, no peers: what CI runs), ``--json FILE`` (raw
 results), ``--repeats N`` (median of N runs), ``--server-cpu``/``--load-cpu``/``--no-pin``.
@@ -31,6 +32,7 @@ SUITES = {
     "reliability": "benchmarks.reliability",
     "selection": "benchmarks.selection",
     "workers": "benchmarks.workers",
+    "ab": "benchmarks.ab",
 }
 
 

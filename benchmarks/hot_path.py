@@ -56,6 +56,7 @@ import sys
 import tempfile
 import time
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -111,7 +112,8 @@ def start_echo(port: int, cpu: int | None) -> subprocess.Popen:
 
 def start_container(port: int, artifact: Path, cpu: int | None,
                     input_type: wire.InputType = wire.InputType.DOUBLES,
-                    zero_copy: bool = False, busy_poll_us: int = 0) -> subprocess.Popen:  # fmt: skip
+                    zero_copy: bool = False, busy_poll_us: int = 0,
+                    extra_env: Mapping[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
     env = dict(
         os.environ,
         CLIPPER_MODEL_NAME="noop",
@@ -123,6 +125,7 @@ def start_container(port: int, artifact: Path, cpu: int | None,
         SCHOONER_ZERO_COPY="1" if zero_copy else "0",
         SCHOONER_LOG_LEVEL="WARNING",
         SCHOONER_BUSY_POLL_US=str(busy_poll_us),
+        **(extra_env or {}),
     )
     cmd = [sys.executable, "-m", "schooner.runtime"]
     return subprocess.Popen(pinned(cmd, cpu), env=env, cwd=repo_root())
@@ -349,10 +352,11 @@ class Clipper:
 def measure(server: str, framing: str, payload: Payload, inflight: int, count: int,
             repeats: int, artifact: Path, server_cpu: int | None,
             clipper: Clipper | None = None, driver: str = "pyzmq",
-            busy_poll_us: int = 0) -> Row:  # fmt: skip
+            busy_poll_us: int = 0, extra_env: Mapping[str, str] | None = None) -> Row:  # fmt: skip
     """One row. ``driver``: ``pyzmq`` (a ROUTER, frame by frame) or ``zmtp`` (``RawRouter``:
     ZMTP spoken by the driver itself, a request as one pre-encoded write). Server
-    ``schooner-poll``: Schooner's container with SCHOONER_BUSY_POLL_US=``busy_poll_us``."""
+    ``schooner-poll``: Schooner's container with SCHOONER_BUSY_POLL_US=``busy_poll_us``;
+    ``extra_env``: more of the container's environment (``benchmarks ab``: its PYTHONPATH)."""
     router: Any
     if driver == "zmtp":
         router = RawRouter()
@@ -370,7 +374,8 @@ def measure(server: str, framing: str, payload: Payload, inflight: int, count: i
     else:
         proc = start_container(port, artifact, server_cpu, payload.input_type,
                                zero_copy=payload.tensor,
-                               busy_poll_us=busy_poll_us if server == "schooner-poll" else 0)  # fmt: skip
+                               busy_poll_us=busy_poll_us if server == "schooner-poll" else 0,
+                               extra_env=extra_env)  # fmt: skip
     identity = b""
     try:
         identity = handshake(router, server)

@@ -76,7 +76,8 @@ def test_entry_point_names_every_suite():
     result = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0
-    for suite in ("hotpath", "e2e", "adaptive", "startup", "frameworks", "oip", "reliability"):
+    for suite in ("hotpath", "e2e", "adaptive", "startup", "frameworks", "oip", "reliability",
+                  "selection", "workers", "ab"):
         assert f"``{suite}``" in result.stderr
     unknown = subprocess.run([sys.executable, "-m", "benchmarks", "nope"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -162,6 +163,20 @@ def test_startup_smoke(tmp_path):
     assert summary, result.stdout
     assert summary.groups() == (f"{t:.2f}", "met" if t <= 2.0 else "MISSED", f"{m:.0f}",
                                 "met" if m < 80 else "MISSED")  # fmt: skip
+
+
+@pytest.mark.timeout(600)
+def test_ab_smoke(tmp_path):
+    """``benchmarks ab`` against this checkout's own HEAD: both sides start, answer and are
+    reported, each imported from its own tree."""
+    out = tmp_path / "ab.json"
+    result = _run_suite("ab", "--smoke", "--no-pin", "--base", "HEAD", "--json", str(out))
+    assert "A: HEAD (from " in result.stdout and "/base/path/schooner/runtime)" in result.stdout
+    rows = json.loads(out.read_text())
+    assert {(r["side"], r["batch"], r["inflight"]) for r in rows} == {
+        (side, batch, inflight) for side in "AB" for batch, inflight in ((1, 1), (64, 4))}
+    assert all(r["batches_per_s"] > 0 for r in rows) and len(rows) == 8  # 2 rounds
+    assert [c[:3] for c in table_rows(result.stdout)][1:] == [["1", "1", "2"], ["64", "4", "2"]]
 
 
 @pytest.mark.timeout(600)

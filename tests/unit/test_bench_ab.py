@@ -1,0 +1,45 @@
+"""benchmarks ab: the base revision's tree is what the A side imports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import ab
+from benchmarks.harness import repo_root
+
+pytestmark = pytest.mark.skipif(
+    subprocess.run(["git", "-C", repo_root(), "rev-parse", "HEAD"], capture_output=True).returncode != 0,
+    reason="needs the repository's git history",
+)
+
+
+def test_a_revision_is_exported_and_imported_from_its_own_tree(tmp_path: Path) -> None:
+    path = ab.export_revision("HEAD", tmp_path / "base")
+    assert (path / "schooner" / "runtime" / "container.py").is_file()
+    where = ab.resolves_to(path)
+    assert Path(where).resolve() == (tmp_path / "base" / "tree" / "runtime").resolve()
+    assert Path(ab.resolves_to(None)).resolve() == (Path(repo_root()) / "runtime").resolve()
+    # and the exported container starts from there: its module names the tree
+    env = {**os.environ, "PYTHONPATH": str(path)}
+    out = subprocess.run([sys.executable, "-c", "import schooner.runtime.container as c; print(c.__file__)"],
+                         env=env, cwd=repo_root(), capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.strip().startswith(str(path))
+
+
+def test_an_unknown_revision_says_what_git_said(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="git archive no-such-revision"):
+        ab.export_revision("no-such-revision", tmp_path / "base")
+
+
+def test_table_reads_medians_and_ratios() -> None:
+    rounds = [ab.Round(side, 1, 1, n, rate, cpu) for n, (side, rate, cpu) in enumerate(
+        [("A", 100.0, 10.0), ("B", 150.0, 8.0), ("A", 120.0, 12.0), ("B", 130.0, 6.0),
+         ("A", 110.0, 11.0), ("B", 140.0, 7.0)])]  # fmt: skip
+    text = ab.table(rounds)
+    assert "| 1 | 1 | 3 | 110 | 140 | 1.27x | 11.0 | 7.0 | 0.64x |" in text
+    assert "| 64 |" not in text  # a case without rounds is left out
