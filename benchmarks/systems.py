@@ -138,6 +138,9 @@ def _answering(running: Running, timeout_s: float) -> Running:
     """``running`` once it answers a real (not default) prediction; stopped if it does not."""
     try:
         _wait_for_answer(running, timeout_s)
+    except RuntimeError as exc:
+        running.stop()
+        raise RuntimeError(f"{exc}\n{running.log_tail()}") from exc
     except BaseException:
         running.stop()
         raise
@@ -206,6 +209,9 @@ def start_schooner(model: str, artifact: Path, tmp: Path, cpu: int | None, *, ba
         if local_socket:
             env["SCHOONER_RPC_SOCKET"] = local_socket
         running.procs.append(_popen([sys.executable, "-m", "schooner.runtime"], cpu, logs[1], env))
+    except RuntimeError as exc:  # a server that exited or never answered: say what it logged
+        running.stop()
+        raise RuntimeError(f"{exc}\n{running.log_tail()}") from exc
     except BaseException:
         running.stop()
         raise
