@@ -6,6 +6,11 @@ the driver's own cost is the same whatever the server is. Servers, measured in o
 
 * ``echo``      — a raw pyzmq DEALER that sends every message straight back (the floor);
 * ``schooner``  — the container (``python -m schooner.runtime``) with a no-op closure;
+* ``floor``     — plain-path rows only: the floor of any container written in Python, a
+  process that registers as a container and then only receives bytes and sends the same
+  bytes back (``socket_floor_server``: one ``recv_into`` and one ``sendall`` a read; its
+  answer to a request is the request itself, which the ZMTP driver, checking answers by
+  their bytes, accepts);
 * ``clipper``   — opt-in (``--clipper-rpc DIR``): Clipper's own Python closure container,
   ``containers/python/rpc.py`` from ucbrise/clipper, which the user fetches into ``DIR``
   (nothing of Clipper is in this repository), serving the same no-op closure.
@@ -21,7 +26,7 @@ GB/s of input. The server is pinned to one core and the driver to another
 
 The plain-path table (with ``--clipper-rpc DIR``) is the path a Clipper frontend drives:
 plain v3, a frame per input, batch 1 with 1 in flight and batch 64 with 4 in flight, for the
-echo, Schooner's container and Clipper's, measured pinned and floating (nothing pinned). It
+echo, the Python socket floor, Schooner's container and Clipper's, measured pinned and floating (nothing pinned). It
 reports Schooner's rate over Clipper's and each server's CPU time per input frame (the server
 process's user + system time, all its threads, over the timed runs, divided by the inputs).
 Its driver (``--driver``, default ``zmtp``) speaks ZMTP itself (``benchmarks.zmtp_driver``):
@@ -78,6 +83,7 @@ from benchmarks.harness import (
 from benchmarks.zmtp_driver import RawRouter
 from schooner.frameworks import closure
 from schooner.runtime import wire
+from schooner.runtime.transport import ZmtpChannel
 
 FEATURES = 100  # doubles per input
 TENSOR_BYTES = 600 * 1024  # the large-input rows: one float32 tensor of this size
@@ -103,6 +109,30 @@ def echo_server(port: int) -> None:
         sock.send_multipart(frames, copy=False)
     sock.close(linger=0)
     ctx.term()
+
+
+def socket_floor_server(port: int) -> None:
+    """Register as a container (ZMTP handshake, NewContainer), then echo bytes: the least a
+    Python process can do per request on this path (no framing, decoding or model)."""
+    channel = ZmtpChannel("127.0.0.1", port, 30.0)
+    channel.send(wire.encode_heartbeat())
+    while not isinstance(wire.decode_from_frontend(channel.recv()), wire.HeartbeatReply):
+        pass  # until the driver asks who we are
+    channel.send(wire.encode_new_container("noop", "1", wire.InputType.DOUBLES))
+    sock = channel._sock  # the connection itself from here on (nothing is left buffered)
+    buf = memoryview(bytearray(1 << 20))
+    recv_into, sendall = sock.recv_into, sock.sendall
+    try:
+        while n := recv_into(buf):
+            sendall(buf[:n])
+    except OSError:  # the driver went away, or 30 s of silence
+        pass
+    channel.close()
+
+
+def start_socket_floor(port: int, cpu: int | None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "benchmarks.hot_path", "--socket-floor-server", str(port)]
+    return subprocess.Popen(pinned(cmd, cpu), cwd=repo_root())
 
 
 def start_echo(port: int, cpu: int | None) -> subprocess.Popen:
@@ -276,7 +306,7 @@ def handshake(router: zmq.Socket, server: str, timeout_s: float = 30) -> bytes:
     if not router.poll(int(timeout_s * 1000)):
         raise RuntimeError(f"{server} server did not connect within {timeout_s:g} s")
     identity, *frames = router.recv_multipart()
-    if server in ("schooner", "schooner-poll", "clipper"):
+    if server in ("schooner", "schooner-poll", "clipper", "floor"):
         router.send_multipart([identity, *wire.encode_heartbeat_reply(
             wire.HeartbeatType.REQUEST_CONTAINER_METADATA)])  # fmt: skip
         while True:
@@ -367,6 +397,8 @@ def measure(server: str, framing: str, payload: Payload, inflight: int, count: i
         port = router.bind_to_random_port("tcp://127.0.0.1")
     if server == "echo":
         proc = start_echo(port, server_cpu)
+    elif server == "floor":
+        proc = start_socket_floor(port, server_cpu)
     elif server == "clipper":
         if clipper is None:
             raise ValueError("the clipper server needs --clipper-rpc")
@@ -379,7 +411,7 @@ def measure(server: str, framing: str, payload: Payload, inflight: int, count: i
     identity = b""
     try:
         identity = handshake(router, server)
-        if server != "echo":
+        if server not in ("echo", "floor"):  # (their answers are the requests)
             check_answer(router, identity, framing, payload)
         frames = request_frames(framing, payload, 1)
         copy = not payload.tensor
@@ -449,10 +481,11 @@ def plain_path_table(rows: list[Row]) -> tuple[str, list[str]]:
     for r in rows:
         cells.setdefault((r.placement, r.batch, r.inflight), {})[r.server] = r
     polling = any(r.server == "schooner-poll" for r in rows)
+    floored = any(r.server == "floor" for r in rows)
     out, verdicts = [], []
     for (placement, batch, inflight), by in cells.items():
         echo, ours, theirs = by.get("echo"), by.get("schooner"), by.get("clipper")
-        poll = by.get("schooner-poll")
+        poll, floor = by.get("schooner-poll"), by.get("floor")
 
         def rate(r: Row | None) -> str:
             return f"{r.batches_per_s:,.0f}" if r else "—"
@@ -464,9 +497,12 @@ def plain_path_table(rows: list[Row]) -> tuple[str, list[str]]:
             return a.batches_per_s / b.batches_per_s if a and b else None
 
         vs_clipper, vs_echo, poll_vs_clipper = ratio(ours, theirs), ratio(ours, echo), ratio(poll, theirs)
+        vs_floor = ratio(ours, floor)
         out.append([placement, batch, inflight, rate(echo), rate(ours), rate(theirs),
                     f"{vs_clipper:.2f}x" if vs_clipper else "—",
                     f"{vs_echo:.2f}" if vs_echo else "—", cpu(echo), cpu(ours), cpu(theirs)]
+                   + ([rate(floor), f"{vs_floor:.2f}" if vs_floor else "—", cpu(floor)]
+                      if floored else [])
                    + ([rate(poll), f"{poll_vs_clipper:.2f}x" if poll_vs_clipper else "—", cpu(poll)]
                       if polling else []))  # fmt: skip
         for label, value in (("Schooner", vs_clipper), ("Schooner busy-polling (opt-in)", poll_vs_clipper)):
@@ -478,6 +514,8 @@ def plain_path_table(rows: list[Row]) -> tuple[str, list[str]]:
     headers = ["placement", "batch", "in flight", "echo batches/s", "Schooner batches/s",
                "Clipper batches/s", "Schooner / Clipper", "Schooner / echo",
                "echo µs CPU/input", "Schooner µs CPU/input", "Clipper µs CPU/input"]  # fmt: skip
+    if floored:
+        headers += ["Python floor batches/s", "Schooner / floor", "floor µs CPU/input"]
     if polling:
         headers += ["busy-polling batches/s", "busy-polling / Clipper", "busy-polling µs CPU/input"]
     return markdown_table(headers, out, "lrr" + "r" * (len(headers) - 3)), verdicts
@@ -492,7 +530,7 @@ def measure_plain_path(args: argparse.Namespace, placement: Placement, artifact:
                        clipper: Clipper | None, every_cpu: set[int] | None) -> list[Row]:  # fmt: skip
     """The plain-path rows: pinned as the arguments say (when pinning is possible), then
     floating (driver and servers free on ``every_cpu``, the cpus this process started on)."""
-    servers = (["echo", "schooner"] + (["schooner-poll"] if args.busy_poll_us else [])
+    servers = (["echo", "floor", "schooner"] + (["schooner-poll"] if args.busy_poll_us else [])
                + (["clipper"] if clipper else []))  # fmt: skip
     rows: list[Row] = []
     placements = ([placement.server_cpu] if placement.server_cpu is not None else []) + [None]
@@ -535,11 +573,15 @@ def main(argv: list[str] | None = None) -> int:
                              "SCHOONER_BUSY_POLL_US=US (opt-in: the target lines stay on the "
                              "default container)")  # fmt: skip
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--socket-floor-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--clipper-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--clipper-model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo_server:
         echo_server(args.echo_server)
+        return 0
+    if args.socket_floor_server:
+        socket_floor_server(args.socket_floor_server)
         return 0
     if args.clipper_server:
         if args.clipper_rpc is None or args.clipper_model is None:

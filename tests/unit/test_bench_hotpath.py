@@ -102,6 +102,27 @@ def test_plain_path_table_with_a_busy_polling_container() -> None:
     assert "busy-polling" not in plain
 
 
+def test_plain_path_table_with_the_python_floor() -> None:
+    rows = [
+        _row("echo", 1, 1, 9000), _row("floor", 1, 1, 12000, cpu=0.5), _row("schooner", 1, 1, 9000),
+        _row("clipper", 1, 1, 6000), _row("schooner-poll", 1, 1, 15000, cpu=2.0),
+    ]  # fmt: skip
+    text, verdicts = hp.plain_path_table(rows)
+    head, _, row = text.splitlines()
+    assert head.endswith("| Python floor batches/s | Schooner / floor | floor µs CPU/input "
+                         "| busy-polling batches/s | busy-polling / Clipper | busy-polling µs CPU/input |")  # fmt: skip
+    assert row.endswith("| 12,000 | 0.75 | 0.5 | 15,000 | 2.50x | 2.0 |")
+    assert len(verdicts) == 2  # the floor has no target line
+
+
+@pytest.mark.parametrize("driver", ["zmtp", "pyzmq"])
+def test_python_floor_answers_both_drivers(tmp_path: Path, driver: str) -> None:
+    for batch, inflight in hp.PLAIN_PATH:
+        row = hp.measure("floor", "plain", hp.Payload(batch), inflight, 100, 1, tmp_path, None,
+                         driver=driver)  # fmt: skip
+        assert row.server == "floor" and row.batches_per_s > 0
+
+
 def test_busy_polling_container_answers_the_driver(tmp_path: Path) -> None:
     artifact = closure.save(hp.noop, tmp_path / "noop")
     row = hp.measure("schooner-poll", "plain", hp.Payload(1), 1, 200, 1, artifact, None,
