@@ -20,7 +20,7 @@ With ``busy_poll`` (``SCHOONER_BUSY_POLL_US``), ``recv`` first checks the socket
 long, yielding the CPU between checks, before it sleeps in the kernel: a request that comes
 within the window is read without the wake-up of an idle CPU (tens of microseconds on a
 virtual machine whose idle CPUs halt: on this team's, a round trip at one request in flight
-went from about 10k to 16k a second), for at most that much CPU per idle gap. Off by default.
+went from 9-10k to 13-16k a second), for at most that much CPU per idle gap. Off by default.
 
 * ``SocketChannel`` (``SCHOONER_RPC_SOCKET``): a frontend on the same machine. A plain
   stream socket has no I/O threads between the two processes, so a request costs one
