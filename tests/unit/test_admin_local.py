@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from schooner.admin import ClipperConnection, ClipperException, LocalContainerManager, cli
 from schooner.admin.managers.local.layout import ClusterSettings, cluster_layout
-from schooner.admin.managers.local.processes import is_alive, log_tail
+from schooner.admin.managers.local.processes import is_alive, log_tail, port_in_use
 
 
 @pytest.fixture(autouse=True)
@@ -86,6 +90,34 @@ def test_process_helpers(tmp_path):
     log.write_text("".join(f"line {i}\n" for i in range(100)))
     assert log_tail(log, 2) == "line 98\nline 99"
     assert "no log" in log_tail(tmp_path / "missing.log")
+
+
+_LEADER_EXITS_FIRST = """
+import ctypes, socket, sys, threading, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); print(s.getsockname()[1], flush=True)
+threading.Thread(target=sys.stdin.read).start()  # runs until the test closes stdin
+ctypes.CDLL(None).pthread_exit(None)  # the first thread ends; the process lives on
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_process_whose_first_thread_exited_is_alive_until_its_other_threads_are_gone():
+    """Its first thread shows as a zombie while another still holds its files (here a
+    listening socket, as a frontend killed with SIGKILL can for a moment): not gone yet."""
+    proc = subprocess.Popen([sys.executable, "-c", _LEADER_EXITS_FIRST], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        port = int(proc.stdout.readline())
+        deadline = time.monotonic() + 10
+        while "Z" not in Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[:1]:
+            assert time.monotonic() < deadline, "the first thread did not exit"
+            time.sleep(0.01)
+        assert is_alive(proc.pid) and port_in_use(port)
+    finally:
+        proc.stdin.close()  # the other thread returns: the process exits
+        proc.wait(timeout=10)
+        proc.stdout.close()
+    assert not is_alive(proc.pid) and not port_in_use(port)
 
 
 def test_cli_status_of_a_stopped_cluster(capsys):

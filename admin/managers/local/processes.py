@@ -19,7 +19,10 @@ def is_alive(pid: int) -> bool:
     """True while ``pid`` names a running process (a zombie counts as gone).
 
     A process that has exited but was not yet reaped by its parent still answers
-    ``os.kill(pid, 0)``; ``/proc/<pid>/stat`` tells the two apart on Linux.
+    ``os.kill(pid, 0)``; ``/proc/<pid>/stat`` tells the two apart on Linux. A process's
+    first thread shows as a zombie as soon as it has exited, while the process's other
+    threads may still be running (or exiting, after a SIGKILL) and holding its files, its
+    listening sockets among them: the process is gone only when they are too.
     """
     if pid <= 0:
         return False
@@ -33,9 +36,25 @@ def is_alive(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True
-    # The state letter follows the parenthesised command name, which may contain spaces.
-    state = stat.rsplit(")", 1)[-1].split()[0:1]
-    return state != ["Z"] and state != ["X"]
+    if not _exited(stat):
+        return True
+    try:
+        threads = [t for t in Path(f"/proc/{pid}/task").iterdir() if t.name != str(pid)]
+    except OSError:
+        return False
+    for thread in threads:
+        try:
+            if not _exited((thread / "stat").read_text()):
+                return True
+        except OSError:
+            continue  # that thread is gone
+    return False
+
+
+def _exited(stat: str) -> bool:
+    """A ``/proc/.../stat`` line's state is zombie or dead. The state letter follows the
+    parenthesised command name, which may contain spaces."""
+    return stat.rsplit(")", 1)[-1].split()[0:1] in (["Z"], ["X"])
 
 
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
