@@ -14,6 +14,7 @@ frontend's C extension is not built for the base.
 from __future__ import annotations
 
 import argparse
+import configparser
 import os
 import subprocess
 import sys
@@ -34,7 +35,6 @@ from benchmarks.harness import (
 from schooner.frameworks import closure
 
 CASES = hp.PLAIN_PATH  # (batch, in flight)
-PACKAGES = ("runtime", "frameworks", "frontend", "admin", "base_images")  # setup.cfg's mapping
 
 
 @dataclass
@@ -60,10 +60,18 @@ def export_revision(rev: str, folder: Path, repo: str | None = None) -> Path:
         raise RuntimeError(f"git archive {rev}: {archive.stderr.decode(errors='replace').strip()}")
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
     (path / "schooner").mkdir(parents=True)
-    for package in PACKAGES:
-        if (tree / package).is_dir():
-            (path / "schooner" / package).symlink_to(tree / package)
+    for package, directory in package_dirs(tree).items():
+        (path / "schooner" / package).symlink_to(tree / directory)
     return path
+
+
+def package_dirs(tree: Path) -> dict[str, str]:
+    """The ``schooner`` namespace's packages and the folders they are, as ``tree``'s own
+    ``setup.cfg`` maps them (``package_dir``)."""
+    config = configparser.ConfigParser()
+    config.read(tree / "setup.cfg")
+    pairs = (line.split("=", 1) for line in config["options"]["package_dir"].split("\n") if "=" in line)
+    return {name.strip().removeprefix("schooner."): folder.strip() for name, folder in pairs}
 
 
 def resolves_to(pythonpath: Path | None) -> str:

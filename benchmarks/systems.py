@@ -18,6 +18,7 @@ Each ``Running`` knows the process trees to charge server CPU time to.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -25,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,16 +136,24 @@ def _popen(cmd: list[str], cpu: int | None, log: Path, env: dict[str, str] | Non
                                 stderr=subprocess.STDOUT, start_new_session=new_session)  # fmt: skip
 
 
-def _answering(running: Running, timeout_s: float) -> Running:
-    """``running`` once it answers a real (not default) prediction; stopped if it does not."""
+@contextlib.contextmanager
+def _stopped_on_failure(running: Running) -> Iterator[None]:
+    """Stop ``running`` if the block raises; a RuntimeError (a server that exited or never
+    answered) is raised again with the end of the servers' logs."""
     try:
-        _wait_for_answer(running, timeout_s)
+        yield
     except RuntimeError as exc:
         running.stop()
         raise RuntimeError(f"{exc}\n{running.log_tail()}") from exc
     except BaseException:
         running.stop()
         raise
+
+
+def _answering(running: Running, timeout_s: float) -> Running:
+    """``running`` once it answers a real (not default) prediction; stopped if it does not."""
+    with _stopped_on_failure(running):
+        _wait_for_answer(running, timeout_s)
     return running
 
 
@@ -188,7 +198,7 @@ def start_schooner(model: str, artifact: Path, tmp: Path, cpu: int | None, *, ba
                       cpu, logs[0])  # fmt: skip
     name = "schooner" if transport == "local" else f"schooner-{transport}"
     running = Running(name, f"http://127.0.0.1:{query}/{APP}/predict", [frontend], logs)
-    try:
+    with _stopped_on_failure(running):
         admin = f"http://127.0.0.1:{mgmt}/admin"
         wait_for_http(f"{admin}/ping", timeout_s, frontend)
         # the management API's token, written by the frontend beside its state database
@@ -209,12 +219,6 @@ def start_schooner(model: str, artifact: Path, tmp: Path, cpu: int | None, *, ba
         if local_socket:
             env["SCHOONER_RPC_SOCKET"] = local_socket
         running.procs.append(_popen([sys.executable, "-m", "schooner.runtime"], cpu, logs[1], env))
-    except RuntimeError as exc:  # a server that exited or never answered: say what it logged
-        running.stop()
-        raise RuntimeError(f"{exc}\n{running.log_tail()}") from exc
-    except BaseException:
-        running.stop()
-        raise
     return _answering(running, timeout_s)
 
 

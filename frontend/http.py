@@ -241,17 +241,14 @@ _REASONS = {s.value: s.phrase.encode("latin-1") for s in HTTPStatus}
 _HEAD_CACHE: dict[tuple[int, bytes, bool], bytes] = {}
 
 
-def _head(status: int, content_type: bytes, close: bool) -> bytes:
-    """Status line and fixed headers up to ``Content-Length: `` (cached per combination)."""
-    key = (status, content_type, close)
-    head = _HEAD_CACHE.get(key)
-    if head is None:
-        reason = _REASONS.get(status, b"Unknown")
-        head = (
-            b"HTTP/1.1 %d %s\r\nServer: schooner\r\nContent-Type: %s\r\n%sContent-Length: "
-            % (status, reason, content_type, b"Connection: close\r\n" if close else b"")
-        )
-        _HEAD_CACHE[key] = head
+def _new_head(status: int, content_type: bytes, close: bool) -> bytes:
+    """Status line and fixed headers up to ``Content-Length: ``, made once per combination
+    and kept in ``_HEAD_CACHE`` (which ``render`` reads first)."""
+    reason = _REASONS.get(status, b"Unknown")
+    head = _HEAD_CACHE[(status, content_type, close)] = (
+        b"HTTP/1.1 %d %s\r\nServer: schooner\r\nContent-Type: %s\r\n%sContent-Length: "
+        % (status, reason, content_type, b"Connection: close\r\n" if close else b"")
+    )
     return head
 
 
@@ -259,7 +256,7 @@ def render(
     status: int, body: bytes, content_type: bytes = JSON, close: bool = False, headers: bytes = b""
 ) -> bytes:
     """A complete response as one bytes object (``headers``: extra CRLF-terminated lines)."""
-    head = _HEAD_CACHE.get((status, content_type, close)) or _head(status, content_type, close)
+    head = _HEAD_CACHE.get((status, content_type, close)) or _new_head(status, content_type, close)
     return b"%s%d\r\n%s\r\n%s" % (head, len(body), headers, body)
 
 

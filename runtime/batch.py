@@ -53,9 +53,7 @@ def validate(request: PredictRequest, input_type: InputType) -> None:
         )
     dtype = DTYPES[input_type]
     if dtype is not None:
-        sizes = request.sizes
-        if len(sizes) != 1 or sizes[0] % dtype.itemsize:  # (one whole input: nothing to check)
-            _check_sizes(sizes, dtype.itemsize, input_type)
+        _check_sizes(request.sizes, dtype.itemsize, input_type)
     else:
         for i, item in enumerate(items_of(request)):
             try:

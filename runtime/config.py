@@ -412,18 +412,16 @@ def _wait_seconds(raw: str) -> float:
     return value
 
 
-def _busy_poll_us(raw: str) -> int:
-    value = int(raw)
-    if not 0 <= value <= 10_000:
-        raise ValueError("must be between 0 and 10000 microseconds")
-    return value
+def _int_up_to(highest: int, shown: str) -> Callable[[str], int]:
+    """A parser of whole numbers from 0 to ``highest`` (``shown`` in the error)."""
 
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not 0 <= value <= highest:
+            raise ValueError(f"must be between 0 and {shown}")
+        return value
 
-def _keep_bytes(raw: str) -> int:
-    value = int(raw)
-    if not 0 <= value <= 1 << 30:
-        raise ValueError("must be between 0 and 1073741824 (1 GiB)")
-    return value
+    return parse
 
 
 def _positive_float(raw: str) -> float:
@@ -479,8 +477,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SCHOONER_EVERY_FRONTEND": ("every_frontend", _bool),
     "SCHOONER_FRONTEND_ENDPOINTS": ("frontend_endpoints", _endpoints),
     "SCHOONER_COALESCE_WAIT": ("coalesce_wait_s", _wait_seconds),
-    "SCHOONER_KEEP_FREED_BYTES": ("keep_freed_bytes", _keep_bytes),
-    "SCHOONER_BUSY_POLL_US": ("busy_poll_us", _busy_poll_us),
+    "SCHOONER_KEEP_FREED_BYTES": ("keep_freed_bytes", _int_up_to(1 << 30, "1073741824 (1 GiB)")),
+    "SCHOONER_BUSY_POLL_US": ("busy_poll_us", _int_up_to(10_000, "10000 microseconds")),
 }
 _REQUIRED = frozenset({"model_name", "model_version"})
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ContainerConfig)}

@@ -206,19 +206,17 @@ class Container:
 
     def _serve(self, requests: list[wire.PredictRequest]) -> None:
         """Predict the requests (in groups of at most the max batch size) and answer each."""
-        channel, clock = self._socket, self._clock
-        assert channel is not None
         limit = self.config.max_batch_size
-        for group in self._groups(requests, limit) if limit and len(requests) > 1 else (requests,):
-            started = clock()
+        groups = self._groups(requests, limit) if limit and len(requests) > 1 else (requests,)
+        for group in groups:
+            started = self._clock()
             answers, inputs, errors = self._predict_group(group)
             for request, (outputs, status) in zip(group, answers):
-                if request.inputs is None:  # packed
-                    channel.send(wire.encode_packed_response(request.msg_id, outputs, status))
+                if request.packed:
+                    self._send(wire.encode_packed_response(request.msg_id, outputs, status))
                 else:  # a plain v3 peer reads errors from the outputs themselves
-                    channel.send(wire.encode_predict_response(request.msg_id, outputs))
-            self._last_sent = now = clock()
-            self.metrics.record_batch(len(group), inputs, now - started, errors)
+                    self._send(wire.encode_predict_response(request.msg_id, outputs))
+            self.metrics.record_batch(len(group), inputs, self._last_sent - started, errors)
 
     @staticmethod
     def _groups(requests: list[wire.PredictRequest],

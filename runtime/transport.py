@@ -374,55 +374,45 @@ class ZmtpReader:
                 need = pos + 2
                 break
             flags = data[pos]
-            if flags < 2:  # the usual frame: a short data frame (MORE set or not)
-                at = pos + 2
-                nxt = at + data[pos + 1]
-                if nxt > end:
-                    need = nxt
+            if flags & _ZMTP_LONG:
+                if end - pos < 9:
+                    need = pos + 9
                     break
-                frames.append(data[at:nxt])
-                total += nxt - at
-            else:
-                if flags & _ZMTP_LONG:
-                    if end - pos < 9:
-                        need = pos + 9
-                        break
-                    (size,) = _U64BE.unpack_from(data, pos + 1)
-                    at = pos + 9
-                    # refused before waiting for a body that may never fit
-                    if flags & _ZMTP_COMMAND:
-                        if size > _MAX_COMMAND:
-                            raise wire.WireError(f"a ZMTP command of {size} bytes")
-                    elif total + size > max_bytes:
-                        raise wire.WireError(f"a message of more than {max_bytes} bytes")
-                else:
-                    size = data[pos + 1]
-                    at = pos + 2
-                nxt = at + size
-                if nxt > end:
-                    if size >= _IN_PLACE and not flags & _ZMTP_COMMAND:
-                        # A large frame still arriving: its body gets a buffer of its own,
-                        # filled in place from here on (no growing buffer, no copy when it
-                        # completes).
-                        self._frames, self._total = frames, total
-                        self._body, self._body_flags = memoryview(bytearray(size)), flags
-                        self._buf, self._need = bytearray(), 0
-                        done, _ = self._large_frame(memoryview(data)[at:])
-                        return out + done
-                    need = nxt
-                    break
+                (size,) = _U64BE.unpack_from(data, pos + 1)
+                at = pos + 9
+                # refused before waiting for a body that may never fit
                 if flags & _ZMTP_COMMAND:
-                    if frames:
-                        raise wire.WireError("a ZMTP command inside a message")
                     if size > _MAX_COMMAND:
                         raise wire.WireError(f"a ZMTP command of {size} bytes")
-                    self.commands.append(_command(memoryview(data)[at:nxt]))
-                    pos = nxt
-                    continue
-                # A small frame is copied out (cheaper to make and to use than a view); a
-                # large one is a view of the received bytes.
-                frames.append(data[at:nxt] if size < _COPY_BELOW else memoryview(data)[at:nxt])
-                total += size
+                elif total + size > max_bytes:
+                    raise wire.WireError(f"a message of more than {max_bytes} bytes")
+            else:
+                size = data[pos + 1]
+                at = pos + 2
+            nxt = at + size
+            if nxt > end:
+                if size >= _IN_PLACE and not flags & _ZMTP_COMMAND:
+                    # A large frame still arriving: its body gets a buffer of its own, filled
+                    # in place from here on (no growing buffer, no copy when it completes).
+                    self._frames, self._total = frames, total
+                    self._body, self._body_flags = memoryview(bytearray(size)), flags
+                    self._buf, self._need = bytearray(), 0
+                    done, _ = self._large_frame(memoryview(data)[at:])
+                    return out + done
+                need = nxt
+                break
+            if flags & _ZMTP_COMMAND:
+                if frames:
+                    raise wire.WireError("a ZMTP command inside a message")
+                if size > _MAX_COMMAND:
+                    raise wire.WireError(f"a ZMTP command of {size} bytes")
+                self.commands.append(_command(memoryview(data)[at:nxt]))
+                pos = nxt
+                continue
+            # A small frame is copied out (cheaper to make and to use than a view); a large
+            # one is a view of the received bytes.
+            frames.append(data[at:nxt] if size < _COPY_BELOW else memoryview(data)[at:nxt])
+            total += size
             pos = nxt
             if not flags & _ZMTP_MORE:
                 # Frames and short-frame bytes are counted per message, and per chunk below:
@@ -530,23 +520,15 @@ class ZmtpChannel:
             try:
                 if target is not None:  # the rest of a large frame: straight into its buffer
                     n = self._sock.recv_into(target)
-                    data = b""
                 else:
                     n = self._recv_into(self._chunk)
-                    data = self._chunk[:n].tobytes()
             except self.timeouts:
                 raise
             except OSError as exc:
                 raise ChannelClosed(str(exc)) from None
             if not n:
                 raise ChannelClosed("the frontend closed the connection")
-            self._drained = n < (_RECV_CHUNK if target is None else len(target))
-            if target is not None:
-                messages = reader.body_received(n)
-                if messages:
-                    self._messages, self._next = messages, 0
-                    return self._take()
-            elif self._fill(data):
+            if self._received(n, target):
                 return self._take()
 
     def ready(self) -> int:
@@ -568,13 +550,7 @@ class ZmtpChannel:
                 return False  # a broken socket: the next recv says so
             if not n:
                 return False  # closed: the next recv says so
-            self._drained = n < (_RECV_CHUNK if target is None else len(target))
-            if target is not None:
-                messages = reader.body_received(n)
-                if messages:
-                    self._messages, self._next = messages, 0
-                    return True
-            elif self._fill(self._chunk[:n].tobytes()):
+            if self._received(n, target):
                 return True
         return False
 
@@ -587,10 +563,14 @@ class ZmtpChannel:
     def close(self) -> None:
         self._sock.close()
 
-    def _fill(self, data: bytes) -> bool:
+    def _received(self, n: int, target: memoryview | None) -> bool:
+        """``n`` bytes were read, into ``target`` (the rest of a large frame) or into the
+        chunk buffer: whether they completed a message (then ``_take`` has it)."""
         reader = self._reader
+        self._drained = n < (_RECV_CHUNK if target is None else len(target))
         try:
-            messages = reader.feed(data)
+            messages = reader.body_received(n) if target is not None else \
+                reader.feed(self._chunk[:n].tobytes())  # fmt: skip
         except wire.WireError as exc:
             raise ChannelClosed(f"the frontend broke ZMTP: {exc}") from None
         if reader.commands:

@@ -65,6 +65,7 @@ names and versions are at most ``MAX_NAME_BYTES`` bytes (checked by
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import struct
@@ -346,12 +347,10 @@ def _u32(frame: Buffer, what: str) -> int:
     return int(_U32.unpack(frame)[0])
 
 
-# The u64-array formats of the headers a request or an answer usually has, compiled once.
-_U64_ARRAYS = [struct.Struct(f"<{n}Q") for n in range(67)]
-
-
+@functools.lru_cache(maxsize=256)  # a C-level lookup; the lengths headers usually have
 def _u64_array(n: int) -> struct.Struct:
-    return _U64_ARRAYS[n] if n < len(_U64_ARRAYS) else struct.Struct(f"<{n}Q")
+    """The format of ``n`` little-endian u64s, compiled once."""
+    return struct.Struct(f"<{n}Q")
 
 
 def _u64s(frame: Buffer, what: str) -> tuple[int, ...]:
@@ -361,7 +360,7 @@ def _u64s(frame: Buffer, what: str) -> tuple[int, ...]:
     return _u64_array(n).unpack(frame)
 
 
-def _pack_u64s(values: Sequence[int]) -> bytes:
+def _pack_u64s(*values: int) -> bytes:
     return _u64_array(len(values)).pack(*values)
 
 
@@ -403,7 +402,7 @@ def encode_auth_response(mac: bytes) -> list[bytes]:
 def encode_predict_response(msg_id: bytes, outputs: Sequence[bytes]) -> list[bytes]:
     """Plain v3 response: header ``[N, len_0..]`` (no input-type field), a frame per output."""
     n = len(outputs)
-    header = _u64_array(n + 1).pack(n, *map(len, outputs))
+    header = _pack_u64s(n, *map(len, outputs))
     return [_EMPTY, _T_CONTENT, msg_id, _U64.pack(len(header)), header, *outputs]
 
 
@@ -412,7 +411,7 @@ def encode_packed_response(
 ) -> list[bytes]:
     """Packed response (Schooner extension): a constant six frames whatever N is."""
     n = len(outputs)
-    header = _pack_u64s([n, *map(len, outputs)])
+    header = _pack_u64s(n, *map(len, outputs))
     return [_EMPTY, _T_PACKED, msg_id, header, status or bytes(n), b"".join(outputs)]
 
 
@@ -430,9 +429,7 @@ def decode_from_frontend(frames: Sequence[Buffer]) -> FromFrontend:
     if mtype == _T_CONTENT:
         if count < 6:
             raise WireError("prediction request is too short")
-        msg_id = frames[3]
-        if type(msg_id) is not bytes:
-            msg_id = bytes(msg_id)
+        msg_id = bytes(frames[3])
         if len(msg_id) != 4:
             raise WireError("message id must be a 4-byte frame")
         rtype = frames[4]
@@ -463,11 +460,9 @@ _INPUT_TYPES = {int(t): t for t in InputType}
 
 
 def _request_header(frame: Buffer) -> tuple[InputType, tuple[int, ...]]:
-    count, rem = divmod(len(frame), 8)
-    if rem or count < 2:
-        _u64s(frame, "request header")  # says what is wrong with the length, if it is
+    header = _u64s(frame, "request header")
+    if len(header) < 2:
         raise WireError("request header needs at least [input_type, N]")
-    header = (_U64_ARRAYS[count] if count < len(_U64_ARRAYS) else _u64_array(count)).unpack(frame)
     input_type = _INPUT_TYPES.get(header[0])  # a dict lookup, not an Enum call per request
     if input_type is None:
         raise WireError(f"unknown input type {header[0]}")
@@ -479,17 +474,13 @@ def _request_header(frame: Buffer) -> tuple[InputType, tuple[int, ...]]:
 
 
 def _decode_plain_request(msg_id: bytes, frames: Sequence[Buffer]) -> PredictRequest:
-    header_size = frames[5]
-    if len(header_size) != 8:
-        _u64s(header_size, "header size")  # says what is wrong with the length, if it is
+    declared = _u64s(frames[5], "header size")
+    if len(declared) != 1:
         raise WireError("header size must be one u64")
-    (declared,) = _U64.unpack(header_size)
-    if len(frames) < 7 or declared != len(frames[6]):
+    if len(frames) < 7 or declared[0] != len(frames[6]):
         raise WireError("header size frame does not match the header")
     input_type, sizes = _request_header(frames[6])
-    inputs = frames[7:]
-    if type(inputs) is not list:
-        inputs = list(inputs)
+    inputs = list(frames[7:])
     if len(inputs) != len(sizes):
         raise WireError(f"header announces {len(sizes)} inputs, message carries {len(inputs)}")
     if tuple(map(len, inputs)) != sizes:  # one C-level pass; the loop only to say which
@@ -527,7 +518,7 @@ def encode_predict_request(
     msg_id: int, input_type: InputType, inputs: Sequence[Buffer]
 ) -> list[Buffer]:
     """Plain v3 request: ``u64 H | header | input_0 .. input_{N-1}``."""
-    header = _pack_u64s([int(input_type), len(inputs), *map(len, inputs)])
+    header = _pack_u64s(int(input_type), len(inputs), *map(len, inputs))
     return [
         _EMPTY, _V3, _T_CONTENT, _U32.pack(msg_id), _R_PREDICT,
         _U64.pack(len(header)), header, *inputs,
@@ -538,7 +529,7 @@ def encode_packed_request(
     msg_id: int, input_type: InputType, sizes: Sequence[int], payload: Buffer
 ) -> list[Buffer]:
     """Packed request (Schooner extension, only to a container that announced CAP_PACKED)."""
-    header = _pack_u64s([int(input_type), len(sizes), *sizes])
+    header = _pack_u64s(int(input_type), len(sizes), *sizes)
     return [_EMPTY, _V3, _T_CONTENT, _U32.pack(msg_id), _R_PACKED, header, payload]
 
 

@@ -24,6 +24,7 @@ import pytest
 import zmq
 from conftest import held_model
 
+from benchmarks.hot_path import cpu_seconds
 from schooner.runtime import wire
 from schooner.runtime.transport import unix_address
 
@@ -322,11 +323,6 @@ def test_inputs_answered_with_errors_are_counted_on_both_framings(
     assert 'schooner_container_errors_total{model="m",version="1"} 4.0' in text
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_busy_poll_answers_and_sleeps_when_idle(start_container, closure_artifact, any_frontend):
     frontend = any_frontend
@@ -339,9 +335,9 @@ def test_busy_poll_answers_and_sleeps_when_idle(start_container, closure_artifac
     assert frontend.response().texts() == ["7.0"]
     # Idle: each wait for a request polls for 5 ms, then sleeps until the heartbeat is due
     # (0.2 s): a few percent of a core, where a poll that never stopped would take all of it.
-    before = _cpu_seconds(c.process.pid)
+    before = cpu_seconds(c.process.pid)
     time.sleep(2.0)
-    assert _cpu_seconds(c.process.pid) - before < 0.5
+    assert cpu_seconds(c.process.pid) - before < 0.5
     frontend.packed(51, [[1.5]])  # and the session is still there
     assert frontend.response().texts() == ["1.5"]
 

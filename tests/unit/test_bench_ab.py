@@ -21,6 +21,9 @@ pytestmark = pytest.mark.skipif(
 def test_a_revision_is_exported_and_imported_from_its_own_tree(tmp_path: Path) -> None:
     path = ab.export_revision("HEAD", tmp_path / "base")
     assert (path / "schooner" / "runtime" / "container.py").is_file()
+    assert ab.package_dirs(tmp_path / "base" / "tree") == {
+        "runtime": "runtime", "frameworks": "frameworks", "frontend": "frontend",
+        "admin": "admin", "base_images": "base_images"}  # setup.cfg's package_dir
     where = ab.resolves_to(path)
     assert Path(where).resolve() == (tmp_path / "base" / "tree" / "runtime").resolve()
     assert Path(ab.resolves_to(None)).resolve() == (Path(repo_root()) / "runtime").resolve()

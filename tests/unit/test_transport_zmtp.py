@@ -245,6 +245,19 @@ def test_ping_is_answered_with_pong() -> None:
     assert data.startswith(zmtp_greeting()) and data.endswith(pong)
 
 
+def test_a_large_last_frame_past_the_frame_limit_closes_the_channel() -> None:
+    """The limit is checked when the message's last frame, received in place, completes:
+    the channel says ChannelClosed (the loop starts a new session), as for any broken
+    stream, not a WireError that would end the loop."""
+    ready = zmtp_command(b"READY", [(b"Socket-Type", b"ROUTER")])
+    message = b"".join(zmtp_message([b"x"] * 8 + [bytes(256 * 1024)]))  # 9 frames, limit 8
+    port, _, _ = _fake_frontend(zmtp_greeting(), ready + message)
+    channel = ZmtpChannel("127.0.0.1", port, timeout=2.0, limits=wire.Limits(max_frames=8, max_bytes=1 << 20))
+    with pytest.raises(ChannelClosed, match="more than 8 frames"):
+        channel.recv()
+    channel.close()
+
+
 def test_a_large_frame_still_arriving_is_received_in_place() -> None:
     big = bytes(range(256)) * 1000  # 256 KB
     data = _stream([[b"", big], [b"", b"next"]])
