@@ -50,6 +50,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError("no free TCP port found")
 
 
+def free_ports_in_a_row(count: int, host: str = "127.0.0.1") -> int:
+    """A port p such that p .. p + count - 1 are all free now and none was handed out (a
+    frontend's worker i binds its RPC port + i); all of them are handed out."""
+    for _ in range(200):
+        base = free_port(host)
+        wanted = range(base + 1, base + count)
+        if any(p in _handed_out or p > 65535 for p in wanted):
+            continue
+        try:
+            for port in wanted:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        _handed_out.update(wanted)
+        return base
+    raise RuntimeError(f"no {count} free TCP ports in a row found")
+
+
 class WaitTimeout(AssertionError):
     """A bounded wait ran out; the message says what was awaited and shows the logs."""
 
@@ -592,12 +611,14 @@ def local_cluster(name: str, *, home: Path | None = None, **options: Any) -> Ite
     """A started local cluster named ``name`` on free ports (``home``: its SCHOONER_HOME,
     None for the environment's); ``options`` go to LocalContainerManager. Stopped on exit."""
     from schooner.admin import ClipperConnection, LocalContainerManager
+    from schooner.runtime.config import default_frontend_workers
 
+    workers = default_frontend_workers(int(options.get("frontend_workers") or 0))
     manager = LocalContainerManager(
         cluster_name=name,
         clipper_query_port=free_port(),
         clipper_management_port=free_port(),
-        clipper_rpc_port=free_port(),
+        clipper_rpc_port=free_ports_in_a_row(workers),
         schooner_home=home,
         **options,
     )

@@ -20,7 +20,7 @@ import pytest
 
 requests = pytest.importorskip("requests")
 
-from conftest import free_port, local_cluster  # noqa: E402
+from conftest import free_ports_in_a_row, local_cluster  # noqa: E402
 
 from schooner.runtime.config import ContainerConfig, worker_endpoints  # noqa: E402
 from schooner.runtime.frontends import _Coalescing, _join  # noqa: E402
@@ -63,23 +63,9 @@ def _all_answered(frontend: Any, app: str, n: int, expect: float) -> list[int]:
     return ids
 
 
-def _two_free_ports() -> int:
-    """A port p with p + 1 free too: worker 1 binds the RPC port + 1."""
-    import socket
-
-    while True:
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-
-
 @pytest.fixture
 def two_workers(start_frontend, start_container, closure_artifact):
-    rpc = _two_free_ports()  # (the last --rpc-port given wins)
+    rpc = free_ports_in_a_row(2)  # (the last --rpc-port given wins)
     frontend = start_frontend(extra_args=["--workers", "2", "--allow-unauthenticated-containers",
                                           "--rpc-port", str(rpc)], local_socket=True)
     frontend.rpc_port = rpc
