@@ -3,6 +3,10 @@
 * ``schooner.frontend._fastpath`` (frontend/_fastpath.c) turns the common request body
   straight into wire bytes. It is optional: without a C compiler the install goes on and
   the frontend uses the same conversion in Python (frontend/inputs.py).
+* ``schooner.runtime._wirefast`` (runtime/_wirefast.c) does the container's wire work for
+  the common message (cutting ZMTP frames, framing a reply, decoding a prediction request).
+  Optional in the same way: without it the container runs the same steps in Python
+  (runtime/transport.py, runtime/wire.py).
 * ``schooner.frontend.oip_grpc_pb2``: the Open Inference Protocol's gRPC messages, compiled
   from frontend/oip_grpc.proto with grpcio-tools (a build requirement, pyproject.toml).
   Without grpcio-tools the build goes on and the frontend serves no gRPC (it says so, and
@@ -47,6 +51,11 @@ setup(
             "schooner.frontend._fastpath",
             sources=["frontend/_fastpath.c"],
             optional=True,
-        )
+        ),
+        Extension(
+            "schooner.runtime._wirefast",
+            sources=["runtime/_wirefast.c"],
+            optional=True,
+        ),
     ],
 )

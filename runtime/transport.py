@@ -14,7 +14,8 @@ through a lock.
   per message, and a queue operation per frame, which on the plain v3 path (a frame per input
   and per output) cost more than the container's own work. Here a message is one ``recv``
   (often several messages) and one ``send``; frames are cut out of the received bytes as
-  views. A lost frontend is seen at once: ``ChannelClosed``, and the loop opens a new session
+  views. Where the optional C extension is built (runtime/_wirefast.c), complete small frames
+  are cut, and a message framed for sending, in one C call each: the same frames and bytes. A lost frontend is seen at once: ``ChannelClosed``, and the loop opens a new session
   (as ``SocketChannel`` does), where ZeroMQ would have reconnected quietly.
 With ``busy_poll`` (``SCHOONER_BUSY_POLL_US``), ``recv`` first checks the socket for up to that
 long, yielding the CPU between checks, before it sleeps in the kernel: a request that comes
@@ -43,9 +44,15 @@ from typing import Any, Protocol
 from schooner.runtime import wire
 from schooner.runtime.errors import ConfigError
 
+try:  # the optional C shortcut (runtime/_wirefast.c): the same results where it answers
+    from schooner.runtime._wirefast import zmtp_cut as _zmtp_cut
+    from schooner.runtime._wirefast import zmtp_join as _zmtp_join
+except ImportError:
+    _zmtp_cut = _zmtp_join = None
+
 __all__ = [
     "Channel", "ChannelClosed", "ZmtpChannel", "SocketChannel", "ZmtpReader",
-    "zmtp_greeting", "zmtp_command", "zmtp_message", "unix_address",
+    "zmtp_greeting", "zmtp_command", "zmtp_message", "zmtp_bytes", "unix_address",
 ]  # fmt: skip
 
 _RECV_CHUNK = 1 << 20
@@ -167,7 +174,7 @@ class SocketChannel:
 
     def send(self, frames: Sequence[wire.Buffer]) -> None:
         try:
-            self._sock.sendall(b"".join([wire.stream_header(frames), *frames]))
+            self._sock.sendall(wire.stream_bytes(frames))
         except OSError as exc:
             raise ChannelClosed(str(exc)) from None
 
@@ -241,6 +248,15 @@ def zmtp_message(frames: Sequence[wire.Buffer]) -> list[wire.Buffer]:
     if out:  # the last frame's header says no more
         out[-2] = _SHORT_LAST[n] if n < 256 else _LONG_LAST + _U64BE.pack(n)
     return out
+
+
+def zmtp_bytes(frames: Sequence[wire.Buffer]) -> bytes:
+    """One message as the bytes to write: ``b"".join(zmtp_message(frames))``."""
+    return b"".join(zmtp_message(frames))
+
+
+if _zmtp_join is not None:
+    zmtp_bytes = _zmtp_join  # noqa: F811 (the same bytes, in one C call)
 
 
 def _parse_greeting(data: bytes) -> None:
@@ -369,7 +385,10 @@ class ZmtpReader:
         frames, total = self._frames, self._total
         max_frames, max_bytes = self._max_frames, self._max_bytes
         need = 0
+        cut = _zmtp_cut
         while True:
+            if cut is not None:  # complete small data frames in one C call
+                pos, frames, total = cut(data, pos, frames, total, out, max_frames, max_bytes)
             if end - pos < 2:
                 need = pos + 2
                 break
@@ -556,7 +575,7 @@ class ZmtpChannel:
 
     def send(self, frames: Sequence[wire.Buffer]) -> None:
         try:
-            self._sendall(b"".join(zmtp_message(frames)))
+            self._sendall(zmtp_bytes(frames))
         except OSError as exc:
             raise ChannelClosed(str(exc)) from None
 

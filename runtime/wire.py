@@ -61,6 +61,14 @@ message and bytes per message (``DEFAULT_MAX_FRAMES``, ``DEFAULT_MAX_MESSAGE_BYT
 a peer cannot make a receiver build millions of frame objects or buffer gigabytes. Model
 names and versions are at most ``MAX_NAME_BYTES`` bytes (checked by
 ``decode_from_container``). ``excerpt`` shortens anything a peer sent before it is logged.
+
+The container's side in C
+-------------------------
+Where the optional extension is built (runtime/_wirefast.c), ``decode_from_frontend`` hands
+a well-formed prediction request to one C call first, and ``encode_predict_response``,
+``encode_packed_response`` and ``stream_bytes`` are C functions giving the same frames and
+bytes. The Python here stays the definition: it decodes everything the C call leaves to it
+and words every error.
 """
 
 from __future__ import annotations
@@ -76,6 +84,14 @@ from enum import IntEnum
 import numpy as np
 
 from schooner.runtime.errors import WireError
+
+try:  # the optional C shortcut (runtime/_wirefast.c): the same results where it answers
+    from schooner.runtime._wirefast import packed_response as _packed_response
+    from schooner.runtime._wirefast import predict_request as _predict_request
+    from schooner.runtime._wirefast import predict_response as _predict_response
+    from schooner.runtime._wirefast import stream_join as _stream_join
+except ImportError:
+    _packed_response = _predict_request = _predict_response = _stream_join = None
 
 __all__ = [
     "RPC_VERSION",
@@ -101,6 +117,7 @@ __all__ = [
     "decode_from_frontend",
     "decode_from_container",
     "stream_header",
+    "stream_bytes",
     "StreamReader",
     "CAP_AUTH",
     "AUTH_CONTEXT",
@@ -415,8 +432,18 @@ def encode_packed_response(
     return [_EMPTY, _T_PACKED, msg_id, header, status or bytes(n), b"".join(outputs)]
 
 
+if _predict_response is not None:  # the same frames, each in one C call
+    encode_predict_response = _predict_response  # type: ignore[assignment]  # noqa: F811
+    encode_packed_response = _packed_response  # type: ignore[assignment]  # noqa: F811
+
+
 def decode_from_frontend(frames: Sequence[Buffer]) -> FromFrontend:
     """Decode what a container receives. Raises WireError on anything malformed."""
+    if _predict_request is not None:  # a well-formed prediction request, in one C call
+        found = _predict_request(frames)
+        if found is not None:
+            msg_id, input_type, sizes, inputs, payload = found
+            return PredictRequest(msg_id, _INPUT_TYPES[input_type], sizes, inputs, payload)
     count = len(frames)
     if count < 3:
         raise WireError(f"message of {count} frames is too short")
@@ -635,6 +662,15 @@ def stream_header(frames: Sequence[Buffer]) -> bytes:
     """The prefix that delimits one message on a stream; write it, then the frames."""
     n = len(frames)
     return struct.pack(f"<{n + 1}I", n, *[_nbytes(f) for f in frames])
+
+
+def stream_bytes(frames: Sequence[Buffer]) -> bytes:
+    """One message as the bytes to write on a stream: its header, then its frames."""
+    return b"".join([stream_header(frames), *frames])
+
+
+if _stream_join is not None:
+    stream_bytes = _stream_join  # noqa: F811 (the same bytes, in one C call)
 
 
 class StreamReader:

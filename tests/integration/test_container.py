@@ -26,7 +26,7 @@ from conftest import held_model
 
 from benchmarks.hot_path import cpu_seconds
 from schooner.runtime import wire
-from schooner.runtime.transport import unix_address
+from schooner.runtime.transport import unix_address, zmtp_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +42,8 @@ class Frontend:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.identity = b""
+        self.sent = 0  # ZMTP bytes of every message sent
+
 
     def recv(self, timeout: float = 20.0):
         assert self.sock.poll(int(timeout * 1000)), f"nothing from the container in {timeout}s"
@@ -58,6 +60,22 @@ class Frontend:
 
     def send(self, frames) -> None:
         self.sock.send_multipart([self.identity, *frames])
+        self.sent += len(zmtp_bytes(frames))
+
+    def wait_delivered(self, since: int, timeout: float = 10.0) -> None:
+        """Wait until the bytes sent after ``sent`` was ``since`` wait in the container's
+        socket (a ZeroMQ send only queues them for libzmq's I/O thread). Only while the
+        container reads nothing, e.g. inside a held predict."""
+        # The container's end of the connection: the one whose remote port is ours
+        # (/proc/net/tcp: addresses as hex ip:port, then "tx_queue:rx_queue" in hex)
+        want, queued, deadline = self.sent - since, -1, time.monotonic() + timeout
+        while queued < want:
+            assert time.monotonic() < deadline, f"{queued} of {want} bytes delivered"
+            time.sleep(0.01)
+            for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[2].split(":")[1], 16) == self.port and fields[3] == "01":
+                    queued = int(fields[4].split(":")[1], 16)
 
     def packed(self, msg_id: int, rows) -> None:
         x = np.asarray(rows, dtype="<f8")
@@ -91,6 +109,7 @@ class StreamFrontend(Frontend):
         self.pending: deque[list[bytes]] = deque()
         self.port = 1  # CLIPPER_PORT: unused once SCHOONER_RPC_SOCKET is set
         self.identity = b"local"
+        self.sent = 0
 
     def recv(self, timeout: float = 20.0):
         deadline = time.monotonic() + timeout
@@ -112,6 +131,9 @@ class StreamFrontend(Frontend):
     def send(self, frames) -> None:
         assert self.conn is not None, "no container connected"
         self.conn.sendall(wire.stream_header(frames) + b"".join(bytes(f) for f in frames))
+
+    def wait_delivered(self, since: int, timeout: float = 10.0) -> None:
+        """Nothing to wait for: a send that returned has delivered."""
 
     def close(self) -> None:
         if self.conn is not None:
@@ -251,10 +273,12 @@ def test_queued_requests_coalesce_up_to_the_max_batch_size(start_container, clos
     c = _start(start_container, closure_artifact, frontend, sizes, SCHOONER_MAX_BATCH_SIZE="4")
     frontend.packed(1, [[0.0]])
     gate.wait_started(c)  # request 1 is being predicted alone; the rest queue behind it
+    mark = frontend.sent
     frontend.packed(2, [[1.0], [1.0]])
     frontend.send(wire.encode_predict_request(3, D, [np.array([1.0]).tobytes()] * 2))
     frontend.packed(4, [[1.0]])
     frontend.packed(5, [[1.0]] * 6)  # bigger than the limit on its own: predicted in chunks
+    frontend.wait_delivered(mark)
     gate.release()
     got = {}
     for _ in range(5):
