@@ -116,53 +116,62 @@ static PyObject *zmtp_cut(PyObject *self, PyObject *const *args, Py_ssize_t narg
     return result;
 }
 
-/* The buffers of a sequence of frames (bytes, bytearray, contiguous memoryview), with their
- * total size. Returns the number of frames, or -1 with an exception set. */
-static Py_ssize_t get_buffers(PyObject *seq, Py_buffer **views, Py_ssize_t *bytes) {
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    *views = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
-    if (*views == NULL) {
+/* A sequence of frames (bytes, bytearray, contiguous memoryview) held open: the sequence, each
+ * frame's buffer, how many and their total size. */
+typedef struct {
+    PyObject *seq;
+    Py_buffer *views;
+    Py_ssize_t n, body;
+} Frames;
+
+static void frames_close(Frames *f);
+
+/* Open ``arg``'s frames into ``f``; 0, or -1 with an exception set (and nothing held). */
+static int frames_open(PyObject *arg, const char *what, Frames *f) {
+    f->seq = PySequence_Fast(arg, what);
+    if (f->seq == NULL) return -1;
+    f->n = PySequence_Fast_GET_SIZE(f->seq);
+    f->body = 0;
+    f->views = PyMem_Calloc(f->n ? (size_t)f->n : 1, sizeof(Py_buffer));
+    if (f->views == NULL) {
+        Py_DECREF(f->seq);
         PyErr_NoMemory();
         return -1;
     }
-    *bytes = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (PyObject_GetBuffer(items[i], &(*views)[i], PyBUF_SIMPLE) < 0) {
-            for (Py_ssize_t j = 0; j < i; j++) PyBuffer_Release(&(*views)[j]);
-            PyMem_Free(*views);
+    PyObject **items = PySequence_Fast_ITEMS(f->seq);
+    for (Py_ssize_t i = 0; i < f->n; i++) {
+        if (PyBytes_CheckExact(items[i])) { /* most frames; obj NULL: nothing to release */
+            f->views[i].buf = PyBytes_AS_STRING(items[i]);
+            f->views[i].len = PyBytes_GET_SIZE(items[i]);
+        } else if (PyObject_GetBuffer(items[i], &f->views[i], PyBUF_SIMPLE) < 0) {
+            f->n = i; /* release the ones opened */
+            frames_close(f);
             return -1;
         }
-        *bytes += (*views)[i].len;
+        f->body += f->views[i].len;
     }
-    return n;
+    return 0;
 }
 
-static void release_buffers(Py_buffer *views, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) PyBuffer_Release(&views[i]);
-    PyMem_Free(views);
+static void frames_close(Frames *f) {
+    for (Py_ssize_t i = 0; i < f->n; i++) PyBuffer_Release(&f->views[i]);
+    PyMem_Free(f->views);
+    Py_DECREF(f->seq);
 }
 
 /* zmtp_join(frames) -> bytes: each frame's ZMTP header (MORE on all but the last), then the
  * frame, all in one bytes object. */
 static PyObject *zmtp_join(PyObject *self, PyObject *arg) {
-    PyObject *seq = PySequence_Fast(arg, "zmtp_join(frames): frames must be a sequence");
-    if (seq == NULL) return NULL;
-    Py_buffer *views;
-    Py_ssize_t body;
-    Py_ssize_t n = get_buffers(seq, &views, &body);
-    if (n < 0) {
-        Py_DECREF(seq);
-        return NULL;
-    }
-    Py_ssize_t size = body;
-    for (Py_ssize_t i = 0; i < n; i++) size += views[i].len < 256 ? 2 : 9;
+    Frames f;
+    if (frames_open(arg, "zmtp_join(frames): frames must be a sequence", &f) < 0) return NULL;
+    Py_ssize_t size = f.body;
+    for (Py_ssize_t i = 0; i < f.n; i++) size += f.views[i].len < 256 ? 2 : 9;
     PyObject *result = PyBytes_FromStringAndSize(NULL, size);
     if (result != NULL) {
         unsigned char *p = (unsigned char *)PyBytes_AS_STRING(result);
-        for (Py_ssize_t i = 0; i < n; i++) {
-            uint64_t len = (uint64_t)views[i].len;
-            unsigned char more = i + 1 < n ? ZMTP_MORE : 0;
+        for (Py_ssize_t i = 0; i < f.n; i++) {
+            uint64_t len = (uint64_t)f.views[i].len;
+            unsigned char more = i + 1 < f.n ? ZMTP_MORE : 0;
             if (len < 256) {
                 *p++ = more;
                 *p++ = (unsigned char)len;
@@ -170,54 +179,45 @@ static PyObject *zmtp_join(PyObject *self, PyObject *arg) {
                 *p++ = more | ZMTP_LONG;
                 for (int b = 7; b >= 0; b--) *p++ = (unsigned char)(len >> (8 * b));
             }
-            memcpy(p, views[i].buf, (size_t)len);
+            memcpy(p, f.views[i].buf, (size_t)len);
             p += len;
         }
     }
-    release_buffers(views, n);
-    Py_DECREF(seq);
+    frames_close(&f);
     return result;
 }
 
 /* stream_join(frames) -> bytes: wire.stream_header(frames) (u32 count, u32 size of each,
  * little endian), then the frames, in one bytes object. */
 static PyObject *stream_join(PyObject *self, PyObject *arg) {
-    PyObject *seq = PySequence_Fast(arg, "stream_join(frames): frames must be a sequence");
-    if (seq == NULL) return NULL;
-    Py_buffer *views;
-    Py_ssize_t body;
-    Py_ssize_t n = get_buffers(seq, &views, &body);
-    if (n < 0) {
-        Py_DECREF(seq);
-        return NULL;
-    }
+    Frames f;
+    if (frames_open(arg, "stream_join(frames): frames must be a sequence", &f) < 0) return NULL;
     PyObject *result = NULL;
-    if ((uint64_t)n > UINT32_MAX) {
+    if ((uint64_t)f.n > UINT32_MAX) {
         PyErr_SetString(PyExc_OverflowError, "stream_join: more than 2**32 - 1 frames");
         goto done;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if ((uint64_t)views[i].len > UINT32_MAX) {
+    for (Py_ssize_t i = 0; i < f.n; i++) {
+        if ((uint64_t)f.views[i].len > UINT32_MAX) {
             PyErr_SetString(PyExc_OverflowError, "stream_join: a frame of 4 GiB or more");
             goto done;
         }
     }
-    result = PyBytes_FromStringAndSize(NULL, 4 * (n + 1) + body);
+    result = PyBytes_FromStringAndSize(NULL, 4 * (f.n + 1) + f.body);
     if (result != NULL) {
         unsigned char *p = (unsigned char *)PyBytes_AS_STRING(result);
-        uint32_t word = (uint32_t)n;
-        for (Py_ssize_t i = -1; i < n; i++) {
-            if (i >= 0) word = (uint32_t)views[i].len;
+        uint32_t word = (uint32_t)f.n;
+        for (Py_ssize_t i = -1; i < f.n; i++) {
+            if (i >= 0) word = (uint32_t)f.views[i].len;
             for (int b = 0; b < 4; b++) *p++ = (unsigned char)(word >> (8 * b));
         }
-        for (Py_ssize_t i = 0; i < n; i++) {
-            memcpy(p, views[i].buf, (size_t)views[i].len);
-            p += views[i].len;
+        for (Py_ssize_t i = 0; i < f.n; i++) {
+            memcpy(p, f.views[i].buf, (size_t)f.views[i].len);
+            p += f.views[i].len;
         }
     }
 done:
-    release_buffers(views, n);
-    Py_DECREF(seq);
+    frames_close(&f);
     return result;
 }
 
@@ -325,26 +325,14 @@ not_ours: /* including a frame without a buffer: the Python path says what is wr
     Py_RETURN_NONE;
 }
 
-/* The lengths header [N, len_0 .. len_N-1] (u64s, little endian) of ``outputs`` (a list), as
- * bytes, and the total of the lengths; NULL with an exception set. */
-static PyObject *lengths_header(PyObject *outputs, Py_ssize_t *body) {
-    Py_ssize_t n = PyList_GET_SIZE(outputs);
-    PyObject *header = PyBytes_FromStringAndSize(NULL, 8 * (n + 1));
+/* The lengths header [N, len_0 .. len_N-1] (u64s, little endian) of the frames ``f``, as
+ * bytes; NULL with an exception set. */
+static PyObject *lengths_header(const Frames *f) {
+    PyObject *header = PyBytes_FromStringAndSize(NULL, 8 * (f->n + 1));
     if (header == NULL) return NULL;
     unsigned char *p = (unsigned char *)PyBytes_AS_STRING(header);
-    *body = 0;
-    for (Py_ssize_t i = -1; i < n; i++) {
-        uint64_t value = (uint64_t)n;
-        if (i >= 0) {
-            const unsigned char *unused;
-            Py_ssize_t len = frame_len(PyList_GET_ITEM(outputs, i), &unused);
-            if (len < 0) {
-                Py_DECREF(header);
-                return NULL;
-            }
-            value = (uint64_t)len;
-            *body += len;
-        }
+    for (Py_ssize_t i = -1; i < f->n; i++) {
+        uint64_t value = (uint64_t)(i < 0 ? f->n : f->views[i].len);
         for (int b = 0; b < 8; b++) *p++ = (unsigned char)(value >> (8 * b));
     }
     return header;
@@ -352,31 +340,28 @@ static PyObject *lengths_header(PyObject *outputs, Py_ssize_t *body) {
 
 static PyObject *EMPTY, *T_CONTENT, *T_PACKED; /* b"", u32 1, u32 3 */
 
-/* predict_response(msg_id, outputs) -> frames (``outputs`` any sequence of buffers): encode_predict_response's frames, the plain
- * v3 response [b"", CONTAINER_CONTENT, msg_id, u64 header size, header, *outputs]. */
+/* predict_response(msg_id, outputs) -> frames (``outputs``: any sequence of buffers):
+ * encode_predict_response's frames, the plain v3 response
+ * [b"", CONTAINER_CONTENT, msg_id, u64 header size, header, *outputs]. */
 static PyObject *predict_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    Frames f;
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "predict_response(msg_id, outputs)");
         return NULL;
     }
-    PyObject *outputs = PySequence_List(args[1]);
-    if (outputs == NULL) return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(outputs), body;
-    PyObject *header = lengths_header(outputs, &body);
-    if (header == NULL) {
-        Py_DECREF(outputs);
+    if (frames_open(args[1], "predict_response: outputs must be a sequence", &f) < 0)
         return NULL;
-    }
+    PyObject *header = lengths_header(&f);
     unsigned char size[8];
-    uint64_t header_size = (uint64_t)PyBytes_GET_SIZE(header);
+    uint64_t header_size = 8 * (uint64_t)(f.n + 1);
     for (int b = 0; b < 8; b++) size[b] = (unsigned char)(header_size >> (8 * b));
     PyObject *size_frame = PyBytes_FromStringAndSize((const char *)size, 8);
-    PyObject *frames = PyList_New(5 + n);
-    if (size_frame == NULL || frames == NULL) {
-        Py_DECREF(outputs);
-        Py_DECREF(header);
+    PyObject *frames = PyList_New(5 + f.n);
+    if (header == NULL || size_frame == NULL || frames == NULL) {
+        Py_XDECREF(header);
         Py_XDECREF(size_frame);
         Py_XDECREF(frames);
+        frames_close(&f);
         return NULL;
     }
     PyList_SET_ITEM(frames, 0, Py_NewRef(EMPTY));
@@ -384,60 +369,43 @@ static PyObject *predict_response(PyObject *self, PyObject *const *args, Py_ssiz
     PyList_SET_ITEM(frames, 2, Py_NewRef(args[0]));
     PyList_SET_ITEM(frames, 3, size_frame);
     PyList_SET_ITEM(frames, 4, header);
-    for (Py_ssize_t i = 0; i < n; i++)
-        PyList_SET_ITEM(frames, 5 + i, Py_NewRef(PyList_GET_ITEM(outputs, i)));
-    Py_DECREF(outputs);
+    PyObject **outputs = PySequence_Fast_ITEMS(f.seq);
+    for (Py_ssize_t i = 0; i < f.n; i++) PyList_SET_ITEM(frames, 5 + i, Py_NewRef(outputs[i]));
+    frames_close(&f);
     return frames;
 }
 
 /* packed_response(msg_id, outputs, status=None) -> frames: encode_packed_response's frames,
  * [b"", PACKED_CONTENT, msg_id, header, status (n zero bytes when None), the outputs joined]. */
 static PyObject *packed_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    Frames f;
     if (nargs != 2 && nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "packed_response(msg_id, outputs, status=None)");
         return NULL;
     }
-    PyObject *outputs = PySequence_List(args[1]);
-    if (outputs == NULL) return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(outputs), body;
-    PyObject *header = lengths_header(outputs, &body);
-    if (header == NULL) {
-        Py_DECREF(outputs);
+    if (frames_open(args[1], "packed_response: outputs must be a sequence", &f) < 0)
         return NULL;
-    }
-    PyObject *status = NULL, *payload = PyBytes_FromStringAndSize(NULL, body);
+    PyObject *header = lengths_header(&f), *status = NULL;
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, f.body);
     if (payload != NULL) {
         char *p = PyBytes_AS_STRING(payload);
-        for (Py_ssize_t i = 0; i < n; i++) {
-            Py_buffer view;
-            if (PyObject_GetBuffer(PyList_GET_ITEM(outputs, i), &view, PyBUF_SIMPLE) < 0 ||
-                view.len > body - (p - PyBytes_AS_STRING(payload))) {
-                if (!PyErr_Occurred()) {
-                    PyBuffer_Release(&view);
-                    PyErr_SetString(PyExc_RuntimeError, "an output changed size");
-                }
-                Py_CLEAR(payload);
-                break;
-            }
-            memcpy(p, view.buf, (size_t)view.len);
-            p += view.len;
-            PyBuffer_Release(&view);
+        for (Py_ssize_t i = 0; i < f.n; i++) {
+            memcpy(p, f.views[i].buf, (size_t)f.views[i].len);
+            p += f.views[i].len;
         }
-    }
-    if (payload != NULL) {
         PyObject *given = nargs == 3 ? args[2] : Py_None;
         int truthy = PyObject_IsTrue(given); /* ``status or bytes(n)`` */
-        if (truthy < 0) status = NULL;
-        else if (truthy) status = Py_NewRef(given);
-        else {
-            status = PyBytes_FromStringAndSize(NULL, n);
-            if (status != NULL) memset(PyBytes_AS_STRING(status), 0, (size_t)n);
+        if (truthy > 0) {
+            status = Py_NewRef(given);
+        } else if (truthy == 0) {
+            status = PyBytes_FromStringAndSize(NULL, f.n);
+            if (status != NULL) memset(PyBytes_AS_STRING(status), 0, (size_t)f.n);
         }
     }
-    Py_DECREF(outputs);
-    PyObject *frames = status != NULL ? PyList_New(6) : NULL;
+    frames_close(&f);
+    PyObject *frames = header && payload && status ? PyList_New(6) : NULL;
     if (frames == NULL) {
-        Py_DECREF(header);
+        Py_XDECREF(header);
         Py_XDECREF(payload);
         Py_XDECREF(status);
         return NULL;
