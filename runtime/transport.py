@@ -15,8 +15,9 @@ through a lock.
   and per output) cost more than the container's own work. Here a message is one ``recv``
   (often several messages) and one ``send``; frames are cut out of the received bytes as
   views. Where the optional C extension is built (runtime/_wirefast.c), complete small frames
-  are cut, and a message framed for sending, in one C call each: the same frames and bytes. A lost frontend is seen at once: ``ChannelClosed``, and the loop opens a new session
-  (as ``SocketChannel`` does), where ZeroMQ would have reconnected quietly.
+  are cut, and a message framed for sending, in one C call each: the same frames and bytes.
+  A lost frontend is seen at once: ``ChannelClosed``, and the loop opens a new session (as
+  ``SocketChannel`` does), where ZeroMQ would have reconnected quietly.
 With ``busy_poll`` (``SCHOONER_BUSY_POLL_US``), ``recv`` first checks the socket for up to that
 long, yielding the CPU between checks, before it sleeps in the kernel: a request that comes
 within the window is read without the wake-up of an idle CPU (tens of microseconds on a
