@@ -7,8 +7,10 @@ revision (``git archive``) into a temporary folder, starts its container from th
 dependencies are this checkout's) and this checkout's container in turn, round after round,
 each driven the way the hot path's plain-path rows are (``benchmarks.zmtp_driver``: batch 1
 with 1 in flight, batch 64 with 4 in flight, pinned like ``hotpath``). Each side's rounds
-give its median; B/A is this checkout over the base. Only the container is compared: the
-frontend's C extension is not built for the base.
+give its median; B/A is this checkout over the base. Only the container is compared. The
+base's optional C extensions are built in its exported tree, as ``pip install -e .`` builds
+this checkout's, and the header says whether each side's container has its own
+(``schooner.runtime._wirefast``): a side without it runs the same steps in Python.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ def export_revision(rev: str, folder: Path, repo: str | None = None) -> Path:
     if archive.returncode != 0:
         raise RuntimeError(f"git archive {rev}: {archive.stderr.decode(errors='replace').strip()}")
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    # its optional C extensions, in place (one that fails to build is left out, as pip would)
+    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree,
+                   capture_output=True)  # fmt: skip
     (path / "schooner").mkdir(parents=True)
     for package, directory in package_dirs(tree).items():
         (path / "schooner" / package).symlink_to(tree / directory)
@@ -85,6 +90,23 @@ def resolves_to(pythonpath: Path | None) -> str:
     return str(Path(out.stdout.strip()).parent)
 
 
+def extension_of(pythonpath: Path | None) -> str:
+    """The container's C extension with that PYTHONPATH: "built" (in the side's own tree),
+    "none", or where it was imported from instead (a base whose extension did not build may
+    be handed this checkout's by the editable install's finder)."""
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    code = ("import os, schooner.runtime as r\n"
+            "try:\n    import schooner.runtime._wirefast as w\n"
+            "except ImportError:\n    print('none')\n"
+            "else:\n    d = os.path.dirname\n"
+            "    print('built' if d(w.__file__) == d(r.__file__) else 'from ' + d(w.__file__))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=repo_root(),
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return out.stdout.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks ab",
                                      description=__doc__.split("\n\n")[0])  # fmt: skip
@@ -105,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         where = {side: resolves_to(path) for side, path in sides.items()}
         if where["A"] == where["B"]:
             raise RuntimeError(f"both sides import schooner.runtime from {where['A']}")
+        built = {side: extension_of(path) for side, path in sides.items()}
         artifact = closure.save(hp.noop, Path(tmp) / "noop")
         for n in range(1, args.rounds + 1):
             for batch, inflight in CASES:
@@ -117,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                     results.append(Round(side, batch, inflight, n, row.batches_per_s,
                                          row.cpu_us_per_input))  # fmt: skip
     detail = (f"A: {args.base} (from {where['A']}), B: this checkout (from {where['B']}); "
+              f"container C extension: A {built['A']}, B {built['B']}; "
               f"{args.rounds} rounds, {args.count} requests per turn at batch 1")  # fmt: skip
     print(header("before and after: the container, A and B interleaved", placement, detail))
     print(table(results))

@@ -172,6 +172,9 @@ def test_ab_smoke(tmp_path):
     out = tmp_path / "ab.json"
     result = _run_suite("ab", "--smoke", "--no-pin", "--base", "HEAD", "--json", str(out))
     assert "A: HEAD (from " in result.stdout and "/base/path/schooner/runtime)" in result.stdout
+    # the same source on both sides: both containers have the C extension, or neither
+    assert ("container C extension: A built, B built" in result.stdout
+            or "container C extension: A none, B none" in result.stdout), result.stdout  # fmt: skip
     rows = json.loads(out.read_text())
     assert {(r["side"], r["batch"], r["inflight"]) for r in rows} == {
         (side, batch, inflight) for side in "AB" for batch, inflight in ((1, 1), (64, 4))}

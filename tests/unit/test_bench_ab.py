@@ -27,11 +27,24 @@ def test_a_revision_is_exported_and_imported_from_its_own_tree(tmp_path: Path) -
     where = ab.resolves_to(path)
     assert Path(where).resolve() == (tmp_path / "base" / "tree" / "runtime").resolve()
     assert Path(ab.resolves_to(None)).resolve() == (Path(repo_root()) / "runtime").resolve()
+    # its C extension was built there as this checkout's was (the same source, the same compiler)
+    assert ab.extension_of(path) == ab.extension_of(None) in ("built", "none")
     # and the exported container starts from there: its module names the tree
     env = {**os.environ, "PYTHONPATH": str(path)}
     out = subprocess.run([sys.executable, "-c", "import schooner.runtime.container as c; print(c.__file__)"],
                          env=env, cwd=repo_root(), capture_output=True, text=True, check=True)  # fmt: skip
     assert out.stdout.strip().startswith(str(path))
+
+
+def test_a_revision_before_the_extension_has_none_of_its_own(tmp_path: Path) -> None:
+    # ca70ad6: the last commit before runtime/_wirefast.c; the checkout's may still import
+    # (the editable install's finder), and the header must say it is not the base's own
+    if subprocess.run(["git", "-C", repo_root(), "cat-file", "-e", "ca70ad6^{commit}"],
+                      capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("a shallow clone without that commit")
+    state = ab.extension_of(ab.export_revision("ca70ad6", tmp_path / "old"))
+    assert state == "none" or state.startswith("from "), state
+    assert state != "built"
 
 
 def test_an_unknown_revision_says_what_git_said(tmp_path: Path) -> None:
