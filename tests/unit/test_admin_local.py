@@ -92,6 +92,21 @@ def test_process_helpers(tmp_path):
     assert "no log" in log_tail(tmp_path / "missing.log")
 
 
+def test_a_dead_supervisors_pid_file_is_not_the_new_supervisor_exiting():
+    # A crashed cluster leaves its supervisor's pid file behind; start_clipper launches a new
+    # supervisor, which overwrites it a moment later. Until then the old, dead pid must not
+    # read as "the supervisor exited" (a CI failure of the crashed-cluster test).
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    manager = LocalContainerManager("c1", start_timeout_s=0.5)
+    manager.layout.create()
+    manager.layout.pid_file.write_text(f"{dead.pid}\n")
+    with pytest.raises(ClipperException, match="supervisor of cluster 'c1' exited"):
+        manager._wait_for_frontend()  # no stale pid given: a dead pid is a dead supervisor
+    with pytest.raises(ClipperException, match="did not answer /admin/ping within"):
+        manager._wait_for_frontend(stale_pid=dead.pid)  # waits for the new one instead
+
+
 _LEADER_EXITS_FIRST = """
 import ctypes, socket, sys, threading, time
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); print(s.getsockname()[1], flush=True)

@@ -173,9 +173,12 @@ class LocalContainerManager(ContainerManager):
             )
         self.layout.create()
         self.layout.write_settings(s)
+        # A crashed cluster's supervisor left its pid file: until the new one overwrites it,
+        # that dead pid must not read as "the new supervisor exited".
+        stale_pid = self.layout.read_pid()
         self._launch_supervisor()
         try:
-            self._wait_for_frontend()
+            self._wait_for_frontend(stale_pid)
         except BaseException:
             self.stop_all(graceful=False)
             raise
@@ -207,7 +210,9 @@ class LocalContainerManager(ContainerManager):
                 f"{log_tail(self.layout.supervisor_log)}"
             )
 
-    def _wait_for_frontend(self) -> None:
+    def _wait_for_frontend(self, stale_pid: int | None = None) -> None:
+        """Until the frontend answers; ``stale_pid``: the pid file's before the supervisor
+        was launched (a crashed cluster's), not the new supervisor's."""
         deadline = time.monotonic() + self.start_timeout_s
         management = self.management
         while time.monotonic() < deadline:
@@ -215,7 +220,7 @@ class LocalContainerManager(ContainerManager):
                 frontend = self.status()["frontend"]
             except control.ControlError:
                 pid = self.layout.read_pid()
-                if pid is not None and not is_alive(pid):
+                if pid is not None and pid != stale_pid and not is_alive(pid):
                     raise ClipperException(
                         f"the supervisor of cluster {self.cluster_name!r} exited; last lines "
                         f"of {self.layout.supervisor_log}:\n{log_tail(self.layout.supervisor_log)}"
