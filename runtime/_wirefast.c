@@ -39,15 +39,6 @@ static inline uint64_t le64(const unsigned char *p) {
     return v;
 }
 
-static inline uint32_t le32(const unsigned char *p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    v = __builtin_bswap32(v);
-#endif
-    return v;
-}
-
 /* zmtp_cut(data, pos, frames, total, out, max_frames, max_bytes) -> (pos, frames, total)
  *
  * From data[pos], cut every complete data frame smaller than COPY_BELOW as bytes onto
@@ -254,12 +245,13 @@ static int request_header(const unsigned char *h, Py_ssize_t len, long *input_ty
     return 1;
 }
 
-/* Whether ``frame`` is the 4-byte little-endian u32 ``value`` (-1: an error is set). */
-static int is_u32(PyObject *frame, uint32_t value) {
+/* Whether ``frame`` is the 4-byte little-endian u32 ``value`` (a small constant: version,
+ * message or request type); -1: an error is set. */
+static int is_u32(PyObject *frame, unsigned char value) {
     const unsigned char *p;
     Py_ssize_t len = frame_len(frame, &p);
     if (len < 0) return -1;
-    return len == 4 && le32(p) == value;
+    return len == 4 && p[0] == value && !(p[1] | p[2] | p[3]);
 }
 
 /* predict_request(frames) -> (msg_id, input_type, sizes, inputs, payload) | None
