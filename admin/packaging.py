@@ -136,8 +136,9 @@ def model_context(pkg: Package, base_ref: str, destination: Path) -> Path:
 
 def base_context(name: str, destination: Path, wheels: Sequence[Path] = ()) -> Path:
     """Write the build context of base image ``name`` into ``destination``: its Dockerfile
-    and requirements, this installation's Schooner packages (Python sources only), and
-    ``wheels`` for pip to prefer over the index (a local CPU build of torch, for example)."""
+    and requirements, this installation's Schooner packages (their sources, Python and C;
+    nothing built on this host: the image compiles the C extensions itself), and ``wheels``
+    for pip to prefer over the index (a local CPU build of torch, for example)."""
     try:
         source = base_images.folder(name)
     except KeyError as exc:

@@ -1,6 +1,6 @@
 """Every image in base_images/ builds for real on a Docker engine, and its container starts as
-the non-root user with its framework importable (marked docker; skipped only without an
-engine). Sizes are written to the test's report (``-rA`` shows them) as ``image_size_mb``.
+the non-root user with its framework and Schooner's C extensions importable (marked docker;
+skipped only without an engine). Sizes are written to the test's report (``-rA`` shows them) as ``image_size_mb``.
 """
 
 from __future__ import annotations
@@ -45,8 +45,12 @@ def test_the_image_builds_and_starts_as_a_non_root_user(engine, name, record_pro
     assert found["Config"]["User"] == "10001"
     assert found["Config"]["Healthcheck"]["Test"]
     record_property("image_size_mb", round(found["Size"] / 1e6))
+    # Every image serves with Schooner's C extensions, compiled in its build stage
+    # (base_images/c_extensions.sh), like an install on a host with a compiler
+    extensions = "import schooner.frontend._fastpath, schooner.runtime._wirefast"
     out = engine.run(["run", "--rm", "--entrypoint", "python3", ref, "-c",
-                      f"{IMPORTS[name]}; import os, json; print(json.dumps(os.getuid()))"],
+                      f"{IMPORTS[name]}; {extensions}; "
+                      "import os, json; print(json.dumps(os.getuid()))"],
                      timeout=300)  # fmt: skip
     assert json.loads(out.strip().splitlines()[-1]) == 10001
     leftovers = "test ! -e /opt/wheels && test ! -e /home/schooner/.cache/pip && ! command -v gcc"
