@@ -27,6 +27,10 @@ there, and two more outputs say which and why: ``default`` (BOOL ``[N]``) and
 data per output (``parameters.binary_data``), as ``parameters.binary_data_output`` does for
 all. Errors are ``{"error": "..."}`` with 400 (bad request), 404 (no such app or version),
 405, or 413 (more rows than ``--max-inputs-per-request``, 10,000 by default).
+
+A client that goes away before its answer (a closed connection; over gRPC, a cancelled call
+or a passed deadline) has its unanswered queries dropped wherever they wait, as on Clipper's
+path: no replica works for it.
 """
 
 from __future__ import annotations
@@ -269,7 +273,8 @@ class OipApi:
         parameters = body.get("parameters") if field else None
         if field and type(parameters) is dict:
             sticky = parameters.get(field)  # the request's key of the app's traffic split
-        self.submit(app, rows, key, respond, sticky)
+        queries = self.submit(app, rows, key, respond, sticky)
+        self._queries.cancel_on_disconnect(request, queries)
 
     def _one_row(self, app: App, request: Request, reply: Reply) -> bool:
         """The commonest request: one row of the app's own datatype (``{"inputs": [{"name": ...,
@@ -316,19 +321,26 @@ class OipApi:
             app, [packed], lambda q: _reply_rest(reply, app, [q], _ALL_JSON, None, None)
         )
         self._queries.dispatch(app, queries, self._queries.model_version(app, None))
+        self._queries.cancel_on_disconnect(request, queries)
         return True
 
     def submit(
         self, app: App, rows: list[bytes], key: tuple[str, str] | None,
         respond: Callable[[list[Query]], None], sticky: object = None,
-    ) -> None:
+    ) -> list[Query]:
         """Queue one query per row; ``respond(queries)`` once every row is answered.
         The REST and the gRPC handlers both come here (``sticky``: the request's key of a
-        traffic split, from its ``parameters``)."""
+        traffic split, from its ``parameters``). Returns the queries, for the caller to
+        cancel if its client goes away first."""
         collector = _Rows(len(rows), respond)
         queries = self._queries.make_queries(app, rows, collector.add)
         collector.first_id = queries[0].id
         self._queries.dispatch(app, queries, key, sticky)
+        return queries
+
+    def cancel(self, queries: list[Query]) -> None:
+        """Drop unanswered ``queries``: their client has gone."""
+        self._queries.cancel(queries)
 
 
 def _only(method: str, allowed: str) -> None:

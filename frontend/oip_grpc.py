@@ -187,8 +187,12 @@ class GrpcServer:
             if not answered.done():
                 answered.set_result(queries)
 
-        self._oip.submit(app, rows, key, respond, _sticky(app, request))
-        queries = await answered
+        queries = self._oip.submit(app, rows, key, respond, _sticky(app, request))
+        try:
+            queries = await answered
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+            self._oip.cancel(queries)
+            raise
         return self._response(app, request, version, names, queries)
 
     # ----------------------------------------------------------------- tensors

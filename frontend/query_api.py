@@ -244,8 +244,17 @@ class QueryApi:
         else:
             queries = self.make_queries(app, inputs, _single_reply(app, reply, overload))
         self.dispatch(app, queries, key, sticky)
+        self.cancel_on_disconnect(request, queries)
+
+    def cancel_on_disconnect(self, request: Request, queries: list[Query]) -> None:
+        """If the client of ``request`` goes away before ``queries`` are answered, they are
+        dropped wherever they wait (``Dispatcher.cancel``), here and in the OIP."""
         if not queries[-1].done:
             request.cancel = lambda: self._dispatcher.cancel(queries)
+
+    def cancel(self, queries: list[Query]) -> None:
+        """Drop ``queries``, unanswered: their client has gone (a gRPC call cancelled)."""
+        self._dispatcher.cancel(queries)
 
     def _overload_reply(self, q: Query, reply: Reply) -> None:
         """503 with Retry-After, for an app that asked for it instead of default outputs."""

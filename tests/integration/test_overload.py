@@ -14,7 +14,7 @@ import time
 
 import pytest
 import requests
-from conftest import held_model
+from conftest import free_port, held_model
 
 pytestmark = pytest.mark.slow
 
@@ -127,10 +127,49 @@ def test_an_app_can_ask_for_503_with_retry_after(start_frontend, start_container
     assert fe.admin("get_application", {"name": "app"})["on_overload"] == "default"
 
 
+def _hang_up_http(path: str, body: bytes):
+    request = (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))  # fmt: skip
+
+    def send(fe) -> None:  # one client: sends one query and hangs up before the answer
+        with socket.create_connection(("127.0.0.1", fe.query_port)) as s:
+            s.sendall(request)
+            time.sleep(0.05)  # queued
+
+    return send
+
+
+def _give_up_grpc(fe) -> None:  # one client: its deadline passes before the answer
+    grpc = pytest.importorskip("grpc")
+    pb = pytest.importorskip("tritonclient.grpc.service_pb2")
+    with grpc.insecure_channel(f"127.0.0.1:{fe.grpc_port}") as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                    request_serializer=pb.ModelInferRequest.SerializeToString,
+                                    response_deserializer=pb.ModelInferResponse.FromString)  # fmt: skip
+        request = pb.ModelInferRequest(model_name="app")
+        request.inputs.add(name="i", datatype="FP64", shape=[1, 1],
+                           contents=pb.InferTensorContents(fp64_contents=[7.0]))  # fmt: skip
+        with pytest.raises(grpc.RpcError) as failed:
+            infer(request, timeout=0.2)
+        assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+_ONE_ROW = b'{"inputs": [{"name": "i", "shape": [1, 1], "datatype": "FP64", "data": [7.0]}]}'
+CLIENTS_THAT_LEAVE = {
+    "clipper": _hang_up_http("/app/predict", b'{"input": [7.0]}'),
+    "oip": _hang_up_http("/v2/models/app/infer", _ONE_ROW),  # the one-row shortcut
+    "oip-general": _hang_up_http("/v2/models/app/infer", b'{"id": "x", ' + _ONE_ROW[1:]),
+    "oip-grpc": _give_up_grpc,
+}
+
+
+@pytest.mark.parametrize("api", list(CLIENTS_THAT_LEAVE))
 def test_queries_of_a_client_that_left_are_never_sent(
-    start_frontend, start_container, closure_artifact, tmp_path
+    start_frontend, start_container, closure_artifact, tmp_path, api
 ):
-    fe = start_frontend(log_level="INFO")
+    grpc_port = free_port()
+    fe = start_frontend(log_level="INFO", extra_args=["--grpc-port", str(grpc_port)])
+    fe.grpc_port = grpc_port
     started, release = tmp_path / "started", tmp_path / "release"
     model = held_model(started, release, lambda xs: [str(x[0]) for x in xs],
                        hold=lambda xs: xs[0][0] == 0.0)  # fmt: skip
@@ -143,17 +182,12 @@ def test_queries_of_a_client_that_left_are_never_sent(
             assert time.monotonic() < deadline
             time.sleep(0.01)
         # the replica is busy (1 batch there, 1 more may be in flight): 5 clients send a
-        # query each and hang up before it is answered
-        body = b'{"input": [7.0]}'
-        request = (b"POST /app/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+        # query each and go away before it is answered
         for _ in range(5):
-            with socket.create_connection(("127.0.0.1", fe.query_port)) as s:
-                s.sendall(request)
-                time.sleep(0.05)  # queued
+            CLIENTS_THAT_LEAVE[api](fe)
         fe.process.wait_until(
             lambda: metric(fe, "schooner_frontend_cancelled_queries_total") >= 4,
-            timeout=10, what="the queries of the closed connections cancelled",
+            timeout=10, what="the queries of the clients that left cancelled",
         )  # fmt: skip
         release.touch()
         assert held.result()[1]["output"] == 0.0
