@@ -34,7 +34,10 @@ def items_of(request: PredictRequest) -> list[Buffer]:
 
 
 def _check_sizes(sizes: Sequence[int], itemsize: int, input_type: InputType) -> None:
-    if not any([size % itemsize for size in set(sizes)]):  # each distinct size once
+    for size in set(sizes) if len(sizes) > 1 else sizes:  # each distinct size once
+        if size % itemsize:
+            break
+    else:
         return
     for i, size in enumerate(sizes):
         if size % itemsize:

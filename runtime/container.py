@@ -212,7 +212,7 @@ class Container:
             started = self._clock()
             answers, inputs, errors = self._predict_group(group)
             for request, (outputs, status) in zip(group, answers):
-                if request.packed:
+                if request.inputs is None:  # packed
                     self._send(wire.encode_packed_response(request.msg_id, outputs, status))
                 else:  # a plain v3 peer reads errors from the outputs themselves
                     self._send(wire.encode_predict_response(request.msg_id, outputs))
@@ -271,11 +271,14 @@ class Container:
                     answers[i] = answer
                     errors += answer[1].count(1)
             else:
-                pos = 0
-                for i in good:
-                    size = len(group[i].sizes)
-                    answers[i] = (outputs[pos : pos + size], bytes(size))
-                    pos += size
+                if len(good) == 1:  # most groups: one request, which gets every output
+                    answers[good[0]] = (outputs, bytes(n))
+                else:
+                    pos = 0
+                    for i in good:
+                        size = len(group[i].sizes)
+                        answers[i] = (outputs[pos : pos + size], bytes(size))
+                        pos += size
         return answers, total, errors  # type: ignore[return-value]
 
     def _predict(self, requests: list[wire.PredictRequest], n: int, *,
