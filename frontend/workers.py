@@ -23,9 +23,10 @@ frontend with exit code 1. What the workers share, and how:
 * **Metrics**: each worker publishes its registry's text every ``PUBLISH_S`` to
   ``<state file>.metrics/worker-<i>.prom``; the worker answering ``GET /metrics`` merges
   its own live registry with the others' latest snapshots (``WorkerMetrics``): samples with
-  the same name and labels are summed (counters, histograms; gauges such as connected
-  replicas too, which counts each replica once per worker), so the others' counts are at
-  most ``PUBLISH_S`` old. ``schooner_frontend_worker_predictions_total{worker}`` says what
+  the same name and labels are summed for counters and histograms, and a gauge is the
+  largest worker's value (connected replicas: every replica serves every worker, so one
+  worker's count is the frontend's, where a sum would count each replica once per worker);
+  the others' values are at most ``PUBLISH_S`` old. ``schooner_frontend_worker_predictions_total{worker}`` says what
   each worker answered.
 
 ``--workers 0`` runs ``default_workers()``: half the cores this process may run on
@@ -46,6 +47,7 @@ import logging
 import math
 import multiprocessing
 import multiprocessing.connection
+import operator
 import os
 import signal
 import socket
@@ -238,7 +240,8 @@ class WorkerMetrics(FrontendMetrics):
 
 def merge(texts: dict[int, str]) -> str:
     """The exposition texts of several workers as one: samples with the same name and
-    labels summed (``_created`` samples dropped), plus each worker's answered queries."""
+    labels summed, or for a gauge the largest (``_created`` samples dropped), plus each
+    worker's answered queries."""
     families: dict[str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = {}
     answered: dict[int, float] = {}
     for index, text in texts.items():
@@ -251,11 +254,13 @@ def merge(texts: dict[int, str]) -> str:
         for family in parsed:
             doc, kind, samples = families.setdefault(family.name,
                                                      (family.documentation, family.type, {}))  # fmt: skip
+            combine = max if kind == "gauge" else operator.add
             for sample in family.samples:
                 if sample.name.endswith("_created"):
                     continue
                 key = (sample.name, tuple(sorted(sample.labels.items())))
-                samples[key] = samples.get(key, 0.0) + sample.value
+                seen = samples.get(key)
+                samples[key] = sample.value if seen is None else combine(seen, sample.value)
                 if sample.name == "schooner_frontend_predictions_total":
                     answered[index] += sample.value
     lines: list[str] = []

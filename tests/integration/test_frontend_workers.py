@@ -112,6 +112,8 @@ def test_both_workers_answer_with_unique_ids(two_workers):
     answered = sum(float(v) for v in re.findall(
         r'^schooner_frontend_predictions_total\{app="sum"\} (\S+)$', text, re.M))
     assert answered == sum(counts.values())
+    # one replica, connected to both workers, is one replica (a gauge is not summed)
+    assert re.findall(r'^schooner_frontend_replicas\{model="sum:1"\} (\S+)$', text, re.M) == ["1"]
 
 
 def test_a_management_change_is_on_every_worker_when_answered(two_workers, start_container,
