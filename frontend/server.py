@@ -16,7 +16,6 @@ gRPC ports on worker 0 only.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import time
@@ -34,6 +33,7 @@ from schooner.frontend.query_api import QueryApi
 from schooner.frontend.rpc import LocalEndpoint, RpcEndpoint, RpcSecurity
 from schooner.frontend.state import StateStore
 from schooner.runtime.config import worker_rpc_port, worker_rpc_socket
+from schooner.runtime.memory import settle_gc
 from schooner.runtime.wire import DEFAULT_MAX_FRAMES, DEFAULT_MAX_MESSAGE_BYTES, Limits
 
 __all__ = ["FrontendConfig", "Frontend"]
@@ -42,21 +42,6 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 0.002  # deadline sweep period while queries are pending
 HOUSEKEEPING_S = 10.0  # replica silence check and stale in-flight batches
-# The cyclic garbage collector's first threshold while serving (CPython's default is 700).
-GC_THRESHOLD = 10_000
-
-
-def settle_gc() -> None:
-    """Once started: move everything alive now (modules, state, the loop) out of the
-    collector's sight (``gc.freeze``) and let it run after 10,000 new container objects
-    rather than 700. The request path allocates a few short-lived objects per query; with
-    CPython's defaults the collections were ~7% of the frontend's CPU at 64 connections
-    (perf), and they are gone from the profile after this. Cycles are still collected."""
-    gc.freeze()
-    _, second, third = gc.get_threshold()
-    gc.set_threshold(GC_THRESHOLD, second, third)
-
-
 @dataclass(frozen=True)
 class FrontendConfig:
     query_host: str = "0.0.0.0"

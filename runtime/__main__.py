@@ -21,7 +21,7 @@ from schooner.runtime.config import EXIT_ARTIFACT, EXIT_CONFIG, ContainerConfig
 from schooner.runtime.container import Container
 from schooner.runtime.errors import ConfigError, SchoonerError
 from schooner.runtime.frontends import EveryFrontend
-from schooner.runtime.memory import keep_freed_memory
+from schooner.runtime.memory import keep_freed_memory, settle_gc
 from schooner.runtime.metrics import ContainerMetrics, MetricsServer
 
 log = logging.getLogger("schooner.runtime")
@@ -80,6 +80,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    settle_gc()  # the loaded model out of the collector's sight; it runs less often
     _mark_ready(config, metrics, server.port if server is not None else None)
     log.info("container ready: %s framework, model %s, frontend %s", framework_cls.name,
              artifact.path, config.frontend_address)  # fmt: skip

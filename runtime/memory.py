@@ -17,16 +17,21 @@ the kernel, which the container does once it has served and then heard nothing f
 receive timeout (a second at most). What a
 busy container keeps is thus bounded by ``limit`` above what it uses; an idle one keeps
 nothing. Outside glibc (musl, macOS) both do nothing and say so.
+
+``settle_gc()``, for a process about to serve (the frontend once started, a container once
+its model is loaded): everything alive then goes out of the cyclic collector's sight, and
+the collector runs after ``GC_THRESHOLD`` new container objects rather than 700.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import platform
 
-__all__ = ["keep_freed_memory", "release_freed_memory"]
+__all__ = ["keep_freed_memory", "release_freed_memory", "settle_gc", "GC_THRESHOLD"]
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +81,20 @@ def release_freed_memory() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+# The cyclic garbage collector's first threshold while serving (CPython's default is 700).
+GC_THRESHOLD = 10_000
+
+
+def settle_gc() -> None:
+    """Once ready to serve: move everything alive now (modules, state, a loaded model) out of
+    the collector's sight (``gc.freeze``) and let it run after 10,000 new container objects
+    rather than 700. A request allocates a few short-lived objects; with CPython's defaults
+    the collections were ~7% of the frontend's CPU at 64 connections (perf), and about 4k of
+    the ~56k instructions of a batch-1 request in the container, whose older generations also
+    hold the whole framework (torch, TensorFlow) a full collection walks. Cycles are still
+    collected."""
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD, second, third)
