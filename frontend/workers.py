@@ -26,8 +26,8 @@ frontend with exit code 1. What the workers share, and how:
   the same name and labels are summed for counters and histograms, and a gauge is the
   largest worker's value (connected replicas: every replica serves every worker, so one
   worker's count is the frontend's, where a sum would count each replica once per worker);
-  the others' values are at most ``PUBLISH_S`` old. ``schooner_frontend_worker_predictions_total{worker}`` says what
-  each worker answered.
+  the others' values are at most ``PUBLISH_S`` old.
+  ``schooner_frontend_worker_predictions_total{worker}`` says what each worker answered.
 
 ``--workers 0`` runs ``default_workers()``: half the cores this process may run on
 (``os.sched_getaffinity``), the other half left to the replicas and the load, at least 1

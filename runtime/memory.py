@@ -1,4 +1,5 @@
-"""Keeping the memory of large messages between batches (glibc's allocator).
+"""Memory while serving: the memory of large messages kept between batches (glibc's
+allocator), and the cyclic garbage collector settled once serving starts.
 
 A large input (a 600 KB tensor, say) is received into a buffer of its own size, and freed
 once its batch is answered. glibc serves such a request with a fresh ``mmap`` while it is
