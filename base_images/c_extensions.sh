@@ -8,6 +8,8 @@
 #   sh c_extensions.sh install          # as root: a C compiler and Python's headers, if missing
 #   sh c_extensions.sh build PYTHON DIR # compile every schooner/**/*.c under DIR, in place
 #
+# The compile uses the image's venv's setuptools (Python 3.11's venv seeds it).
+#
 # Each C file of the package is one extension module, named after its path
 # (schooner/frontend/_fastpath.c: schooner.frontend._fastpath), as setup.py lists them;
 # tests/unit/test_c_extensions.py checks that the two lists agree. A file that does not

@@ -247,10 +247,10 @@ class QueryApi:
         self.cancel_on_disconnect(request, queries)
 
     def cancel_on_disconnect(self, request: Request, queries: list[Query]) -> None:
-        """If the client of ``request`` goes away before ``queries`` are answered, they are
-        dropped wherever they wait (``Dispatcher.cancel``), here and in the OIP."""
-        if not queries[-1].done:
-            request.cancel = lambda: self._dispatcher.cancel(queries)
+        """If the client of ``request`` goes away before ``queries`` are answered, those
+        still unanswered are dropped wherever they wait (``Dispatcher.cancel``, which skips
+        the answered ones), here and in the OIP."""
+        request.cancel = lambda: self._dispatcher.cancel(queries)
 
     def cancel(self, queries: list[Query]) -> None:
         """Drop ``queries``, unanswered: their client has gone (a gRPC call cancelled)."""

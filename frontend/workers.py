@@ -116,7 +116,10 @@ def run_workers(config: FrontendConfig, run_one: Callable[[FrontendConfig], int]
         holder.bind((config.query_host, 0))  # bound, never listening: it holds the number
         port = holder.getsockname()[1]
     base = dataclasses.replace(config, admin_token=token, query_port=port)
-    metrics_folder(config.state_db).mkdir(parents=True, exist_ok=True)
+    folder = metrics_folder(config.state_db)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("worker-*"):  # an earlier run's: counted as workers of this one
+        stale.unlink(missing_ok=True)
     context = multiprocessing.get_context("fork")
     stopping = False
 

@@ -94,8 +94,10 @@ def settle_gc() -> None:
     rather than 700. A request allocates a few short-lived objects; with CPython's defaults
     the collections were ~7% of the frontend's CPU at 64 connections (perf), and about 4k of
     the ~56k instructions of a batch-1 request in the container, whose older generations also
-    hold the whole framework (torch, TensorFlow) a full collection walks. Cycles are still
-    collected."""
+    hold the whole framework (torch, TensorFlow) a full collection walks. Cycles made from
+    here on are still collected; the garbage of the start-up (a loader's cycles) is collected
+    first, since nothing frozen ever is."""
+    gc.collect()
     gc.freeze()
     _, second, third = gc.get_threshold()
     gc.set_threshold(GC_THRESHOLD, second, third)

@@ -22,6 +22,7 @@ requests = pytest.importorskip("requests")
 
 from conftest import free_ports_in_a_row, local_cluster  # noqa: E402
 
+from schooner.frontend.workers import metrics_folder  # noqa: E402
 from schooner.runtime.config import ContainerConfig, worker_endpoints  # noqa: E402
 from schooner.runtime.frontends import _Coalescing, _join  # noqa: E402
 from schooner.runtime.metrics import ContainerMetrics  # noqa: E402
@@ -64,10 +65,20 @@ def _all_answered(frontend: Any, app: str, n: int, expect: float) -> list[int]:
 
 
 @pytest.fixture
-def two_workers(start_frontend, start_container, closure_artifact):
+def two_workers(start_frontend, start_container, closure_artifact, tmp_path):
     rpc = free_ports_in_a_row(2)  # (the last --rpc-port given wins)
+    # what an earlier run with more workers published: not counted as this run's
+    state_db = tmp_path / "workers-state.db"
+    stale = metrics_folder(str(state_db))
+    stale.mkdir()
+    (stale / "worker-5.prom").write_text(
+        "# TYPE schooner_frontend_predictions_total counter\n"
+        'schooner_frontend_predictions_total{app="sum"} 1000.0\n'
+        "# TYPE schooner_frontend_replicas gauge\n"
+        'schooner_frontend_replicas{model="sum:1"} 9.0\n')
     frontend = start_frontend(extra_args=["--workers", "2", "--allow-unauthenticated-containers",
-                                          "--rpc-port", str(rpc)], local_socket=True)
+                                          "--rpc-port", str(rpc)], local_socket=True,
+                              state_db=state_db)  # fmt: skip
     frontend.rpc_port = rpc
     frontend.process.wait_until(  # worker 0 serves the management port
         lambda: all(f"frontend ready (worker {i})" in frontend.process.log() for i in (0, 1)),
