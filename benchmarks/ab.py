@@ -79,32 +79,31 @@ def package_dirs(tree: Path) -> dict[str, str]:
     return {name.strip().removeprefix("schooner."): folder.strip() for name, folder in pairs}
 
 
-def resolves_to(pythonpath: Path | None) -> str:
-    """Where ``schooner.runtime`` is imported from with that PYTHONPATH (a check that each
-    side runs the code it names)."""
+def _printed(pythonpath: Path | None, code: str) -> str:
+    """What ``code`` prints in a fresh interpreter with that PYTHONPATH (None: this checkout's)."""
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
-    out = subprocess.run([sys.executable, "-c", "import schooner.runtime as r; print(r.__file__)"],
-                         env=env, cwd=repo_root(), capture_output=True, text=True, check=True)  # fmt: skip
-    return str(Path(out.stdout.strip()).parent)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=repo_root(),
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return out.stdout.strip()
+
+
+def resolves_to(pythonpath: Path | None) -> str:
+    """Where ``schooner.runtime`` is imported from with that PYTHONPATH (a check that each
+    side runs the code it names)."""
+    return str(Path(_printed(pythonpath, "import schooner.runtime as r; print(r.__file__)")).parent)
 
 
 def extension_of(pythonpath: Path | None) -> str:
     """The container's C extension with that PYTHONPATH: "built" (in the side's own tree),
     "none", or where it was imported from instead (a base whose extension did not build may
     be handed this checkout's by the editable install's finder)."""
-    env = dict(os.environ)
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
-    code = ("import os, schooner.runtime as r\n"
-            "try:\n    import schooner.runtime._wirefast as w\n"
-            "except ImportError:\n    print('none')\n"
-            "else:\n    d = os.path.dirname\n"
-            "    print('built' if d(w.__file__) == d(r.__file__) else 'from ' + d(w.__file__))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=repo_root(),
-                         capture_output=True, text=True, check=True)  # fmt: skip
-    return out.stdout.strip()
+    return _printed(pythonpath, "import os, schooner.runtime as r\n"
+                    "try:\n    import schooner.runtime._wirefast as w\n"
+                    "except ImportError:\n    print('none')\n"
+                    "else:\n    d = os.path.dirname\n"
+                    "    print('built' if d(w.__file__) == d(r.__file__) else 'from ' + d(w.__file__))")
 
 
 def main(argv: list[str] | None = None) -> int:

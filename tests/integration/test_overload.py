@@ -168,13 +168,14 @@ CLIENTS_THAT_LEAVE = {
 def test_queries_of_a_client_that_left_are_never_sent(
     start_frontend, start_container, closure_artifact, tmp_path, api
 ):
-    extra_args = []
+    grpc_port = None
     if api == "oip-grpc":  # (the frontend refuses --grpc-port without the grpc extra)
         pytest.importorskip("grpc")
         pytest.importorskip("tritonclient.grpc")
-        extra_args = ["--grpc-port", str(free_port())]
-    fe = start_frontend(log_level="INFO", extra_args=extra_args)
-    fe.grpc_port = int(extra_args[1]) if extra_args else None
+        grpc_port = free_port()
+    fe = start_frontend(log_level="INFO",
+                        extra_args=["--grpc-port", str(grpc_port)] if grpc_port else [])
+    fe.grpc_port = grpc_port
     started, release = tmp_path / "started", tmp_path / "release"
     model = held_model(started, release, lambda xs: [str(x[0]) for x in xs],
                        hold=lambda xs: xs[0][0] == 0.0)  # fmt: skip
