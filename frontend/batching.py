@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 __all__ = ["BatchSizer", "BatchQueue", "Expirable", "Admission"]
 
@@ -213,8 +213,9 @@ class Expirable(Protocol):
 T = TypeVar("T", bound=Expirable)
 
 
-class BatchQueue(Generic[T]):
-    """FIFO of queries waiting for a replica of one model version.
+class BatchQueue(deque[T]):
+    """FIFO of queries waiting for a replica of one model version: a deque (its length,
+    truth and ``extend`` are the deque's own, C calls on the dispatcher's path).
 
     ``pop_batch`` cuts the next batch: up to ``n`` items that are neither answered nor past
     their deadline. Expired items it meets are returned separately so the caller can answer
@@ -222,30 +223,17 @@ class BatchQueue(Generic[T]):
     ahead of everything else, in their original order.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        self._items: deque[T] = deque()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __bool__(self) -> bool:
-        return bool(self._items)
-
-    def push(self, item: T) -> None:
-        self._items.append(item)
-
-    def extend(self, items: Iterable[T]) -> None:
-        self._items.extend(items)
+    push = deque.append
 
     def push_front(self, items: list[T]) -> None:
-        self._items.extendleft(reversed(items))
+        self.extendleft(reversed(items))
 
     def pop_batch(self, n: int, cutoff: float) -> tuple[list[T], list[T], int]:
         """Up to ``n`` live items (oldest first), the expired ones met on the way (deadline
         at or before ``cutoff``), and how many answered items were discarded."""
-        items = self._items
+        items = self
         batch: list[T] = []
         expired: list[T] = []
         skipped = 0
@@ -262,7 +250,7 @@ class BatchQueue(Generic[T]):
     def drop_answered(self) -> int:
         """Discard answered items at the head (they pile up while no replica takes them);
         returns how many."""
-        items = self._items
+        items = self
         dropped = 0
         while items and items[0].done:
             items.popleft()
@@ -271,6 +259,6 @@ class BatchQueue(Generic[T]):
 
     def drain(self) -> list[T]:
         """Remove and return every unanswered item."""
-        out = [item for item in self._items if not item.done]
-        self._items.clear()
+        out = [item for item in self if not item.done]
+        self.clear()
         return out

@@ -258,7 +258,7 @@ class Dispatcher:
         now = self._clock()
         n = len(queries)
         replicas = len(mq.replicas)
-        waiting = mq.waiting
+        waiting = len(mq.queue) - mq.stale  # mq.waiting
         if replicas == 0:
             if now >= mq.expect_until:
                 explanation = f"no replica of model {mq.label} is connected"
@@ -274,12 +274,13 @@ class Dispatcher:
         pending = self._pending.get(slo_micros)
         if pending is None:
             pending = self._pending[slo_micros] = deque()
+        if not pending:  # else the sweep is armed already: it re-arms while any is pending
+            self.on_pending()
         for q in queries:
             q.model = mq
             q.queued = True
             mq.queue.push(q)
             pending.append(q)
-        self.on_pending()
         if replicas:
             if self.defer is None:
                 self._pump(mq)

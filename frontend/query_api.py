@@ -157,7 +157,11 @@ class QueryApi:
             code = FAST_CODES.get(app.input_type)
             data = fast_single_input(request.body, code) if code else None
             if data is not None:
-                self._submit(request, app, [data], False, self._model_version(app, None), reply)
+                key = self._model_version(app, None)
+                if key is None or key is ROUTED:
+                    self._submit(request, app, [data], False, key, reply)
+                else:
+                    self._submit_one(request, app, data, key, reply)
                 return
         if surely_too_many(request.body, app.input_type, self.max_inputs):
             self._reject(reply, 413, "too many inputs", self._too_many())
@@ -245,6 +249,19 @@ class QueryApi:
             queries = self.make_queries(app, inputs, _single_reply(app, reply, overload))
         self.dispatch(app, queries, key, sticky)
         self.cancel_on_disconnect(request, queries)
+
+    def _submit_one(
+        self, request: Request, app: App, data: bytes, key: tuple[str, str], reply: Reply
+    ) -> None:
+        """``_submit`` of the commonest request, one input for one model version: the same
+        steps as ``make_queries``, ``dispatch`` and ``cancel_on_disconnect``, in one call."""
+        slo = app.latency_slo_micros
+        overload = self._overload_reply if app.on_overload == "503" else None
+        queries = [Query(self._ids.take(1), app.name, data, time.monotonic(), slo,
+                         _single_reply(app, reply, overload))]  # fmt: skip
+        dispatcher = self._dispatcher
+        dispatcher.submit(queries, key, slo)
+        request.cancel = lambda: dispatcher.cancel(queries)
 
     def cancel_on_disconnect(self, request: Request, queries: list[Query]) -> None:
         """If the client of ``request`` goes away before ``queries`` are answered, those
