@@ -11,7 +11,8 @@ Suites (``python -m benchmarks <suite> --help`` for each one's options):
 * ``reliability`` — overload goodput and shedding, kill -9 and hung replicas, largest requests
 * ``selection`` — the cost of a traffic split and a shadow per query; cache hits vs misses
 * ``workers``  — the frontend as 1, 2, ... worker processes (``--frontend-workers``): req/s, batches
-* ``ab``       — the container of another revision (``--base REV``) and of this checkout, interleaved
+* ``ab``       — another revision (``--base REV``) and this checkout, interleaved: the container
+  alone, or the whole server under ``wrk`` (``--path e2e``)
 
 Every suite takes ``--smoke`` (short, no peers: what CI runs), ``--json FILE`` (raw
 results), ``--repeats N`` (median of N runs), ``--server-cpu``/``--load-cpu``/``--no-pin``.

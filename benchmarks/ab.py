@@ -1,16 +1,23 @@
-"""Before and after: the container of another revision and of this checkout, interleaved.
+"""Before and after: another revision and this checkout, interleaved.
 
 On a shared VM, two runs of the same build minutes apart differ by as much as a change is
 worth, so a before/after measured as two separate runs says little. ``ab`` exports the base
-revision (``git archive``) into a temporary folder, starts its container from there (the
-``schooner`` namespace mapped onto that tree through ``PYTHONPATH``; the installed
-dependencies are this checkout's) and this checkout's container in turn, round after round,
-each driven the way the hot path's plain-path rows are (``benchmarks.zmtp_driver``: batch 1
-with 1 in flight, batch 64 with 4 in flight, pinned like ``hotpath``). Each side's rounds
-give its median; B/A is this checkout over the base. Only the container is compared. The
-base's optional C extensions are built in its exported tree, as ``pip install -e .`` builds
-this checkout's, and the header says whether each side's container has its own
-(``schooner.runtime._wirefast``): a side without it runs the same steps in Python.
+revision (``git archive``) into a temporary folder, starts it from there (the ``schooner``
+namespace mapped onto that tree through ``PYTHONPATH``; the installed dependencies are this
+checkout's) and this checkout in turn, round after round. Each side's rounds give its
+median; B/A is this checkout over the base. The base's optional C extensions are built in
+its exported tree, as ``pip install -e .`` builds this checkout's, and the header says
+whether each side has its own (``schooner.runtime._wirefast``): a side without it runs the
+same steps in Python. Two paths:
+
+* ``--path container`` (the default): the container alone, driven the way the hot path's
+  plain-path rows are (``benchmarks.zmtp_driver``: batch 1 with 1 in flight, batch 64 with
+  4 in flight, pinned like ``hotpath``);
+* ``--path e2e``: the whole server, frontend and container, started as ``benchmarks e2e``
+  starts Schooner (``--model``, batch 32, talking over the local socket, on the server
+  cpu) and driven by ``wrk`` (one thread on the load cpu) at ``--connections`` for
+  ``--seconds`` after a one-second warm-up: requests per second and the server's CPU per
+  request (both process trees), the frontend's changes included.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import hot_path as hp
+from benchmarks import models
 from benchmarks.harness import (
+    Placement,
     add_common_args,
     header,
     markdown_table,
@@ -37,6 +47,17 @@ from benchmarks.harness import (
 from schooner.frameworks import closure
 
 CASES = hp.PLAIN_PATH  # (batch, in flight)
+
+
+@dataclass
+class ServerRound:
+    """One turn of one side on the e2e path."""
+
+    side: str
+    round: int
+    requests_per_s: float
+    cpu_us_per_request: float
+    p50_ms: float
 
 
 @dataclass
@@ -95,12 +116,13 @@ def resolves_to(pythonpath: Path | None) -> str:
     return str(Path(_printed(pythonpath, "import schooner.runtime as r; print(r.__file__)")).parent)
 
 
-def extension_of(pythonpath: Path | None) -> str:
-    """The container's C extension with that PYTHONPATH: "built" (in the side's own tree),
-    "none", or where it was imported from instead (a base whose extension did not build may
-    be handed this checkout's by the editable install's finder)."""
-    return _printed(pythonpath, "import os, schooner.runtime as r\n"
-                    "try:\n    import schooner.runtime._wirefast as w\n"
+def extension_of(pythonpath: Path | None, package: str = "runtime", module: str = "_wirefast") -> str:
+    """A C extension (the container's by default; the frontend's is ``frontend``,
+    ``_fastpath``) with that PYTHONPATH: "built" (in the side's own tree), "none", or where
+    it was imported from instead (a base whose extension did not build may be handed this
+    checkout's by the editable install's finder)."""
+    return _printed(pythonpath, f"import os, schooner.{package} as r\n"
+                    f"try:\n    import schooner.{package}.{module} as w\n"
                     "except ImportError:\n    print('none')\n"
                     "else:\n    d = os.path.dirname\n"
                     "    print('built' if d(w.__file__) == d(r.__file__) else 'from ' + d(w.__file__))")
@@ -113,13 +135,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", required=True, help="the revision to compare with (A)")
     parser.add_argument("--rounds", type=int, default=6, help="turns each side takes")
     parser.add_argument("--count", type=int, default=8000,
-                        help="requests per turn at batch 1 (batch 64: 1/8 of them)")  # fmt: skip
+                        help="container path: requests per turn at batch 1 (batch 64: 1/8 of "
+                             "them)")  # fmt: skip
+    parser.add_argument("--path", choices=("container", "e2e"), default="container",
+                        help="the container alone, or the whole server under wrk")  # fmt: skip
+    parser.add_argument("--model", choices=models.MODELS, default="noop", help="e2e path's model")
+    parser.add_argument("--connections", type=int, default=64, help="e2e path's wrk connections")
+    parser.add_argument("--seconds", type=float, default=5.0, help="e2e path: seconds per turn")
+    parser.add_argument("--loader", choices=["auto", "wrk", "python"], default="auto",
+                        help="e2e path: wrk, or the closed-loop Python fallback (smoke runs "
+                             "only)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.smoke:
-        args.rounds, args.count = 2, 200
+        args.rounds, args.count, args.seconds = 2, 200, 1.0
+    loader = args.loader
+    if loader == "auto":
+        loader = "wrk" if shutil.which("wrk") else "python"
+    if args.path == "e2e" and loader == "python" and not args.smoke:
+        parser.error("the e2e path needs wrk (apt-get install -y wrk); the Python loader is "
+                     "for --smoke")  # fmt: skip
     placement = placement_from(args)
     placement.pin_self()
-    results: list[Round] = []
     with tempfile.TemporaryDirectory() as tmp:
         base_path = export_revision(args.base, Path(tmp) / "base")
         sides = {"A": base_path, "B": None}
@@ -127,24 +163,97 @@ def main(argv: list[str] | None = None) -> int:
         if where["A"] == where["B"]:
             raise RuntimeError(f"both sides import schooner.runtime from {where['A']}")
         built = {side: extension_of(path) for side, path in sides.items()}
-        artifact = closure.save(hp.noop, Path(tmp) / "noop")
-        for n in range(1, args.rounds + 1):
-            for batch, inflight in CASES:
-                count = max(args.count // max(batch // 8, 1), 50)
-                for side, path in sides.items():
-                    env = {"PYTHONPATH": str(path)} if path is not None else None
-                    row = hp.measure("schooner", "plain", hp.Payload(batch), inflight, count, 1,
-                                     artifact, placement.server_cpu, driver="zmtp",
-                                     extra_env=env)  # fmt: skip
-                    results.append(Round(side, batch, inflight, n, row.batches_per_s,
-                                         row.cpu_us_per_input))  # fmt: skip
-    detail = (f"A: {args.base} (from {where['A']}), B: this checkout (from {where['B']}); "
-              f"container C extension: A {built['A']}, B {built['B']}; "
-              f"{args.rounds} rounds, {args.count} requests per turn at batch 1")  # fmt: skip
-    print(header("before and after: the container, A and B interleaved", placement, detail))
-    print(table(results))
-    write_json(args.json, results)
+        sides_text = (f"A: {args.base} (from {where['A']}), B: this checkout (from "
+                      f"{where['B']}); container C extension: A {built['A']}, B {built['B']}")  # fmt: skip
+        if args.path == "e2e":
+            front = {side: extension_of(path, "frontend", "_fastpath") for side, path in sides.items()}
+            results = server_rounds(sides, args, loader, placement, Path(tmp))
+            print(header("before and after: the whole server, A and B interleaved", placement,
+                         f"{sides_text}; frontend C extension: A {front['A']}, B {front['B']}; "
+                         f"{args.rounds} rounds; {args.model}, {args.connections} connections, "
+                         f"{args.seconds:g} s per turn ({loader})"))  # fmt: skip
+            print(server_table(results))
+            write_json(args.json, results)
+            return 0
+        rounds = container_rounds(sides, args, placement, Path(tmp))
+    print(header("before and after: the container, A and B interleaved", placement,
+                 f"{sides_text}; {args.rounds} rounds, {args.count} requests per turn at "
+                 "batch 1"))  # fmt: skip
+    print(table(rounds))
+    write_json(args.json, rounds)
     return 0
+
+
+def _env(path: Path | None) -> dict[str, str] | None:
+    return {"PYTHONPATH": str(path)} if path is not None else None
+
+
+def container_rounds(sides: dict[str, Path | None], args: argparse.Namespace,
+                     placement: Placement, tmp: Path) -> list[Round]:  # fmt: skip
+    results: list[Round] = []
+    artifact = closure.save(hp.noop, tmp / "noop")
+    for n in range(1, args.rounds + 1):
+        for batch, inflight in CASES:
+            count = max(args.count // max(batch // 8, 1), 50)
+            for side, path in sides.items():
+                row = hp.measure("schooner", "plain", hp.Payload(batch), inflight, count, 1,
+                                 artifact, placement.server_cpu, driver="zmtp",
+                                 extra_env=_env(path))  # fmt: skip
+                results.append(Round(side, batch, inflight, n, row.batches_per_s,
+                                     row.cpu_us_per_input))  # fmt: skip
+    return results
+
+
+def server_rounds(sides: dict[str, Path | None], args: argparse.Namespace, loader: str,
+                  placement: Placement, tmp: Path) -> list[ServerRound]:  # fmt: skip
+    """Each side's whole server, started afresh for each turn, as ``benchmarks e2e`` starts
+    and measures Schooner (its defaults: batch 32, the local socket, an SLO of 1 s)."""
+    from benchmarks import e2e, systems
+    from benchmarks.peers import forms
+
+    artifact = closure.save(models.build(args.model), tmp / f"{args.model}-artifact")
+    body = forms.body("clipper")
+    load: e2e.Loader
+    if loader == "wrk":
+        load, load_arg = e2e.load_wrk, e2e.wrk_script(tmp, "ab", body, {"Content-Type": "application/json"})
+    else:
+        load, load_arg = e2e.load_python, tmp / "ab-body.json"
+        load_arg.write_bytes(body)
+    results: list[ServerRound] = []
+    for n in range(1, args.rounds + 1):
+        for side, path in sides.items():
+            running = systems.start_schooner(args.model, artifact, tmp, placement.server_cpu,
+                                             batch_size=32, slo_micros=1_000_000,
+                                             env=_env(path))  # fmt: skip
+            try:
+                (cell,) = e2e.measure(running, args.model, [args.connections], args.seconds, 1,
+                                      placement, load, load_arg)  # fmt: skip
+            finally:
+                running.stop()
+            results.append(ServerRound(side, n, cell.requests_per_s, cell.cpu_us_per_request,
+                                       cell.p50_ms))  # fmt: skip
+    return results
+
+
+def server_table(results: list[ServerRound]) -> str:
+    """Each side's median req/s, server CPU per request and p50, and B over A."""
+    cell = {side: [r for r in results if r.side == side] for side in ("A", "B")}
+    if not cell["A"] or not cell["B"]:
+        return "(no rounds)"
+    rate = {s: median([r.requests_per_s for r in rs]) for s, rs in cell.items()}
+    cpu = {s: median([r.cpu_us_per_request for r in rs]) for s, rs in cell.items()}
+    p50 = {s: median([r.p50_ms for r in rs]) for s, rs in cell.items()}
+    spread = {s: f"{min(r.requests_per_s for r in rs):,.0f}-{max(r.requests_per_s for r in rs):,.0f}"
+              for s, rs in cell.items()}  # fmt: skip
+    return markdown_table(
+        ["rounds", "A req/s", "B req/s", "B / A", "A range", "B range", "A µs CPU/req",
+         "B µs CPU/req", "B / A CPU", "A p50 ms", "B p50 ms"],
+        [[len(cell["A"]), f"{rate['A']:,.0f}", f"{rate['B']:,.0f}", f"{rate['B'] / rate['A']:.2f}x",
+          spread["A"], spread["B"], f"{cpu['A']:.1f}", f"{cpu['B']:.1f}",
+          f"{cpu['B'] / cpu['A']:.2f}x" if cpu["A"] else "—", f"{p50['A']:.2f}",
+          f"{p50['B']:.2f}"]],
+        "rrrrrrrrrrr",
+    )  # fmt: skip
 
 
 def table(results: list[Round]) -> str:

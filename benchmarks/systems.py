@@ -175,13 +175,15 @@ def _wait_for_answer(running: Running, timeout_s: float) -> None:
 
 def start_schooner(model: str, artifact: Path, tmp: Path, cpu: int | None, *, batch_size: int,
                    slo_micros: int, timeout_s: float = 60.0, transport: str = "local",
-                   grpc_port: int | None = None) -> Running:  # fmt: skip
+                   grpc_port: int | None = None,
+                   env: dict[str, str] | None = None) -> Running:  # fmt: skip
     """Frontend + one container serving ``artifact`` (a closure of ``model``).
 
     ``transport`` is how they talk, as the local manager sets it up: ``local`` (the
     frontend's Unix socket, the default for replicas on the frontend's machine) or ``zmq``
     (RPC v3 over ZeroMQ, as a container on another machine, or Clipper's, would).
-    ``grpc_port``: serve the Open Inference Protocol over gRPC there too."""
+    ``grpc_port``: serve the Open Inference Protocol over gRPC there too. ``env``: more
+    environment for both processes (``benchmarks ab``: the PYTHONPATH of another revision)."""
     query, mgmt, rpc = free_port(), free_port(), free_port()
     if transport not in ("local", "zmq"):
         raise ValueError(f"transport must be 'local' or 'zmq', not {transport!r}")
@@ -195,7 +197,7 @@ def start_schooner(model: str, artifact: Path, tmp: Path, cpu: int | None, *, ba
                        "--state-db", str(run_dir / "state.db"), "--log-level", "WARNING",
                        *(["--rpc-socket", local_socket] if local_socket else []),
                        *(["--grpc-port", str(grpc_port)] if grpc_port else [])],
-                      cpu, logs[0])  # fmt: skip
+                      cpu, logs[0], dict(os.environ, **env) if env else None)  # fmt: skip
     name = "schooner" if transport == "local" else f"schooner-{transport}"
     running = Running(name, f"http://127.0.0.1:{query}/{APP}/predict", [frontend], logs)
     with _stopped_on_failure(running):
@@ -212,13 +214,15 @@ def start_schooner(model: str, artifact: Path, tmp: Path, cpu: int | None, *, ba
             token=token)  # fmt: skip
         post_json(f"{admin}/add_model_links", {"app_name": APP, "model_names": [APP]},
                   token=token)
-        env = dict(os.environ, CLIPPER_MODEL_NAME=APP, CLIPPER_MODEL_VERSION="1",
-                   CLIPPER_IP="127.0.0.1", CLIPPER_PORT=str(rpc), CLIPPER_INPUT_TYPE="floats",
-                   CLIPPER_MODEL_PATH=str(artifact), SCHOONER_READY_FILE="none",
-                   SCHOONER_MAX_BATCH_SIZE=str(max(batch_size, 0)), SCHOONER_LOG_LEVEL="WARNING")  # fmt: skip
+        container_env = dict(
+            os.environ, **(env or {}), CLIPPER_MODEL_NAME=APP, CLIPPER_MODEL_VERSION="1",
+            CLIPPER_IP="127.0.0.1", CLIPPER_PORT=str(rpc), CLIPPER_INPUT_TYPE="floats",
+            CLIPPER_MODEL_PATH=str(artifact), SCHOONER_READY_FILE="none",
+            SCHOONER_MAX_BATCH_SIZE=str(max(batch_size, 0)), SCHOONER_LOG_LEVEL="WARNING")  # fmt: skip
         if local_socket:
-            env["SCHOONER_RPC_SOCKET"] = local_socket
-        running.procs.append(_popen([sys.executable, "-m", "schooner.runtime"], cpu, logs[1], env))
+            container_env["SCHOONER_RPC_SOCKET"] = local_socket
+        running.procs.append(_popen([sys.executable, "-m", "schooner.runtime"], cpu, logs[1],
+                                    container_env))  # fmt: skip
     return _answering(running, timeout_s)
 
 

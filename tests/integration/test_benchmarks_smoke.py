@@ -183,6 +183,22 @@ def test_ab_smoke(tmp_path):
 
 
 @pytest.mark.timeout(600)
+def test_ab_e2e_smoke(tmp_path):
+    """``benchmarks ab --path e2e``: both sides' whole servers start, answer under load and
+    are reported, with both sides' frontend extensions named."""
+    out = tmp_path / "ab-e2e.json"
+    result = _run_suite("ab", "--smoke", "--no-pin", "--base", "HEAD", "--path", "e2e",
+                        "--json", str(out))  # fmt: skip
+    assert "A: HEAD (from " in result.stdout and "/base/path/schooner/runtime)" in result.stdout
+    assert ("frontend C extension: A built, B built" in result.stdout
+            or "frontend C extension: A none, B none" in result.stdout), result.stdout  # fmt: skip
+    rows = json.loads(out.read_text())
+    assert [(r["side"], r["round"]) for r in rows] == [("A", 1), ("B", 1), ("A", 2), ("B", 2)]
+    assert all(r["requests_per_s"] > 0 and r["cpu_us_per_request"] > 0 for r in rows)
+    assert table_rows(result.stdout)[1][0] == "2"  # one line: 2 rounds a side
+
+
+@pytest.mark.timeout(600)
 def test_hotpath_entry_point_smoke(tmp_path):
     """``python -m benchmarks hotpath`` is the same suite, with the 600 KB tensor rows."""
     out = tmp_path / "hot.json"

@@ -59,3 +59,24 @@ def test_table_reads_medians_and_ratios() -> None:
     text = ab.table(rounds)
     assert "| 1 | 1 | 3 | 110 | 140 | 1.27x | 11.0 | 7.0 | 0.64x |" in text
     assert "| 64 |" not in text  # a case without rounds is left out
+
+
+def test_the_frontend_extension_is_probed_in_its_own_tree(tmp_path: Path) -> None:
+    # the e2e path's header names the frontend's extension too: built in the base's tree,
+    # and not called the base's own once it is gone from there
+    path = ab.export_revision("HEAD", tmp_path / "base")
+    assert ab.extension_of(path, "frontend", "_fastpath") == ab.extension_of(None, "frontend", "_fastpath")
+    for built in (tmp_path / "base" / "tree" / "frontend").glob("_fastpath*.so"):
+        built.unlink()
+    state = ab.extension_of(path, "frontend", "_fastpath")
+    assert state == "none" or state.startswith("from "), state
+
+
+def test_server_table_reads_medians_ranges_and_ratios() -> None:
+    rounds = [ab.ServerRound(side, n, rate, cpu, p50) for n, (side, rate, cpu, p50) in enumerate(
+        [("A", 30000.0, 30.0, 1.5), ("B", 36000.0, 25.0, 1.2), ("A", 32000.0, 28.0, 1.4),
+         ("B", 33000.0, 27.0, 1.3), ("A", 31000.0, 29.0, 1.6), ("B", 34000.0, 26.0, 1.1)])]  # fmt: skip
+    text = ab.server_table(rounds)
+    assert ("| 3 | 31,000 | 34,000 | 1.10x | 30,000-32,000 | 33,000-36,000 | 29.0 | 26.0 | "
+            "0.90x | 1.50 | 1.20 |") in text  # fmt: skip
+    assert ab.server_table(rounds[:1]) == "(no rounds)"  # one side only: nothing to compare
