@@ -119,7 +119,7 @@ def measure_in_process(python: str, artifact: Path, batch_files: list[Path], sec
 def measure_container(python: str, artifact: Path, input_type: wire.InputType, batches: list,
                       seconds: float, repeats: int, cpu: int | None) -> list[float]:  # fmt: skip
     """One container process; for each batch, inputs per second (median of ``repeats``)."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     port = router.bind_to_random_port("tcp://127.0.0.1")

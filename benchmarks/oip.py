@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import models
-from benchmarks.e2e import Cell, load_python, load_wrk, measure, wrk_script
+from benchmarks.e2e import Cell, Loader, load_python, load_wrk, measure, wrk_script
 from benchmarks.harness import (
     add_common_args,
     free_port,
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             "oip-binary": (binary, {"Content-Type": "application/octet-stream",
                                     "Inference-Header-Content-Length": str(header_length)}),
         }  # fmt: skip
+        loaders: dict[str, tuple[Loader, Path]]
         if wrk:
             loaders = {name: (load_wrk, wrk_script(tmp, name, body, headers))
                        for name, (body, headers) in bodies.items()}  # fmt: skip
@@ -150,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             (tmp / "clipper.json").write_bytes(models.body())
             loaders = {"clipper": (load_python, tmp / "clipper.json")}
             paths = [p for p in paths if p in ("clipper", "oip-grpc")]
-        loaders["mlserver"] = loaders.get("oip-json", (load_wrk, None))  # type: ignore[assignment]
+        if "oip-json" in loaders:  # MLServer gets the OIP body (only with wrk: see above)
+            loaders["mlserver"] = loaders["oip-json"]
         from schooner.frameworks import closure
 
         for model in args.models.split(","):

@@ -35,7 +35,7 @@ def deployment(model: str, max_batch: int, wait_s: float) -> Any:
             body = await request.json()
             return {"output": await self.predict(body["input"])}
 
-    return Bench.bind()
+    return Bench.bind()  # type: ignore[attr-defined]  # serve.deployment made it a Deployment
 
 
 def main(argv: list[str]) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["runtime", "frameworks", "frontend", "admin"]
+PACKAGES = ["runtime", "frameworks", "frontend", "admin", "benchmarks"]
 
 
 @pytest.mark.skipif(shutil.which("ruff") is None and not (Path(sys.executable).parent / "ruff").exists(),
