@@ -86,3 +86,42 @@ def test_round_trip_of_a_real_request():
     request = wire.decode_from_frontend(got)
     assert bytes(request.msg_id) == b"\x09\x00\x00\x00"
     assert request.sizes == (8, 8)
+
+
+def test_the_local_channel_hands_out_messages_that_later_reads_leave_alone(tmp_path):
+    # SocketChannel's frames are views of what it read: every message must still hold its
+    # own bytes after later reads (should the channel ever read into a buffer it reuses,
+    # this fails), a message larger than one read (1 MB) must arrive whole, and so must
+    # two sent in one write.
+    import socket
+    import threading
+
+    from schooner.runtime.transport import SocketChannel
+
+    path = str(tmp_path / "rpc.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    channel = SocketChannel(path, timeout=5.0)
+    peer, _ = server.accept()
+    try:
+        def message(tag: bytes, size: int) -> list[bytes]:
+            return [b"", tag, bytes(range(256)) * (size // 256) + tag * (size % 256)]
+
+        first, second, third = message(b"a", 300), message(b"b", 3 << 20), message(b"c", 40)
+        peer.sendall(wire.stream_bytes(first))
+        got_first = channel.recv()
+        assert not channel.ready()  # nothing more yet
+        sender = threading.Thread(
+            target=peer.sendall, args=(wire.stream_bytes(second) + wire.stream_bytes(third),))
+        sender.start()
+        got_second = channel.recv()  # 3 MB: several reads of the channel's 1 MB buffer
+        got_third = channel.recv()
+        sender.join()
+        assert [bytes(f) for f in got_first] == first
+        assert [bytes(f) for f in got_second] == second
+        assert [bytes(f) for f in got_third] == third
+    finally:
+        channel.close()
+        peer.close()
+        server.close()
