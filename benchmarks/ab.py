@@ -58,6 +58,7 @@ class ServerRound:
     requests_per_s: float
     cpu_us_per_request: float
     p50_ms: float
+    errors: int  # failed requests (wrk's non-2xx and socket errors; the Python loader's defaults too)
 
 
 @dataclass
@@ -110,10 +111,11 @@ def _printed(pythonpath: Path | None, code: str) -> str:
     return out.stdout.strip()
 
 
-def resolves_to(pythonpath: Path | None) -> str:
-    """Where ``schooner.runtime`` is imported from with that PYTHONPATH (a check that each
+def resolves_to(pythonpath: Path | None, package: str = "runtime") -> str:
+    """Where ``schooner.<package>`` is imported from with that PYTHONPATH (a check that each
     side runs the code it names)."""
-    return str(Path(_printed(pythonpath, "import schooner.runtime as r; print(r.__file__)")).parent)
+    code = f"import schooner.{package} as p; print(p.__file__)"
+    return str(Path(_printed(pythonpath, code)).parent)
 
 
 def extension_of(pythonpath: Path | None, package: str = "runtime", module: str = "_wirefast") -> str:
@@ -162,25 +164,34 @@ def main(argv: list[str] | None = None) -> int:
         where = {side: resolves_to(path) for side, path in sides.items()}
         if where["A"] == where["B"]:
             raise RuntimeError(f"both sides import schooner.runtime from {where['A']}")
+        front = {side: resolves_to(path, "frontend") for side, path in sides.items()}
+        if args.path == "e2e" and front["A"] == front["B"]:
+            raise RuntimeError(f"both sides import schooner.frontend from {front['A']}")
         built = {side: extension_of(path) for side, path in sides.items()}
         sides_text = (f"A: {args.base} (from {where['A']}), B: this checkout (from "
                       f"{where['B']}); container C extension: A {built['A']}, B {built['B']}")  # fmt: skip
         if args.path == "e2e":
-            front = {side: extension_of(path, "frontend", "_fastpath") for side, path in sides.items()}
+            fast = {side: extension_of(path, "frontend", "_fastpath") for side, path in sides.items()}
             results = server_rounds(sides, args, loader, placement, Path(tmp))
-            print(header("before and after: the whole server, A and B interleaved", placement,
-                         f"{sides_text}; frontend C extension: A {front['A']}, B {front['B']}; "
-                         f"{args.rounds} rounds; {args.model}, {args.connections} connections, "
-                         f"{args.seconds:g} s per turn ({loader})"))  # fmt: skip
-            print(server_table(results))
             write_json(args.json, results)
+            print(header("before and after: the whole server, A and B interleaved", placement,
+                         f"{sides_text}; frontend from {front['A']} (A) and {front['B']} (B), "
+                         f"its C extension: A {fast['A']}, B {fast['B']}; {args.rounds} rounds; "
+                         f"{args.model}, {args.connections} connections, {args.seconds:g} s "
+                         f"per turn ({loader})"))  # fmt: skip
+            print(server_table(results))
+            failed = {s: sum(r.errors for r in results if r.side == s) for s in ("A", "B")}
+            if any(failed.values()):  # wrk counts failed requests as requests: say so, loudly
+                print(f"- errors: A {failed['A']}, B {failed['B']}: the rates include "
+                      "failed requests, so B / A says little")  # fmt: skip
+                return 1
             return 0
         rounds = container_rounds(sides, args, placement, Path(tmp))
+    write_json(args.json, rounds)
     print(header("before and after: the container, A and B interleaved", placement,
                  f"{sides_text}; {args.rounds} rounds, {args.count} requests per turn at "
                  "batch 1"))  # fmt: skip
     print(table(rounds))
-    write_json(args.json, rounds)
     return 0
 
 
@@ -231,28 +242,32 @@ def server_rounds(sides: dict[str, Path | None], args: argparse.Namespace, loade
             finally:
                 running.stop()
             results.append(ServerRound(side, n, cell.requests_per_s, cell.cpu_us_per_request,
-                                       cell.p50_ms))  # fmt: skip
+                                       cell.p50_ms, cell.errors))  # fmt: skip
     return results
 
 
 def server_table(results: list[ServerRound]) -> str:
-    """Each side's median req/s, server CPU per request and p50, and B over A."""
+    """Each side's median req/s, server CPU per request and p50, B over A, and errors."""
     cell = {side: [r for r in results if r.side == side] for side in ("A", "B")}
     if not cell["A"] or not cell["B"]:
         return "(no rounds)"
+
+    def ratio(b: float, a: float) -> str:
+        return f"{b / a:.2f}x" if a else "—"
+
     rate = {s: median([r.requests_per_s for r in rs]) for s, rs in cell.items()}
     cpu = {s: median([r.cpu_us_per_request for r in rs]) for s, rs in cell.items()}
     p50 = {s: median([r.p50_ms for r in rs]) for s, rs in cell.items()}
     spread = {s: f"{min(r.requests_per_s for r in rs):,.0f}-{max(r.requests_per_s for r in rs):,.0f}"
               for s, rs in cell.items()}  # fmt: skip
+    errors = {s: sum(r.errors for r in rs) for s, rs in cell.items()}
     return markdown_table(
         ["rounds", "A req/s", "B req/s", "B / A", "A range", "B range", "A µs CPU/req",
-         "B µs CPU/req", "B / A CPU", "A p50 ms", "B p50 ms"],
-        [[len(cell["A"]), f"{rate['A']:,.0f}", f"{rate['B']:,.0f}", f"{rate['B'] / rate['A']:.2f}x",
-          spread["A"], spread["B"], f"{cpu['A']:.1f}", f"{cpu['B']:.1f}",
-          f"{cpu['B'] / cpu['A']:.2f}x" if cpu["A"] else "—", f"{p50['A']:.2f}",
-          f"{p50['B']:.2f}"]],
-        "rrrrrrrrrrr",
+         "B µs CPU/req", "B / A CPU", "A p50 ms", "B p50 ms", "errors A/B"],
+        [[len(cell["A"]), f"{rate['A']:,.0f}", f"{rate['B']:,.0f}", ratio(rate["B"], rate["A"]),
+          spread["A"], spread["B"], f"{cpu['A']:.1f}", f"{cpu['B']:.1f}", ratio(cpu["B"], cpu["A"]),
+          f"{p50['A']:.2f}", f"{p50['B']:.2f}", f"{errors['A']}/{errors['B']}"]],
+        "rrrrrrrrrrrr",
     )  # fmt: skip
 
 

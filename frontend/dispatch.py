@@ -211,6 +211,10 @@ class Dispatcher:
         self._pending: dict[int, deque[Query]] = {}
         # Hooks set by the server: arm the deadline sweep; tell the RPC endpoint that a
         # replica was dropped here (so that, if it is alive after all, it registers again).
+        # ``on_pending`` is called when a line of pending queries goes from empty to not
+        # (before the queries are added): it must arm a timer that calls ``sweep`` later,
+        # not sweep now, and that timer must arm itself again while ``has_pending``, since
+        # later submits to a line that is not empty do not call it.
         self.on_pending: Callable[[], None] = lambda: None
         self.on_unreachable: Callable[[bytes], None] = lambda identity: None
         # Set by the server to the event loop's ``call_soon``: a submit then sends no batch
@@ -265,6 +269,9 @@ class Dispatcher:
                 for q in queries:
                     q.model = mq
                     self.answer_default(q, NO_REPLICA, explanation)
+                return
+            if waiting + n > self.max_queued:  # replicas are coming; the bound holds meanwhile
+                self._shed(mq, queries, now)
                 return
         elif waiting + n > self.max_queued or not mq.admission.admits(
             waiting + mq.inflight_queries, n, replicas, queries[-1].deadline - now, now

@@ -255,9 +255,10 @@ class QueryApi:
     ) -> None:
         """``_submit`` of the commonest request, one input for one model version: the same
         steps as ``make_queries``, ``dispatch`` and ``cancel_on_disconnect``, in one call."""
+        now = time.monotonic()  # before the id: taking one may write a new block to the state
         slo = app.latency_slo_micros
         overload = self._overload_reply if app.on_overload == "503" else None
-        queries = [Query(self._ids.take(1), app.name, data, time.monotonic(), slo,
+        queries = [Query(self._ids.take(1), app.name, data, now, slo,
                          _single_reply(app, reply, overload))]  # fmt: skip
         dispatcher = self._dispatcher
         dispatcher.submit(queries, key, slo)

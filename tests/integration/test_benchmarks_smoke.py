@@ -190,11 +190,13 @@ def test_ab_e2e_smoke(tmp_path):
     result = _run_suite("ab", "--smoke", "--no-pin", "--base", "HEAD", "--path", "e2e",
                         "--json", str(out))  # fmt: skip
     assert "A: HEAD (from " in result.stdout and "/base/path/schooner/runtime)" in result.stdout
-    assert ("frontend C extension: A built, B built" in result.stdout
-            or "frontend C extension: A none, B none" in result.stdout), result.stdout  # fmt: skip
+    assert "/base/path/schooner/frontend (A)" in result.stdout  # A's frontend is the base's
+    assert ("its C extension: A built, B built" in result.stdout
+            or "its C extension: A none, B none" in result.stdout), result.stdout  # fmt: skip
     rows = json.loads(out.read_text())
     assert [(r["side"], r["round"]) for r in rows] == [("A", 1), ("B", 1), ("A", 2), ("B", 2)]
     assert all(r["requests_per_s"] > 0 and r["cpu_us_per_request"] > 0 for r in rows)
+    assert all(r["errors"] == 0 for r in rows)
     assert table_rows(result.stdout)[1][0] == "2"  # one line: 2 rounds a side
 
 

@@ -183,6 +183,19 @@ def test_cancelled_queries_are_never_sent_and_free_their_place() -> None:
     assert "schooner_frontend_cancelled_queries_total 2.0" in h.metrics.render().decode()
 
 
+def test_the_queue_bound_holds_while_replicas_are_expected() -> None:
+    # No replica yet (a restart, a deploy): queries wait for one, but at most max_queued.
+    h = Harness(max_queued=3)
+    h.dispatcher.configure_model(KEY, 8)
+    h.dispatcher.expect_replicas(KEY, 10.0)
+    waiting = h.submit(3)
+    assert not any(q.done for q in waiting)
+    (over,) = h.submit()
+    assert over.reason == SHED and "at most 3" in (over.explanation or "")
+    h.replica()  # the replica comes: the three that waited go, in one batch
+    assert [n for _, n in h.sent] == [3]
+
+
 def test_one_slow_batch_does_not_leave_an_estimate_that_refuses_everything() -> None:
     h = Harness(inflight_per_replica=1)
     h.dispatcher.configure_model(KEY, 1)

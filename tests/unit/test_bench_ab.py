@@ -73,10 +73,14 @@ def test_the_frontend_extension_is_probed_in_its_own_tree(tmp_path: Path) -> Non
 
 
 def test_server_table_reads_medians_ranges_and_ratios() -> None:
-    rounds = [ab.ServerRound(side, n, rate, cpu, p50) for n, (side, rate, cpu, p50) in enumerate(
-        [("A", 30000.0, 30.0, 1.5), ("B", 36000.0, 25.0, 1.2), ("A", 32000.0, 28.0, 1.4),
-         ("B", 33000.0, 27.0, 1.3), ("A", 31000.0, 29.0, 1.6), ("B", 34000.0, 26.0, 1.1)])]  # fmt: skip
+    rounds = [ab.ServerRound(side, n, rate, cpu, p50, errors) for n, (side, rate, cpu, p50, errors)
+              in enumerate([("A", 30000.0, 30.0, 1.5, 0), ("B", 36000.0, 25.0, 1.2, 2),
+                            ("A", 32000.0, 28.0, 1.4, 0), ("B", 33000.0, 27.0, 1.3, 0),
+                            ("A", 31000.0, 29.0, 1.6, 0), ("B", 34000.0, 26.0, 1.1, 1)])]  # fmt: skip
     text = ab.server_table(rounds)
     assert ("| 3 | 31,000 | 34,000 | 1.10x | 30,000-32,000 | 33,000-36,000 | 29.0 | 26.0 | "
-            "0.90x | 1.50 | 1.20 |") in text  # fmt: skip
+            "0.90x | 1.50 | 1.20 | 0/3 |") in text  # fmt: skip
     assert ab.server_table(rounds[:1]) == "(no rounds)"  # one side only: nothing to compare
+    # a side that answered nothing: no ratio to divide by zero, and the other cells still print
+    dead = [ab.ServerRound("A", 1, 0.0, 0.0, 0.0, 9), ab.ServerRound("B", 1, 100.0, 10.0, 1.0, 0)]
+    assert "| 1 | 0 | 100 | — |" in ab.server_table(dead) and "| 9/0 |" in ab.server_table(dead)
