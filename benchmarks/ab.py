@@ -7,8 +7,9 @@ namespace mapped onto that tree through ``PYTHONPATH``; the installed dependenci
 checkout's) and this checkout in turn, round after round. Each side's rounds give its
 median; B/A is this checkout over the base. The base's optional C extensions are built in
 its exported tree, as ``pip install -e .`` builds this checkout's, and the header says
-whether each side has its own (``schooner.runtime._wirefast``): a side without it runs the
-same steps in Python. Two paths:
+whether each side has its own (the container's ``schooner.runtime._wirefast``; on the e2e
+path the frontend's ``schooner.frontend._fastpath`` too): a side without one runs the same
+steps in Python. Two paths:
 
 * ``--path container`` (the default): the container alone, driven the way the hot path's
   plain-path rows are (``benchmarks.zmtp_driver``: batch 1 with 1 in flight, batch 64 with
