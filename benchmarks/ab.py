@@ -33,8 +33,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks import e2e, models, systems
 from benchmarks import hot_path as hp
-from benchmarks import models
 from benchmarks.harness import (
     Placement,
     add_common_args,
@@ -45,6 +45,7 @@ from benchmarks.harness import (
     repo_root,
     write_json,
 )
+from benchmarks.peers import forms
 from schooner.frameworks import closure
 
 CASES = hp.PLAIN_PATH  # (batch, in flight)
@@ -220,9 +221,6 @@ def server_rounds(sides: dict[str, Path | None], args: argparse.Namespace, loade
                   placement: Placement, tmp: Path) -> list[ServerRound]:  # fmt: skip
     """Each side's whole server, started afresh for each turn, as ``benchmarks e2e`` starts
     and measures Schooner (its defaults: batch 32, the local socket, an SLO of 1 s)."""
-    from benchmarks import e2e, systems
-    from benchmarks.peers import forms
-
     artifact = closure.save(models.build(args.model), tmp / f"{args.model}-artifact")
     body = forms.body("clipper")
     load: e2e.Loader

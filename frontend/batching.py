@@ -233,12 +233,11 @@ class BatchQueue(deque[T]):
     def pop_batch(self, n: int, cutoff: float) -> tuple[list[T], list[T], int]:
         """Up to ``n`` live items (oldest first), the expired ones met on the way (deadline
         at or before ``cutoff``), and how many answered items were discarded."""
-        items = self
         batch: list[T] = []
         expired: list[T] = []
         skipped = 0
-        while items and len(batch) < n:
-            item = items.popleft()
+        while self and len(batch) < n:
+            item = self.popleft()
             if item.done:
                 skipped += 1
             elif item.deadline <= cutoff:
@@ -250,10 +249,9 @@ class BatchQueue(deque[T]):
     def drop_answered(self) -> int:
         """Discard answered items at the head (they pile up while no replica takes them);
         returns how many."""
-        items = self
         dropped = 0
-        while items and items[0].done:
-            items.popleft()
+        while self and self[0].done:
+            self.popleft()
             dropped += 1
         return dropped
 

@@ -253,16 +253,15 @@ class QueryApi:
     def _submit_one(
         self, request: Request, app: App, data: bytes, key: tuple[str, str], reply: Reply
     ) -> None:
-        """``_submit`` of the commonest request, one input for one model version: the same
-        steps as ``make_queries``, ``dispatch`` and ``cancel_on_disconnect``, in one call."""
+        """``_submit`` of the commonest request, one input for one model version: the steps
+        of ``make_queries`` and ``dispatch`` in one call, then ``cancel_on_disconnect``."""
         now = time.monotonic()  # before the id: taking one may write a new block to the state
         slo = app.latency_slo_micros
         overload = self._overload_reply if app.on_overload == "503" else None
         queries = [Query(self._ids.take(1), app.name, data, now, slo,
                          _single_reply(app, reply, overload))]  # fmt: skip
-        dispatcher = self._dispatcher
-        dispatcher.submit(queries, key, slo)
-        request.cancel = lambda: dispatcher.cancel(queries)
+        self._dispatcher.submit(queries, key, slo)
+        self.cancel_on_disconnect(request, queries)
 
     def cancel_on_disconnect(self, request: Request, queries: list[Query]) -> None:
         """If the client of ``request`` goes away before ``queries`` are answered, those
