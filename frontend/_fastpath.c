@@ -19,6 +19,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -302,20 +303,23 @@ static inline int name_is(const char *name, size_t len, const char *lower) {
     return 1;
 }
 
-/* scan_request(data, offset, max_url, max_headers, max_header_bytes, max_body) ->
- *   (end, method, path, query, body, binary_header, authorization) | None
- * end: the offset after the request; binary_header: the Inference-Header-Content-Length
- * value (bytes; http.binary_header_length reads it) or None; authorization: the
- * Authorization value (bytes) or None. */
-static PyObject *scan_request(PyObject *self, PyObject *args) {
-    Py_buffer data;
-    Py_ssize_t offset, max_url, max_headers, max_header_bytes, max_body;
-    if (!PyArg_ParseTuple(args, "y*nnnnn", &data, &offset, &max_url, &max_headers,
-                          &max_header_bytes, &max_body))
-        return NULL;
-    const char *start = data.buf, *end = start + data.len;
-    PyObject *result = NULL;
-    if (offset < 0 || offset >= data.len) goto fallback;
+/* Where scan_one found the parts of a request (pointers into the scanned buffer). */
+typedef struct {
+    Py_ssize_t end;            /* the offset after the request */
+    size_t method;             /* index into METHOD_NAMES */
+    const char *url, *url_end; /* the request target */
+    const char *body;
+    Py_ssize_t body_len;
+    const char *auth, *ihcl;   /* Authorization, Inference-Header-Content-Length; or NULL */
+    size_t auth_len, ihcl_len;
+} Scanned;
+
+/* One whole plain request at start[offset:len] (the rules above): 1 and *out, or 0. */
+static int scan_one(const char *start, Py_ssize_t len, Py_ssize_t offset, Py_ssize_t max_url,
+                    Py_ssize_t max_headers, Py_ssize_t max_header_bytes, Py_ssize_t max_body,
+                    Scanned *out) {
+    const char *end = start + len;
+    if (offset < 0 || offset >= len) return 0;
     const char *p = start + offset;
 
     /* the request line */
@@ -327,16 +331,16 @@ static PyObject *scan_request(PyObject *self, PyObject *args) {
             break;
         }
     }
-    if (m == N_METHODS) goto fallback;
+    if (m == N_METHODS) return 0;
     const char *url = p;
-    if (p >= end || *p != '/') goto fallback;
+    if (p >= end || *p != '/') return 0;
     while (p < end && *p != ' ') {
-        if (!TARGET[(unsigned char)*p]) goto fallback;
+        if (!TARGET[(unsigned char)*p]) return 0;
         p++;
     }
     const char *url_end = p;
-    if (url_end - url > max_url) goto fallback;
-    if (end - p < 11 || memcmp(p, " HTTP/1.1\r\n", 11) != 0) goto fallback;
+    if (url_end - url > max_url) return 0;
+    if (end - p < 11 || memcmp(p, " HTTP/1.1\r\n", 11) != 0) return 0;
     p += 11;
 
     /* the headers */
@@ -345,82 +349,673 @@ static PyObject *scan_request(PyObject *self, PyObject *args) {
     const char *auth = NULL, *ihcl = NULL;
     size_t auth_len = 0, ihcl_len = 0;
     for (;;) {
-        if (end - p < 2) goto fallback;
+        if (end - p < 2) return 0;
         if (p[0] == '\r' && p[1] == '\n') { p += 2; break; }
         const char *name = p;
         while (p < end && TCHAR[(unsigned char)*p]) p++;
-        if (p == name || p >= end || *p != ':') goto fallback;
+        if (p == name || p >= end || *p != ':') return 0;
         size_t name_len = (size_t)(p - name);
         p++;
         while (p < end && (*p == ' ' || *p == '\t')) p++;
         const char *value = p;
         while (p < end && *p != '\r') {
             unsigned char c = (unsigned char)*p;
-            if ((c < 0x20 && c != '\t') || c == 0x7F) goto fallback;
+            if ((c < 0x20 && c != '\t') || c == 0x7F) return 0;
             p++;
         }
-        if (end - p < 2 || p[1] != '\n') goto fallback;
+        if (end - p < 2 || p[1] != '\n') return 0;
         const char *value_end = p;
         p += 2;
         int trailing = value_end > value && (value_end[-1] == ' ' || value_end[-1] == '\t');
         size_t value_len = (size_t)(value_end - value);
         headers++;
         header_bytes += (Py_ssize_t)(name_len + value_len);
-        if (headers > max_headers || header_bytes > max_header_bytes) goto fallback;
+        if (headers > max_headers || header_bytes > max_header_bytes) return 0;
         if (name_is(name, name_len, "content-length")) {
-            if (content_length >= 0 || trailing || value_len == 0 || value_len > 15) goto fallback;
+            if (content_length >= 0 || trailing || value_len == 0 || value_len > 15) return 0;
             content_length = 0;
             for (size_t i = 0; i < value_len; i++) {
-                if (value[i] < '0' || value[i] > '9') goto fallback;
+                if (value[i] < '0' || value[i] > '9') return 0;
                 content_length = content_length * 10 + (value[i] - '0');
             }
         } else if (name_is(name, name_len, "connection")) {
-            if (trailing || !name_is(value, value_len, "keep-alive")) goto fallback;
+            if (trailing || !name_is(value, value_len, "keep-alive")) return 0;
         } else if (name_is(name, name_len, "transfer-encoding") ||
                    name_is(name, name_len, "upgrade") || name_is(name, name_len, "expect")) {
-            goto fallback;
+            return 0;
         } else if (name_is(name, name_len, "authorization")) {
-            if (auth != NULL || trailing) goto fallback;
+            if (auth != NULL || trailing) return 0;
             auth = value;
             auth_len = value_len;
         } else if (name_is(name, name_len, "inference-header-content-length")) {
-            if (ihcl != NULL || trailing) goto fallback;
+            if (ihcl != NULL || trailing) return 0;
             ihcl = value;
             ihcl_len = value_len;
         }
     }
 
     /* the body */
-    if (content_length > max_body) goto fallback;
+    if (content_length > max_body) return 0;
     Py_ssize_t body_len = content_length < 0 ? 0 : (Py_ssize_t)content_length;
-    if (end - p < body_len) goto fallback;
+    if (end - p < body_len) return 0;
+    out->end = (Py_ssize_t)(p + body_len - start);
+    out->method = m;
+    out->url = url;
+    out->url_end = url_end;
+    out->body = p;
+    out->body_len = body_len;
+    out->auth = auth;
+    out->auth_len = auth_len;
+    out->ihcl = ihcl;
+    out->ihcl_len = ihcl_len;
+    return 1;
+}
 
-    /* path and query: the target split at its first '?', as latin-1 */
-    const char *q = memchr(url, '?', (size_t)(url_end - url));
-    PyObject *path = PyUnicode_DecodeLatin1(url, (q ? q : url_end) - url, NULL);
-    PyObject *query = q ? PyUnicode_DecodeLatin1(q + 1, url_end - q - 1, NULL)
-                        : PyUnicode_FromStringAndSize("", 0);
-    PyObject *body = PyBytes_FromStringAndSize(p, body_len);
-    PyObject *binary_header = ihcl == NULL ? Py_NewRef(Py_None)
-                                           : PyBytes_FromStringAndSize(ihcl, (Py_ssize_t)ihcl_len);
-    PyObject *authorization = auth == NULL ? Py_NewRef(Py_None)
-                                           : PyBytes_FromStringAndSize(auth, (Py_ssize_t)auth_len);
-    if (path && query && body && binary_header && authorization) {
-        result = Py_BuildValue("(nONNNNN)", (Py_ssize_t)(p + body_len - start), method_strs[m],
-                               path, query, body, binary_header, authorization);
-    } else {
-        Py_XDECREF(path);
-        Py_XDECREF(query);
-        Py_XDECREF(body);
-        Py_XDECREF(binary_header);
-        Py_XDECREF(authorization);
+/* The Python objects of a scanned request: path and query (the target split at its first
+ * '?', as latin-1), body, and the two header values as bytes or None. 0, or -1 with an
+ * exception (and nothing to release). */
+static int scanned_objects(const Scanned *s, PyObject **path, PyObject **query, PyObject **body,
+                           PyObject **binary_header, PyObject **authorization) {
+    const char *q = memchr(s->url, '?', (size_t)(s->url_end - s->url));
+    *path = PyUnicode_DecodeLatin1(s->url, (q ? q : s->url_end) - s->url, NULL);
+    *query = q ? PyUnicode_DecodeLatin1(q + 1, s->url_end - q - 1, NULL)
+               : PyUnicode_FromStringAndSize("", 0);
+    *body = PyBytes_FromStringAndSize(s->body, s->body_len);
+    *binary_header = s->ihcl == NULL ? Py_NewRef(Py_None)
+                                     : PyBytes_FromStringAndSize(s->ihcl, (Py_ssize_t)s->ihcl_len);
+    *authorization = s->auth == NULL ? Py_NewRef(Py_None)
+                                     : PyBytes_FromStringAndSize(s->auth, (Py_ssize_t)s->auth_len);
+    if (*path && *query && *body && *binary_header && *authorization) return 0;
+    Py_CLEAR(*path);
+    Py_CLEAR(*query);
+    Py_CLEAR(*body);
+    Py_CLEAR(*binary_header);
+    Py_CLEAR(*authorization);
+    return -1;
+}
+
+/* scan_request(data, offset, max_url, max_headers, max_header_bytes, max_body) ->
+ *   (end, method, path, query, body, binary_header, authorization) | None
+ * end: the offset after the request; binary_header: the Inference-Header-Content-Length
+ * value (bytes; http.binary_header_length reads it) or None; authorization: the
+ * Authorization value (bytes) or None. */
+static PyObject *scan_request(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    Py_ssize_t offset, max_url, max_headers, max_header_bytes, max_body;
+    if (!PyArg_ParseTuple(args, "y*nnnnn", &data, &offset, &max_url, &max_headers,
+                          &max_header_bytes, &max_body))
+        return NULL;
+    Scanned s;
+    PyObject *result = NULL;
+    if (!scan_one(data.buf, data.len, offset, max_url, max_headers, max_header_bytes, max_body,
+                  &s)) {
+        PyBuffer_Release(&data);
+        Py_RETURN_NONE;
     }
+    PyObject *path, *query, *body, *binary_header, *authorization;
+    if (scanned_objects(&s, &path, &query, &body, &binary_header, &authorization) == 0)
+        result = Py_BuildValue("(nONNNNN)", s.end, method_strs[s.method], path, query, body,
+                               binary_header, authorization);
     PyBuffer_Release(&data);
     return result;
+}
 
-fallback:
-    PyBuffer_Release(&data);
+/* ------------------------------------------------------------------------------------
+ * The HTTP connection's common case (frontend/http.py): ConnCore is the C base of
+ * HttpProtocol and holds what the request path reads and writes; Request is one request
+ * and, called, its reply. frontend/http.py's _PyCore and _PyRequest do the same in Python
+ * (without a C compiler; the tests run both), and define it:
+ *
+ *   data_received  whole plain requests scanned here (scan_one), each completed at once;
+ *                  the rest of the bytes go to the Python side's _feed (httptools), as do
+ *                  all of them while httptools holds part of a request or the connection
+ *                  is closing;
+ *   _complete      a request gets its place in line (the connection's slots) and goes to
+ *                  its handler: the router's remembered (method, path) pairs are looked
+ *                  up here, anything else is the router's own dispatch; a handler that
+ *                  raises is the Python side's _handler_failed (a logged 500);
+ *   reply          the response rendered once (http.render's bytes; the status line and
+ *                  fixed headers from http's _HEAD_CACHE), then _flush;
+ *   _flush         answered responses at the head of the line written in order.
+ *
+ * http.py hands over its constants and the head cache once (http_setup). */
+
+enum { PHASE_IDLE = 0 };
+
+static PyObject *head_cache, *new_head, *json_type, *empty_bytes; /* from http_setup */
+static Py_ssize_t max_pipeline = 256, trim_after = 1 << 20;
+static PyObject *str_feed, *str_append, *str_popleft, *str_write, *str_pause_reading,
+    *str_resume_reading, *str_close, *str_trim, *str_dispatch, *str_handler_failed,
+    *str_content_type, *str_headers;
+
+typedef struct ConnCore ConnCore;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *method, *path, *query, *body, *param, *header_length, *cancel, *authorization;
+    PyObject *answer;  /* the response's bytes, once answered */
+    ConnCore *conn;    /* NULL for a request made by hand: its reply goes nowhere */
+    char close, head, big;
+} Request;
+
+struct ConnCore {
+    PyObject_HEAD
+    PyObject *listener, *router, *routes, *transport, *slots;
+    char broken, inside, paused, write_paused, scan;
+    int phase;
+    Py_ssize_t left, max_url, max_headers, max_header_bytes, max_body;
+};
+
+static PyTypeObject RequestType, ConnCoreType;
+
+static inline int is_none(PyObject *o) { return o == NULL || o == Py_None; }
+
+/* ---- Request */
+
+static PyObject *request_reply(PyObject *op, PyObject *const *args, size_t nargsf,
+                               PyObject *kwnames);
+
+static Request *request_make(PyObject *method, PyObject *path, PyObject *query, PyObject *body,
+                             PyObject *header_length) {
+    Request *r = PyObject_GC_New(Request, &RequestType);
+    if (r == NULL) return NULL;
+    r->vectorcall = request_reply;
+    r->method = Py_NewRef(method);
+    r->path = Py_NewRef(path);
+    r->query = Py_NewRef(query);
+    r->body = Py_NewRef(body);
+    r->param = Py_NewRef(Py_None);
+    r->header_length = Py_NewRef(header_length);
+    r->cancel = Py_NewRef(Py_None);
+    r->authorization = Py_NewRef(Py_None);
+    r->answer = NULL;
+    r->conn = NULL;
+    r->close = r->head = r->big = 0;
+    PyObject_GC_Track(r);
+    return r;
+}
+
+static PyObject *request_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"method", "path", "query", "body", "header_length", NULL};
+    PyObject *method, *path, *query, *body, *header_length = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|O:Request", names, &method, &path,
+                                     &query, &body, &header_length))
+        return NULL;
+    return (PyObject *)request_make(method, path, query, body, header_length);
+}
+
+static int request_traverse(Request *r, visitproc visit, void *arg) {
+    Py_VISIT(r->method);
+    Py_VISIT(r->path);
+    Py_VISIT(r->query);
+    Py_VISIT(r->body);
+    Py_VISIT(r->param);
+    Py_VISIT(r->header_length);
+    Py_VISIT(r->cancel);
+    Py_VISIT(r->authorization);
+    Py_VISIT(r->answer);
+    Py_VISIT(r->conn);
+    return 0;
+}
+
+static int request_clear(Request *r) {
+    Py_CLEAR(r->method);
+    Py_CLEAR(r->path);
+    Py_CLEAR(r->query);
+    Py_CLEAR(r->body);
+    Py_CLEAR(r->param);
+    Py_CLEAR(r->header_length);
+    Py_CLEAR(r->cancel);
+    Py_CLEAR(r->authorization);
+    Py_CLEAR(r->answer);
+    Py_CLEAR(r->conn);
+    return 0;
+}
+
+static void request_dealloc(Request *r) {
+    PyObject_GC_UnTrack(r);
+    request_clear(r);
+    PyObject_GC_Del(r);
+}
+
+/* http.render(status, body, content_type, close, headers) */
+static PyObject *render(PyObject *status, PyObject *body, PyObject *content_type, int close,
+                        PyObject *headers) {
+    PyObject *key = PyTuple_Pack(3, status, content_type, close ? Py_True : Py_False);
+    if (key == NULL) return NULL;
+    PyObject *head = PyDict_GetItemWithError(head_cache, key); /* borrowed */
+    if (head != NULL) {
+        Py_INCREF(head);
+    } else if (!PyErr_Occurred()) {
+        head = PyObject_CallFunctionObjArgs(new_head, status, content_type,
+                                            close ? Py_True : Py_False, NULL);
+    }
+    Py_DECREF(key);
+    if (head == NULL) return NULL;
+    PyObject *result = NULL;
+    Py_buffer b = {0}, h = {0};
+    if (!PyBytes_Check(head)) {
+        PyErr_SetString(PyExc_TypeError, "a response head must be bytes");
+        goto done;
+    }
+    if (PyObject_GetBuffer(body, &b, PyBUF_SIMPLE) < 0) goto done;
+    if (PyObject_GetBuffer(headers, &h, PyBUF_SIMPLE) < 0) goto done;
+    char digits[24];
+    int nd = snprintf(digits, sizeof digits, "%zd", b.len);
+    Py_ssize_t hl = PyBytes_GET_SIZE(head);
+    result = PyBytes_FromStringAndSize(NULL, hl + nd + 2 + h.len + 2 + b.len);
+    if (result == NULL) goto done;
+    char *out = PyBytes_AS_STRING(result);
+    memcpy(out, PyBytes_AS_STRING(head), (size_t)hl);
+    out += hl;
+    memcpy(out, digits, (size_t)nd);
+    out += nd;
+    memcpy(out, "\r\n", 2);
+    out += 2;
+    if (h.len) memcpy(out, h.buf, (size_t)h.len);
+    out += h.len;
+    memcpy(out, "\r\n", 2);
+    out += 2;
+    if (b.len) memcpy(out, b.buf, (size_t)b.len);
+done:
+    if (b.obj) PyBuffer_Release(&b);
+    if (h.obj) PyBuffer_Release(&h);
+    Py_DECREF(head);
+    return result;
+}
+
+static int conn_flush(ConnCore *c);
+
+/* reply(status, body, content_type=JSON, headers=b""): the first call answers, later ones
+ * and those after the connection closed do nothing. */
+static PyObject *request_reply(PyObject *op, PyObject *const *args, size_t nargsf,
+                               PyObject *kwnames) {
+    Request *r = (Request *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *status, *body, *content_type = json_type, *headers = empty_bytes;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs < 2 || nargs > 4) {
+        PyErr_Format(PyExc_TypeError, "reply() takes 2 to 4 positional arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    status = args[0];
+    body = args[1];
+    if (nargs > 2) content_type = args[2];
+    if (nargs > 3) headers = args[3];
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_Compare(name, str_content_type) == 0 && nargs <= 2) {
+            content_type = args[nargs + i];
+        } else if (PyUnicode_Compare(name, str_headers) == 0 && nargs <= 3) {
+            headers = args[nargs + i];
+        } else {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "reply() got an unexpected or repeated keyword "
+                             "argument %R", name);
+            return NULL;
+        }
+    }
+    ConnCore *c = r->conn;
+    if (r->answer != NULL || c == NULL || is_none(c->transport)) Py_RETURN_NONE;
+    Py_ssize_t body_len = PyObject_Length(body);
+    if (body_len < 0) return NULL;
+    if ((r->big || body_len > trim_after) && !is_none(c->listener)) {
+        if (PyObject_SetAttr(c->listener, str_trim, Py_True) < 0) return NULL;
+    }
+    PyObject *data = render(status, body, content_type, r->close, headers);
+    if (data == NULL) return NULL;
+    if (r->head) { /* a HEAD request's answer has the Content-Length, not the body */
+        PyObject *cut = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data),
+                                                  PyBytes_GET_SIZE(data) - body_len);
+        Py_DECREF(data);
+        if (cut == NULL) return NULL;
+        data = cut;
+    }
+    r->answer = data;
+    Py_CLEAR(r->cancel); /* its cancel holds its queries, which hold this reply */
+    Py_INCREF(c);
+    int ok = conn_flush(c);
+    Py_DECREF(c);
+    if (ok < 0) return NULL;
     Py_RETURN_NONE;
+}
+
+static PyMemberDef request_members[] = {
+    {"method", T_OBJECT, offsetof(Request, method), 0, NULL},
+    {"path", T_OBJECT, offsetof(Request, path), 0, NULL},
+    {"query", T_OBJECT, offsetof(Request, query), 0, NULL},
+    {"body", T_OBJECT, offsetof(Request, body), 0, NULL},
+    {"param", T_OBJECT, offsetof(Request, param), 0, NULL},
+    {"header_length", T_OBJECT, offsetof(Request, header_length), 0, NULL},
+    {"cancel", T_OBJECT, offsetof(Request, cancel), 0, NULL},
+    {"authorization", T_OBJECT, offsetof(Request, authorization), 0, NULL},
+    {"_answer", T_OBJECT, offsetof(Request, answer), 0, NULL},
+    {"_close", T_BOOL, offsetof(Request, close), 0, NULL},
+    {"_head", T_BOOL, offsetof(Request, head), 0, NULL},
+    {"_big", T_BOOL, offsetof(Request, big), 0, NULL},
+    {"_conn", T_OBJECT, offsetof(Request, conn), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject RequestType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "schooner.frontend._fastpath.Request",
+    .tp_doc = "Request(method, path, query, body, header_length=None): one HTTP request, its "
+              "place in its connection's line and, called as reply(status, body, "
+              "content_type=JSON, headers=b''), its answer (frontend/http.py).",
+    .tp_basicsize = sizeof(Request),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = request_new,
+    .tp_dealloc = (destructor)request_dealloc,
+    .tp_traverse = (traverseproc)request_traverse,
+    .tp_clear = (inquiry)request_clear,
+    .tp_vectorcall_offset = offsetof(Request, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_members = request_members,
+};
+
+/* ---- ConnCore */
+
+/* Write every answered response at the head of the line, in request order. */
+static int conn_flush(ConnCore *c) {
+    if (is_none(c->transport) || c->slots == NULL) return 0;
+    PyObject *transport = Py_NewRef(c->transport), *slots = Py_NewRef(c->slots);
+    int ok = -1;
+    for (;;) {
+        Py_ssize_t n = PySequence_Size(slots);
+        if (n < 0) goto done;
+        if (n == 0) break;
+        PyObject *first = PySequence_GetItem(slots, 0);
+        if (first == NULL) goto done;
+        if (Py_TYPE(first) != &RequestType) {
+            Py_DECREF(first);
+            PyErr_SetString(PyExc_TypeError, "a connection's slot must be a Request");
+            goto done;
+        }
+        Request *r = (Request *)first;
+        if (r->answer == NULL) {
+            Py_DECREF(first);
+            break;
+        }
+        PyObject *gone = PyObject_CallMethodNoArgs(slots, str_popleft);
+        if (gone == NULL) { Py_DECREF(first); goto done; }
+        Py_DECREF(gone);
+        PyObject *w = PyObject_CallMethodOneArg(transport, str_write, r->answer);
+        int close = r->close;
+        Py_DECREF(first);
+        if (w == NULL) goto done;
+        Py_DECREF(w);
+        if (close) {
+            PyObject *x = PyObject_CallMethodNoArgs((PyObject *)c, str_close);
+            if (x == NULL) goto done;
+            Py_DECREF(x);
+            ok = 0;
+            goto done;
+        }
+    }
+    if (c->paused) {
+        Py_ssize_t n = PySequence_Size(slots);
+        if (n < 0) goto done;
+        if (n <= max_pipeline / 2) {
+            c->paused = 0;
+            if (!c->write_paused) {
+                PyObject *x = PyObject_CallMethodNoArgs(transport, str_resume_reading);
+                if (x == NULL) goto done;
+                Py_DECREF(x);
+            }
+        }
+    }
+    ok = 0;
+done:
+    Py_DECREF(transport);
+    Py_DECREF(slots);
+    return ok;
+}
+
+/* Route one whole request and give it its place in line for the answer (borrowed
+ * arguments). */
+static int conn_complete(ConnCore *c, PyObject *method, PyObject *path, PyObject *query,
+                         PyObject *body, int keep_alive, PyObject *header_length,
+                         PyObject *authorization) {
+    if (c->slots == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the connection is not initialised");
+        return -1;
+    }
+    Py_ssize_t body_len = PyObject_Length(body);
+    if (body_len < 0) return -1;
+    Request *r = request_make(method, path, query, body, header_length);
+    if (r == NULL) return -1;
+    Py_SETREF(r->authorization, Py_NewRef(authorization));
+    r->conn = (ConnCore *)Py_NewRef(c);
+    r->big = body_len > trim_after;
+    r->head = PyUnicode_Check(method) && PyUnicode_CompareWithASCIIString(method, "HEAD") == 0;
+    r->close = c->left == 0 || !keep_alive;
+    int ok = -1;
+    PyObject *x = PyObject_CallMethodOneArg(c->slots, str_append, (PyObject *)r);
+    if (x == NULL) goto done;
+    Py_DECREF(x);
+    Py_ssize_t n = PySequence_Size(c->slots);
+    if (n < 0) goto done;
+    if (n > max_pipeline && !c->paused && !is_none(c->transport)) {
+        c->paused = 1;
+        x = PyObject_CallMethodNoArgs(c->transport, str_pause_reading);
+        if (x == NULL) goto done;
+        Py_DECREF(x);
+    }
+    PyObject *result = NULL, *found = NULL;
+    if (!is_none(c->routes) && PyDict_CheckExact(c->routes)) {
+        PyObject *key = PyTuple_Pack(2, method, path);
+        if (key == NULL) goto done;
+        found = PyDict_GetItemWithError(c->routes, key); /* borrowed */
+        Py_DECREF(key);
+        if (found == NULL && PyErr_Occurred()) goto done;
+    }
+    PyObject *pair[2] = {(PyObject *)r, (PyObject *)r};
+    if (found != NULL && PyTuple_CheckExact(found) && PyTuple_GET_SIZE(found) == 2) {
+        Py_INCREF(found);
+        Py_SETREF(r->param, Py_NewRef(PyTuple_GET_ITEM(found, 1)));
+        result = PyObject_Vectorcall(PyTuple_GET_ITEM(found, 0), pair, 2, NULL);
+        Py_DECREF(found);
+    } else {
+        result = PyObject_VectorcallMethod(str_dispatch,
+                                           (PyObject *[]){c->router, (PyObject *)r, (PyObject *)r},
+                                           3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    if (result == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) goto done;
+        PyObject *type, *exc, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        PyErr_NormalizeException(&type, &exc, &tb);
+        if (tb != NULL && exc != NULL) PyException_SetTraceback(exc, tb);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+        if (exc == NULL) goto done;
+        result = PyObject_CallMethodObjArgs((PyObject *)c, str_handler_failed, (PyObject *)r,
+                                            exc, NULL);
+        Py_DECREF(exc);
+        if (result == NULL) goto done;
+    }
+    Py_DECREF(result);
+    ok = 0;
+done:
+    Py_DECREF(r);
+    return ok;
+}
+
+/* binary_header_length in http.py: the number, or -1 unless 1 to 11 ASCII digits. */
+static PyObject *binary_header_length(const char *value, size_t len) {
+    if (len == 0 || len >= 12) return PyLong_FromLong(-1);
+    long long n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (value[i] < '0' || value[i] > '9') return PyLong_FromLong(-1);
+        n = n * 10 + (value[i] - '0');
+    }
+    return PyLong_FromLongLong(n);
+}
+
+static PyObject *core_data_received(ConnCore *c, PyObject *data) {
+    if (c->broken || c->inside || !c->scan || !PyBytes_CheckExact(data))
+        return PyObject_CallMethodOneArg((PyObject *)c, str_feed, data);
+    Py_INCREF(data);
+    const char *start = PyBytes_AS_STRING(data);
+    Py_ssize_t size = PyBytes_GET_SIZE(data), offset = 0;
+    PyObject *result = NULL;
+    Scanned s;
+    while (scan_one(start, size, offset, c->max_url, c->max_headers, c->max_header_bytes,
+                    c->max_body, &s)) {
+        offset = s.end;
+        c->phase = PHASE_IDLE;
+        c->left -= 1;
+        PyObject *path, *query, *body, *binary_header, *authorization, *header_length;
+        if (scanned_objects(&s, &path, &query, &body, &binary_header, &authorization) < 0)
+            goto done;
+        header_length = s.ihcl == NULL ? Py_NewRef(Py_None)
+                                       : binary_header_length(s.ihcl, s.ihcl_len);
+        int ok = header_length == NULL ? -1
+                                       : conn_complete(c, method_strs[s.method], path, query,
+                                                       body, 1, header_length, authorization);
+        Py_DECREF(path);
+        Py_DECREF(query);
+        Py_DECREF(body);
+        Py_DECREF(binary_header);
+        Py_DECREF(authorization);
+        Py_XDECREF(header_length);
+        if (ok < 0) goto done;
+        if (offset == size || c->broken) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+    }
+    if (offset) {
+        PyObject *rest = PyBytes_FromStringAndSize(start + offset, size - offset);
+        if (rest == NULL) goto done;
+        result = PyObject_CallMethodOneArg((PyObject *)c, str_feed, rest);
+        Py_DECREF(rest);
+    } else {
+        result = PyObject_CallMethodOneArg((PyObject *)c, str_feed, data);
+    }
+done:
+    Py_DECREF(data);
+    return result;
+}
+
+static PyObject *core_complete(ConnCore *c, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "_complete(method, path, query, body, keep_alive, "
+                                         "header_length, authorization)");
+        return NULL;
+    }
+    int keep_alive = PyObject_IsTrue(args[4]);
+    if (keep_alive < 0) return NULL;
+    if (conn_complete(c, args[0], args[1], args[2], args[3], keep_alive, args[5], args[6]) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_flush(ConnCore *c, PyObject *unused) {
+    if (conn_flush(c) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static int core_traverse(ConnCore *c, visitproc visit, void *arg) {
+    Py_VISIT(c->listener);
+    Py_VISIT(c->router);
+    Py_VISIT(c->routes);
+    Py_VISIT(c->transport);
+    Py_VISIT(c->slots);
+    return 0;
+}
+
+static int core_clear(ConnCore *c) {
+    Py_CLEAR(c->listener);
+    Py_CLEAR(c->router);
+    Py_CLEAR(c->routes);
+    Py_CLEAR(c->transport);
+    Py_CLEAR(c->slots);
+    return 0;
+}
+
+static void core_dealloc(ConnCore *c) {
+    PyObject_GC_UnTrack(c);
+    core_clear(c);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyMethodDef core_methods[] = {
+    {"data_received", (PyCFunction)core_data_received, METH_O,
+     "asyncio's data_received: whole plain requests here, the rest to _feed."},
+    {"_complete", (PyCFunction)(void (*)(void))core_complete, METH_FASTCALL,
+     "_complete(method, path, query, body, keep_alive, header_length, authorization)"},
+    {"_flush", (PyCFunction)core_flush, METH_NOARGS,
+     "Write every answered response at the head of the line, in request order."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef core_members[] = {
+    {"_listener", T_OBJECT, offsetof(ConnCore, listener), 0, NULL},
+    {"_router", T_OBJECT, offsetof(ConnCore, router), 0, NULL},
+    {"_routes", T_OBJECT, offsetof(ConnCore, routes), 0, NULL},
+    {"_transport", T_OBJECT, offsetof(ConnCore, transport), 0, NULL},
+    {"_slots", T_OBJECT, offsetof(ConnCore, slots), 0, NULL},
+    {"_broken", T_BOOL, offsetof(ConnCore, broken), 0, NULL},
+    {"_inside", T_BOOL, offsetof(ConnCore, inside), 0, NULL},
+    {"_paused", T_BOOL, offsetof(ConnCore, paused), 0, NULL},
+    {"_write_paused", T_BOOL, offsetof(ConnCore, write_paused), 0, NULL},
+    {"_scan", T_BOOL, offsetof(ConnCore, scan), 0, NULL},
+    {"_phase", T_INT, offsetof(ConnCore, phase), 0, NULL},
+    {"_left", T_PYSSIZET, offsetof(ConnCore, left), 0, NULL},
+    {"_max_url", T_PYSSIZET, offsetof(ConnCore, max_url), 0, NULL},
+    {"_max_headers", T_PYSSIZET, offsetof(ConnCore, max_headers), 0, NULL},
+    {"_max_header_bytes", T_PYSSIZET, offsetof(ConnCore, max_header_bytes), 0, NULL},
+    {"_max_body", T_PYSSIZET, offsetof(ConnCore, max_body), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject ConnCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "schooner.frontend._fastpath.ConnCore",
+    .tp_doc = "The C base of http.HttpProtocol: the request path of one connection.",
+    .tp_basicsize = sizeof(ConnCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_methods = core_methods,
+    .tp_members = core_members,
+};
+
+/* http_setup(head_cache, new_head, json, empty, max_pipeline, trim_after_bytes) */
+static PyObject *http_setup(PyObject *self, PyObject *args) {
+    PyObject *cache, *make, *json, *empty;
+    Py_ssize_t pipeline, trim;
+    if (!PyArg_ParseTuple(args, "O!OSSnn", &PyDict_Type, &cache, &make, &json, &empty,
+                          &pipeline, &trim))
+        return NULL;
+    Py_XSETREF(head_cache, Py_NewRef(cache));
+    Py_XSETREF(new_head, Py_NewRef(make));
+    Py_XSETREF(json_type, Py_NewRef(json));
+    Py_XSETREF(empty_bytes, Py_NewRef(empty));
+    max_pipeline = pipeline;
+    trim_after = trim;
+    Py_RETURN_NONE;
+}
+
+static int intern_names(void) {
+    struct { PyObject **slot; const char *text; } names[] = {
+        {&str_feed, "_feed"}, {&str_append, "append"}, {&str_popleft, "popleft"},
+        {&str_write, "write"}, {&str_pause_reading, "pause_reading"},
+        {&str_resume_reading, "resume_reading"}, {&str_close, "_close"}, {&str_trim, "trim"},
+        {&str_dispatch, "dispatch"}, {&str_handler_failed, "_handler_failed"},
+        {&str_content_type, "content_type"}, {&str_headers, "headers"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
+            return -1;
+    }
+    return 0;
 }
 
 static PyMethodDef methods[] = {
@@ -434,6 +1029,9 @@ static PyMethodDef methods[] = {
      "scan_request(data, offset, max_url, max_headers, max_header_bytes, max_body) -> (end, "
      "method, path, query, body, binary_header, authorization) | None: one complete, plain "
      "keep-alive HTTP/1.1 request at data[offset], or None for httptools to parse."},
+    {"http_setup", http_setup, METH_VARARGS,
+     "http_setup(head_cache, new_head, json, empty, max_pipeline, trim_after_bytes): what "
+     "Request and ConnCore need from frontend/http.py, once at its import."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -450,5 +1048,14 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
             if (method_strs[m] == NULL) return NULL;
         }
     }
-    return PyModule_Create(&module);
+    if (intern_names() < 0 || PyType_Ready(&RequestType) < 0 || PyType_Ready(&ConnCoreType) < 0)
+        return NULL;
+    PyObject *mod = PyModule_Create(&module);
+    if (mod == NULL) return NULL;
+    if (PyModule_AddObjectRef(mod, "Request", (PyObject *)&RequestType) < 0 ||
+        PyModule_AddObjectRef(mod, "ConnCore", (PyObject *)&ConnCoreType) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    return mod;
 }

@@ -2,10 +2,13 @@
 
 Why not a framework: the query path is benchmarked against a bare asyncio responder, so
 each request costs one parse, one handler call and one ``transport.write`` of pre-built
-header bytes plus the body. The parse is one C call (``_fastpath.scan_request``) for a
-whole plain keep-alive HTTP/1.1 request that arrived at a request boundary, and httptools'
-callbacks for everything else (which define every error); both end in
-``HttpProtocol._complete``.
+header bytes plus the body. A connection's request path is its core, in C where the
+extension is built (``_fastpath.ConnCore``, the base of ``HttpProtocol``; ``_PyCore`` is
+the same in Python and defines it): a whole plain keep-alive HTTP/1.1 request that arrived
+at a request boundary is scanned in one call (``scan_request``), httptools' callbacks
+parse everything else (and define every error), and both end in ``_complete``, which
+gives the request its place in line and calls its handler. A request is one object
+(``Request``, also C): what the handler reads, its place in line, and its reply.
 
 What it does: keep-alive; pipelined requests answered in order (a handler may answer
 later, e.g. when the model replies, and earlier answers wait for their turn); bodies up to
@@ -67,15 +70,18 @@ from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httptools
 import orjson
 
-try:  # the C shortcut for whole plain requests (frontend/_fastpath.c); else httptools only
-    from schooner.frontend._fastpath import scan_request as _scan_request
+try:  # the connection's common case in C (frontend/_fastpath.c); else _PyCore, _PyRequest
+    from schooner.frontend import _fastpath as _c
 except ImportError:  # built without a C compiler
-    _scan_request = None
+    _c = None
+# The C shortcut for whole plain requests; None: httptools parses every byte (connections
+# made while it is None keep to httptools, which the tests use to compare the two)
+_scan_request = None if _c is None else _c.scan_request
 
 __all__ = [
     "Request", "Reply", "Handler", "Router", "HttpProtocol", "HttpLimits", "json_error", "clip",
@@ -200,11 +206,18 @@ def _malloc_trim() -> Callable[[int], int] | None:
 _TRIM = _malloc_trim()
 
 
-class Request:
-    """One parsed request. ``param`` is the ``<name>`` of a pattern route, else None."""
+class _PyRequest:
+    """One parsed request, its place in its connection's line for the answer and, called as
+    ``reply(status, body, content_type=JSON, headers=b"")``, that answer: the first call
+    renders the response and writes what is answered at the head of the line; later calls,
+    and calls after the connection closed, do nothing. ``param`` is the ``<name>`` of a
+    pattern route, else None.
+
+    ``Request`` is ``_fastpath.Request`` (the same in C) where the extension is built; a
+    request made by hand (no connection) answers nowhere."""
 
     __slots__ = ("method", "path", "query", "body", "param", "header_length", "cancel",
-                 "authorization")
+                 "authorization", "_answer", "_close", "_head", "_big", "_conn")  # fmt: skip
 
     def __init__(
         self, method: str, path: str, query: str, body: bytes, header_length: int | None = None
@@ -219,6 +232,30 @@ class Request:
         # A handler that answers later may set this: called if the client goes away first.
         self.cancel: Callable[[], None] | None = None
         self.authorization: bytes | None = None  # the Authorization header, if sent
+        self._answer: bytes | None = None  # the response, once answered
+        self._close = False  # the connection closes after this answer
+        self._head = False  # a HEAD request: the answer has a Content-Length but no body
+        self._big = False  # a large request: give memory back once it is answered
+        self._conn: _PyCore | None = None
+
+    def __call__(
+        self, status: int, body: bytes, content_type: bytes = JSON, headers: bytes = b""
+    ) -> None:
+        conn = self._conn
+        if self._answer is not None or conn is None or conn._transport is None:
+            return
+        if self._big or len(body) > TRIM_AFTER_BYTES:
+            conn._listener.trim = True
+        data = render(status, body, content_type, self._close, headers)
+        self._answer = data[: len(data) - len(body)] if self._head else data
+        self.cancel = None  # (its cancel holds its queries, which hold this reply)
+        conn._flush()
+
+
+if TYPE_CHECKING:
+    Request = _PyRequest
+else:
+    Request = _PyRequest if _c is None else _c.Request
 
 
 # reply(status: int, body: bytes, content_type: bytes = JSON, headers: bytes = b"")
@@ -378,7 +415,7 @@ class _Listener:
         self.reserved_router = _ReservedRouter(router, reserved)
         self.limits = limits
         self.name = name
-        self.conns: set[HttpProtocol] = set()
+        self.conns: set[_HttpEvents] = set()
         self.overflow = 0  # of ``conns``: those past max_connections (one request each)
         self.tick = 0
         self.trim = False  # a large request or response since the last sweep
@@ -426,41 +463,159 @@ class _Listener:
             loop.call_later(self.interval, self.sweep)
 
 
-class _Slot:
-    """A pipelined request's place in line; ``data`` is set when its answer is ready."""
-
-    __slots__ = ("data", "close", "request")
-
-    def __init__(self) -> None:
-        self.data: bytes | None = None
-        self.close = False
-        # a request answered later: its ``cancel`` (read when the client leaves, so a
-        # handler may set it after returning, e.g. a batch converted in slices)
-        self.request: Request | None = None
+# The request path's fields of a connection: the core's (``_fastpath.ConnCore`` in C, or
+# ``_PyCore``); the other fields are HttpProtocol's own.
+_CORE_FIELDS = (
+    "_listener", "_router", "_routes", "_transport", "_slots", "_broken", "_inside", "_paused",
+    "_write_paused", "_scan", "_phase", "_left", "_max_url", "_max_headers",
+    "_max_header_bytes", "_max_body",
+)  # fmt: skip
 
 
-class HttpProtocol(asyncio.Protocol):
-    """One client connection. Created by the server for every accepted socket."""
+class _PyCore:
+    """The request path of one connection, as ``_fastpath.ConnCore`` does it in C (used
+    without a C compiler; the tests run both): whole plain requests scanned in one call
+    each (``_scan_request``) and everything else handed to ``_feed`` (httptools); a request
+    routed and given its place in line (``_complete``); answers written in request order
+    (``_flush``)."""
 
-    __slots__ = (
-        "_listener", "_router", "_max_body", "_parser", "_transport", "_url", "_body",
-        "_body_len", "_slots", "_broken", "_paused", "_reject", "_expect", "_header_length",
-        "_phase", "_mark", "_seen", "_left", "_headers_left", "_header_bytes_left",
-        "_max_headers", "_max_header_bytes", "_max_url", "_head_bytes", "_overflow",
-        "_write_paused", "_write_mark", "_write_size", "_authorization", "_linger", "_inside",
-    )  # fmt: skip
+    __slots__ = _CORE_FIELDS
+
+    _listener: _Listener
+    _router: Router
+    _routes: dict[tuple[str, str], tuple[Handler, str | None]] | None
+    _transport: asyncio.Transport | None
+    _slots: deque[Request]
+    _broken: bool
+    _inside: bool
+    _paused: bool
+    _write_paused: bool
+    _scan: bool
+    _phase: int
+    _left: int
+    _max_url: int
+    _max_headers: int
+    _max_header_bytes: int
+    _max_body: int
+
+    def _feed(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def _handler_failed(self, request: Request, exc: Exception) -> None:
+        raise NotImplementedError
+
+    def data_received(self, data: bytes) -> None:
+        if self._scan and not self._broken and not self._inside:
+            # Whole plain requests, each in one C call; httptools takes what is left
+            offset, size = 0, len(data)
+            while True:
+                found = _scan_request(data, offset, self._max_url, self._max_headers,  # type: ignore[misc]
+                                      self._max_header_bytes, self._max_body)  # fmt: skip
+                if found is None:
+                    break
+                offset, method, path, query, body, binary_header, authorization = found
+                self._phase = _IDLE
+                self._left -= 1
+                header_length = (
+                    None if binary_header is None else binary_header_length(binary_header)
+                )
+                self._complete(method, path, query, body, True, header_length, authorization)
+                if offset == size or self._broken:
+                    return
+            if offset:
+                data = data[offset:]
+        self._feed(data)
+
+    def _complete(
+        self, method: str, path: str, query: str, body: bytes, keep_alive: bool,
+        header_length: int | None, authorization: bytes | None,
+    ) -> None:  # fmt: skip
+        """Route one whole request (parsed by httptools or ``_scan_request``) and give it
+        its place in line for the answer."""
+        request = _PyRequest(method, path, query, body, header_length)
+        request.authorization = authorization
+        request._conn = self
+        request._big = len(body) > TRIM_AFTER_BYTES
+        request._head = method == "HEAD"
+        request._close = self._left == 0 or not keep_alive
+        self._slots.append(request)
+        if len(self._slots) > MAX_PIPELINE and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+        try:
+            found = self._routes.get((method, path)) if self._routes is not None else None
+            if found is not None:
+                handler, request.param = found
+                handler(request, request)
+            else:
+                self._router.dispatch(request, request)
+        except Exception as exc:
+            self._handler_failed(request, exc)
+
+    def _flush(self) -> None:
+        """Write every answered response at the head of the line, in request order."""
+        slots = self._slots
+        transport = self._transport
+        if transport is None:
+            return
+        while slots and slots[0]._answer is not None:
+            request = slots.popleft()
+            transport.write(request._answer)  # type: ignore[arg-type]
+            if request._close:
+                self._close()
+                return
+        if self._paused and len(slots) <= MAX_PIPELINE // 2:
+            self._paused = False
+            if not self._write_paused:
+                transport.resume_reading()
+
+
+if _c is not None:
+    _c.http_setup(_HEAD_CACHE, _new_head, JSON, b"", MAX_PIPELINE, TRIM_AFTER_BYTES)
+
+if TYPE_CHECKING:
+    _Core = _PyCore
+else:
+    _Core = _PyCore if _c is None else _c.ConnCore
+
+
+if TYPE_CHECKING:
+
+    class _EventsBase(_PyCore):  # what the methods below see: a whole connection
+        __slots__ = (
+            "_parser", "_url", "_body", "_body_len", "_reject", "_expect", "_header_length",
+            "_mark", "_seen", "_headers_left", "_header_bytes_left", "_overflow", "_head_bytes",
+            "_write_mark", "_write_size", "_authorization", "_linger",
+        )  # fmt: skip
+
+else:
+    _EventsBase = object
+
+
+class _HttpEvents(_EventsBase):
+    """Everything of a connection but its request path (``_PyCore``/``ConnCore``): the
+    transport's events, httptools' callbacks, the sweep, failures and closing."""
+
+    __slots__ = ()
+
+    # ----------------------------------------------------------------- set-up
 
     def __init__(self, listener: _Listener) -> None:
         limits = listener.limits
         self._listener = listener
         self._router = listener.router
+        self._routes = listener.router._remembered if type(listener.router) is Router else None
         self._max_body = limits.max_body_bytes
         self._parser = httptools.HttpRequestParser(self)
-        self._transport: asyncio.Transport | None = None
+        self._transport = None
         self._url = b""
         self._body: list[bytes] = []
         self._body_len = 0
-        self._slots: deque[_Slot] = deque()
+        self._slots = deque()
+        self._scan = _scan_request is not None
         self._broken = False  # a request could not be parsed: read nothing more
         self._paused = False  # reading paused: too many pipelined requests outstanding
         self._reject: tuple[int, str] | None = None  # why a parser callback refused
@@ -500,6 +655,7 @@ class HttpProtocol(asyncio.Protocol):
             listener.overflow += 1
             self._overflow = True
             self._router = listener.reserved_router
+            self._routes = None  # every request through the reserve's own dispatch
             self._left = 1
         listener.conns.add(self)
         self._transport = transport  # type: ignore[assignment]
@@ -509,9 +665,10 @@ class HttpProtocol(asyncio.Protocol):
         self._transport = self._linger = None
         self._body = []  # the protocol and its parser are a cycle, freed only by the GC
         slots, self._slots = self._slots, deque()
-        for slot in slots:  # requests still waiting for an answer nobody will read
-            cancel = slot.request.cancel if slot.request is not None else None
-            if slot.data is None and cancel is not None:
+        for request in slots:  # requests still waiting for an answer nobody will read
+            cancel = request.cancel
+            if request._answer is None and cancel is not None:
+                request.cancel = None  # (it holds the request's queries, which hold the request)
                 try:
                     cancel()
                 except Exception:
@@ -535,30 +692,14 @@ class HttpProtocol(asyncio.Protocol):
         if self._transport is not None and not self._paused and not self._broken:
             self._transport.resume_reading()
 
-    def data_received(self, data: bytes) -> None:
+    def _feed(self, data: bytes) -> None:
+        """Bytes the core did not take: httptools parses them (or, half-closed, drops them)."""
         if self._broken:
             if self._linger is not None:  # half-closed: drop what comes, up to a bound
                 self._head_bytes += len(data)
                 if self._head_bytes > LINGER_BYTES:
                     self._abort()
             return
-        if _scan_request is not None and not self._inside:
-            # Whole plain requests, each in one C call; httptools takes what is left
-            offset, size = 0, len(data)
-            while True:
-                found = _scan_request(data, offset, self._max_url, self._max_headers,
-                                      self._max_header_bytes, self._max_body)  # fmt: skip
-                if found is None:
-                    break
-                offset, method, path, query, body, binary_header, authorization = found
-                self._phase = _IDLE
-                self._left -= 1
-                header_length = None if binary_header is None else binary_header_length(binary_header)
-                self._complete(method, path, query, body, True, header_length, authorization)
-                if offset == size or self._broken:
-                    return
-            if offset:
-                data = data[offset:]
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -661,39 +802,10 @@ class HttpProtocol(asyncio.Protocol):
         self._complete(method, path, query, body, parser.should_keep_alive(),
                        self._header_length, self._authorization)  # fmt: skip
 
-    def _complete(
-        self, method: str, path: str, query: str, body: bytes, keep_alive: bool,
-        header_length: int | None, authorization: bytes | None,
-    ) -> None:  # fmt: skip
-        """Route one whole request (parsed by httptools or ``_scan_request``) and give it
-        its place in line for the answer."""
-        big = len(body) > TRIM_AFTER_BYTES  # give memory back once it is answered
-        request = Request(method, path, query, body, header_length)
-        request.authorization = authorization
-        head = method == "HEAD"  # its answer has a Content-Length but no body
-        slot = _Slot()
-        slot.close = self._left == 0 or not keep_alive
-        self._slots.append(slot)
-        if len(self._slots) > MAX_PIPELINE and not self._paused and self._transport is not None:
-            self._paused = True
-            self._transport.pause_reading()
-
-        def reply(status: int, body: bytes, content_type: bytes = JSON, headers: bytes = b"") -> None:
-            if slot.data is not None or self._transport is None:
-                return
-            if big or len(body) > TRIM_AFTER_BYTES:
-                self._listener.trim = True
-            data = render(status, body, content_type, slot.close, headers)
-            slot.data = data[: len(data) - len(body)] if head else data
-            self._flush()
-
-        try:
-            self._router.dispatch(request, reply)
-        except Exception:
-            log.exception("handler for %s %s failed", request.method, clip(request.path))
-            reply(*json_error(500, "internal error", "the server failed to handle the request"))
-        if slot.data is None:  # answered later: if the client leaves first, tell the handler
-            slot.request = request
+    def _handler_failed(self, request: Request, exc: Exception) -> None:
+        """A handler raised: logged, and a 500 if it had not answered."""
+        log.error("handler for %s %s failed", request.method, clip(request.path), exc_info=exc)
+        request(*json_error(500, "internal error", "the server failed to handle the request"))
 
     # ----------------------------------------------------------------- the sweep
 
@@ -749,30 +861,12 @@ class HttpProtocol(asyncio.Protocol):
 
     # ----------------------------------------------------------------- writing
 
-    def _flush(self) -> None:
-        """Write every answered response at the head of the line, in request order."""
-        slots = self._slots
-        transport = self._transport
-        if transport is None:
-            return
-        while slots and slots[0].data is not None:
-            slot = slots.popleft()
-            slot.request = None  # (its cancel holds its queries, which hold their reply)
-            transport.write(slot.data)  # type: ignore[arg-type]
-            if slot.close:
-                self._close()
-                return
-        if self._paused and len(slots) <= MAX_PIPELINE // 2:
-            self._paused = False
-            if not self._write_paused:
-                transport.resume_reading()
-
     def _fail(self, status: int, cause: str) -> None:
         """Answer a request we could not parse, after the ones before it, then close."""
-        slot = _Slot()
-        slot.close = True
+        slot = Request("", "", "", b"")
+        slot._close = True
         _, body = json_error(status, HTTPStatus(status).phrase.lower(), cause)
-        slot.data = render(status, body, JSON, True)
+        slot._answer = render(status, body, JSON, True)
         self._slots.append(slot)
         self._broken = True
         self._mark = self._listener.tick
@@ -802,6 +896,27 @@ class HttpProtocol(asyncio.Protocol):
         self._transport = self._linger = None
         if transport is not None:
             transport.abort()
+
+
+# HttpProtocol's own fields (the core's are _CORE_FIELDS)
+_OWN_FIELDS = (
+    "_parser", "_url", "_body", "_body_len", "_reject", "_expect", "_header_length", "_mark",
+    "_seen", "_headers_left", "_header_bytes_left", "_overflow", "_head_bytes",
+    "_write_mark", "_write_size", "_authorization", "_linger",
+)  # fmt: skip
+
+
+class HttpProtocol(_HttpEvents, _Core, asyncio.Protocol):
+    """One client connection. Created by the server for every accepted socket."""
+
+    __slots__ = _OWN_FIELDS
+
+
+class _PyHttpProtocol(_HttpEvents, _PyCore, asyncio.Protocol):
+    """``HttpProtocol`` on the Python core: what runs without a C compiler (the tests run
+    both)."""
+
+    __slots__ = _OWN_FIELDS
 
 
 async def serve(

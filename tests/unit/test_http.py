@@ -1,14 +1,27 @@
-"""The HTTP/1.1 server over real sockets: keep-alive, pipelining in order, limits, garbage."""
+"""The HTTP/1.1 server over real sockets: keep-alive, pipelining in order, limits, garbage.
+
+Every test runs on both request paths of a connection: the C core (``_fastpath.ConnCore``,
+where the extension is built) and the Python one (``_PyCore``, used without a compiler)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+
+import pytest
 
 from schooner.frontend import http
 from schooner.frontend.http import Reply, Request, Router
 
 MAX_BODY = 1000
+
+
+@pytest.fixture(autouse=True, params=["core", "python"])
+def protocol(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The connection class ``http.serve`` makes: HttpProtocol, or the Python-core one."""
+    if request.param == "python":
+        monkeypatch.setattr(http, "HttpProtocol", http._PyHttpProtocol)
+    yield request.param
 
 
 def make_router(loop_box: list[asyncio.AbstractEventLoop]) -> Router:

@@ -160,12 +160,16 @@ def _router() -> Router:
     return router
 
 
-def serve(chunks: list[bytes], shortcut: bool, limits: HttpLimits = LIMITS) -> tuple[bytes, bool]:
-    """What one connection answers to ``chunks``, with or without the shortcut."""
+def serve(
+    chunks: list[bytes], shortcut: bool, limits: HttpLimits = LIMITS, python: bool = False
+) -> tuple[bytes, bool]:
+    """What one connection answers to ``chunks``, with or without the shortcut, on the C
+    core or (``python``) the Python one."""
     saved = http._scan_request
     http._scan_request = saved if shortcut else None
+    kind = http._PyHttpProtocol if python else http.HttpProtocol
     try:
-        protocol = http.HttpProtocol(http._Listener(_router(), limits, (), "test"))
+        protocol = kind(http._Listener(_router(), limits, (), "test"))
         transport = Transport()
         protocol.connection_made(transport)  # type: ignore[arg-type]
         for chunk in chunks:
@@ -176,8 +180,11 @@ def serve(chunks: list[bytes], shortcut: bool, limits: HttpLimits = LIMITS) -> t
 
 
 def both(chunks: list[bytes], limits: HttpLimits = LIMITS) -> bytes:
+    """The answer with the shortcut, checked to be the answer without it, on both cores."""
     with_shortcut = serve(chunks, True, limits)
     assert with_shortcut == serve(chunks, False, limits)
+    assert with_shortcut == serve(chunks, True, limits, python=True)
+    assert with_shortcut == serve(chunks, False, limits, python=True)
     return with_shortcut[0]
 
 
