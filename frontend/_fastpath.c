@@ -689,7 +689,6 @@ static PyMemberDef request_members[] = {
     {"body", T_OBJECT, offsetof(Request, body), 0, NULL},
     {"param", T_OBJECT, offsetof(Request, param), 0, NULL},
     {"header_length", T_OBJECT, offsetof(Request, header_length), 0, NULL},
-    {"cancel", T_OBJECT, offsetof(Request, cancel), 0, NULL},
     {"authorization", T_OBJECT, offsetof(Request, authorization), 0, NULL},
     {"_answer", T_OBJECT, offsetof(Request, answer), 0, NULL},
     {"_close", T_BOOL, offsetof(Request, close), 0, NULL},
@@ -697,6 +696,26 @@ static PyMemberDef request_members[] = {
     {"_big", T_BOOL, offsetof(Request, big), 0, NULL},
     {"_conn", T_OBJECT, offsetof(Request, conn), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
+};
+
+/* cancel: set by a handler that answers later, called if the client goes away first. Once
+ * the request is answered there is nothing to cancel, and it stays None: a cancel set after
+ * the answer (a request answered at once, e.g. shed) would hold the request's queries,
+ * which hold this reply, in a cycle. */
+static PyObject *request_get_cancel(Request *r, void *closure) {
+    return Py_NewRef(r->cancel ? r->cancel : Py_None);
+}
+
+static int request_set_cancel(Request *r, PyObject *value, void *closure) {
+    if (value == NULL) value = Py_None;
+    if (r->answer != NULL) value = Py_None;
+    Py_XSETREF(r->cancel, Py_NewRef(value));
+    return 0;
+}
+
+static PyGetSetDef request_getset[] = {
+    {"cancel", (getter)request_get_cancel, (setter)request_set_cancel, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyTypeObject RequestType = {
@@ -714,6 +733,7 @@ static PyTypeObject RequestType = {
     .tp_vectorcall_offset = offsetof(Request, vectorcall),
     .tp_call = PyVectorcall_Call,
     .tp_members = request_members,
+    .tp_getset = request_getset,
 };
 
 /* ---- ConnCore */
@@ -1003,6 +1023,248 @@ static PyObject *http_setup(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------------------------
+ * A query and the answer of a one-input request (frontend/dispatch.py's Query and
+ * frontend/query_api.py's _single_reply, which define them and are used without a C
+ * compiler): the same fields and the same bytes, without an interpreter frame to make a
+ * query or to answer one. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *id, *app, *data, *slo_micros, *on_done, *output, *explanation, *reason, *lost,
+        *model;
+    double arrival, deadline;
+    char done, queued;
+} Query;
+
+static PyTypeObject QueryType;
+
+static PyObject *query_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"query_id", "app", "data", "arrival", "slo_micros", "on_done", NULL};
+    PyObject *id, *app, *data, *slo, *on_done;
+    double arrival;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOdOO:Query", names, &id, &app, &data,
+                                     &arrival, &slo, &on_done))
+        return NULL;
+    double micros = PyFloat_AsDouble(slo); /* Python: arrival + slo_micros * 1e-6 */
+    if (micros == -1.0 && PyErr_Occurred()) return NULL;
+    Query *q = PyObject_GC_New(Query, &QueryType);
+    if (q == NULL) return NULL;
+    q->id = Py_NewRef(id);
+    q->app = Py_NewRef(app);
+    q->data = Py_NewRef(data);
+    q->slo_micros = Py_NewRef(slo);
+    q->on_done = Py_NewRef(on_done);
+    q->output = Py_NewRef(Py_None);
+    q->explanation = Py_NewRef(Py_None);
+    q->reason = Py_NewRef(Py_None);
+    q->lost = Py_NewRef(Py_None);
+    q->model = Py_NewRef(Py_None);
+    q->arrival = arrival;
+    q->deadline = arrival + micros * 1e-6;
+    q->done = q->queued = 0;
+    PyObject_GC_Track(q);
+    return (PyObject *)q;
+}
+
+static int query_traverse(Query *q, visitproc visit, void *arg) {
+    Py_VISIT(q->id);
+    Py_VISIT(q->app);
+    Py_VISIT(q->data);
+    Py_VISIT(q->slo_micros);
+    Py_VISIT(q->on_done);
+    Py_VISIT(q->output);
+    Py_VISIT(q->explanation);
+    Py_VISIT(q->reason);
+    Py_VISIT(q->lost);
+    Py_VISIT(q->model);
+    return 0;
+}
+
+static int query_clear(Query *q) {
+    Py_CLEAR(q->id);
+    Py_CLEAR(q->app);
+    Py_CLEAR(q->data);
+    Py_CLEAR(q->slo_micros);
+    Py_CLEAR(q->on_done);
+    Py_CLEAR(q->output);
+    Py_CLEAR(q->explanation);
+    Py_CLEAR(q->reason);
+    Py_CLEAR(q->lost);
+    Py_CLEAR(q->model);
+    return 0;
+}
+
+static void query_dealloc(Query *q) {
+    PyObject_GC_UnTrack(q);
+    query_clear(q);
+    PyObject_GC_Del(q);
+}
+
+static PyMemberDef query_members[] = {
+    {"id", T_OBJECT, offsetof(Query, id), 0, NULL},
+    {"app", T_OBJECT, offsetof(Query, app), 0, NULL},
+    {"data", T_OBJECT, offsetof(Query, data), 0, NULL},
+    {"arrival", T_DOUBLE, offsetof(Query, arrival), 0, NULL},
+    {"deadline", T_DOUBLE, offsetof(Query, deadline), 0, NULL},
+    {"slo_micros", T_OBJECT, offsetof(Query, slo_micros), 0, NULL},
+    {"on_done", T_OBJECT, offsetof(Query, on_done), 0, NULL},
+    {"done", T_BOOL, offsetof(Query, done), 0, NULL},
+    {"output", T_OBJECT, offsetof(Query, output), 0, NULL},
+    {"explanation", T_OBJECT, offsetof(Query, explanation), 0, NULL},
+    {"reason", T_OBJECT, offsetof(Query, reason), 0, NULL},
+    {"lost", T_OBJECT, offsetof(Query, lost), 0, NULL},
+    {"model", T_OBJECT, offsetof(Query, model), 0, NULL},
+    {"queued", T_BOOL, offsetof(Query, queued), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject QueryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "schooner.frontend._fastpath.Query",
+    .tp_doc = "Query(query_id, app, data, arrival, slo_micros, on_done): one input of one "
+              "request, from arrival to answer (frontend/dispatch.py's Query).",
+    .tp_basicsize = sizeof(Query),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = query_new,
+    .tp_dealloc = (destructor)query_dealloc,
+    .tp_traverse = (traverseproc)query_traverse,
+    .tp_clear = (inquiry)query_clear,
+    .tp_members = query_members,
+};
+
+/* SingleAnswer(app, reply, overload): the on_done of a one-input request. */
+
+static PyObject *output_cache, *output_json_fn, *answer_json_fn, *shed_reason; /* query_setup */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *app, *reply, *overload;
+} SingleAnswer;
+
+static PyTypeObject SingleAnswerType;
+
+static PyObject *single_call(PyObject *op, PyObject *const *args, size_t nargsf,
+                             PyObject *kwnames) {
+    SingleAnswer *s = (SingleAnswer *)op;
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "on_done(query) takes one argument");
+        return NULL;
+    }
+    PyObject *q = args[0];
+    if (Py_TYPE(q) != &QueryType) {
+        PyErr_SetString(PyExc_TypeError, "on_done(query): a Query");
+        return NULL;
+    }
+    Query *query = (Query *)q;
+    if (!is_none(s->overload) && query->reason != Py_None) {
+        int shed = PyObject_RichCompareBool(query->reason, shed_reason, Py_EQ);
+        if (shed < 0) return NULL;
+        if (shed) return PyObject_CallFunctionObjArgs(s->overload, q, s->reply, NULL);
+    }
+    PyObject *body;
+    if (query->explanation == Py_None) {
+        PyObject *text = query->output;
+        if (text == Py_None || !PyUnicode_Check(text)) text = PyUnicode_FromStringAndSize("", 0);
+        else Py_INCREF(text);
+        if (text == NULL) return NULL;
+        PyObject *js = PyDict_GetItemWithError(output_cache, text); /* borrowed */
+        if (js != NULL) Py_INCREF(js);
+        else if (!PyErr_Occurred()) js = PyObject_CallOneArg(output_json_fn, text);
+        Py_DECREF(text);
+        if (js == NULL) return NULL;
+        if (!PyBytes_Check(js) || !PyLong_Check(query->id)) {
+            Py_DECREF(js);
+            PyErr_SetString(PyExc_TypeError, "an answer's id must be an int and its JSON bytes");
+            return NULL;
+        }
+        long long id = PyLong_AsLongLong(query->id);
+        if (id == -1 && PyErr_Occurred()) { Py_DECREF(js); return NULL; }
+        char head[64];
+        int n = snprintf(head, sizeof head, "{\"query_id\":%lld,\"output\":", id);
+        static const char tail[] = ",\"default\":false}";
+        Py_ssize_t jl = PyBytes_GET_SIZE(js);
+        body = PyBytes_FromStringAndSize(NULL, n + jl + (Py_ssize_t)sizeof tail - 1);
+        if (body != NULL) {
+            char *out = PyBytes_AS_STRING(body);
+            memcpy(out, head, (size_t)n);
+            memcpy(out + n, PyBytes_AS_STRING(js), (size_t)jl);
+            memcpy(out + n + jl, tail, sizeof tail - 1);
+        }
+        Py_DECREF(js);
+    } else {
+        body = PyObject_CallFunctionObjArgs(answer_json_fn, s->app, q, NULL);
+    }
+    if (body == NULL) return NULL;
+    PyObject *status = PyLong_FromLong(200);
+    if (status == NULL) { Py_DECREF(body); return NULL; }
+    PyObject *reply_args[2] = {status, body};
+    PyObject *result = PyObject_Vectorcall(s->reply, reply_args, 2, NULL);
+    Py_DECREF(status);
+    Py_DECREF(body);
+    return result;
+}
+
+static PyObject *single_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *app, *reply, *overload;
+    if (!PyArg_ParseTuple(args, "OOO:SingleAnswer", &app, &reply, &overload)) return NULL;
+    SingleAnswer *s = PyObject_GC_New(SingleAnswer, &SingleAnswerType);
+    if (s == NULL) return NULL;
+    s->vectorcall = single_call;
+    s->app = Py_NewRef(app);
+    s->reply = Py_NewRef(reply);
+    s->overload = Py_NewRef(overload);
+    PyObject_GC_Track(s);
+    return (PyObject *)s;
+}
+
+static int single_traverse(SingleAnswer *s, visitproc visit, void *arg) {
+    Py_VISIT(s->app);
+    Py_VISIT(s->reply);
+    Py_VISIT(s->overload);
+    return 0;
+}
+
+static int single_clear(SingleAnswer *s) {
+    Py_CLEAR(s->app);
+    Py_CLEAR(s->reply);
+    Py_CLEAR(s->overload);
+    return 0;
+}
+
+static void single_dealloc(SingleAnswer *s) {
+    PyObject_GC_UnTrack(s);
+    single_clear(s);
+    PyObject_GC_Del(s);
+}
+
+static PyTypeObject SingleAnswerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "schooner.frontend._fastpath.SingleAnswer",
+    .tp_doc = "SingleAnswer(app, reply, overload): called with the query of a one-input "
+              "request, replies with its answer (frontend/query_api.py's _single_reply).",
+    .tp_basicsize = sizeof(SingleAnswer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = single_new,
+    .tp_dealloc = (destructor)single_dealloc,
+    .tp_traverse = (traverseproc)single_traverse,
+    .tp_clear = (inquiry)single_clear,
+    .tp_vectorcall_offset = offsetof(SingleAnswer, vectorcall),
+    .tp_call = PyVectorcall_Call,
+};
+
+/* query_setup(output_cache, output_json, answer_json, shed) */
+static PyObject *query_setup(PyObject *self, PyObject *args) {
+    PyObject *cache, *out, *answer, *shed;
+    if (!PyArg_ParseTuple(args, "O!OOU", &PyDict_Type, &cache, &out, &answer, &shed)) return NULL;
+    Py_XSETREF(output_cache, Py_NewRef(cache));
+    Py_XSETREF(output_json_fn, Py_NewRef(out));
+    Py_XSETREF(answer_json_fn, Py_NewRef(answer));
+    Py_XSETREF(shed_reason, Py_NewRef(shed));
+    Py_RETURN_NONE;
+}
+
 static int intern_names(void) {
     struct { PyObject **slot; const char *text; } names[] = {
         {&str_feed, "_feed"}, {&str_append, "append"}, {&str_popleft, "popleft"},
@@ -1032,6 +1294,9 @@ static PyMethodDef methods[] = {
     {"http_setup", http_setup, METH_VARARGS,
      "http_setup(head_cache, new_head, json, empty, max_pipeline, trim_after_bytes): what "
      "Request and ConnCore need from frontend/http.py, once at its import."},
+    {"query_setup", query_setup, METH_VARARGS,
+     "query_setup(output_cache, output_json, answer_json, shed): what SingleAnswer needs from "
+     "frontend/query_api.py, once at its import."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1048,12 +1313,15 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
             if (method_strs[m] == NULL) return NULL;
         }
     }
-    if (intern_names() < 0 || PyType_Ready(&RequestType) < 0 || PyType_Ready(&ConnCoreType) < 0)
+    if (intern_names() < 0 || PyType_Ready(&RequestType) < 0 || PyType_Ready(&ConnCoreType) < 0 ||
+        PyType_Ready(&QueryType) < 0 || PyType_Ready(&SingleAnswerType) < 0)
         return NULL;
     PyObject *mod = PyModule_Create(&module);
     if (mod == NULL) return NULL;
     if (PyModule_AddObjectRef(mod, "Request", (PyObject *)&RequestType) < 0 ||
-        PyModule_AddObjectRef(mod, "ConnCore", (PyObject *)&ConnCoreType) < 0) {
+        PyModule_AddObjectRef(mod, "ConnCore", (PyObject *)&ConnCoreType) < 0 ||
+        PyModule_AddObjectRef(mod, "Query", (PyObject *)&QueryType) < 0 ||
+        PyModule_AddObjectRef(mod, "SingleAnswer", (PyObject *)&SingleAnswerType) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

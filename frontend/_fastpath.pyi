@@ -57,3 +57,32 @@ class ConnCore:
         header_length: int | None, authorization: bytes | None, /,
     ) -> None: ...
     def _flush(self) -> None: ...
+
+class Query:
+    id: int
+    app: str
+    data: bytes
+    arrival: float
+    deadline: float
+    slo_micros: int
+    on_done: Callable[[Query], None]
+    done: bool
+    output: str | None
+    explanation: str | None
+    reason: str | None
+    lost: str | None
+    model: Any
+    queued: bool
+    def __init__(
+        self, query_id: int, app: str, data: bytes, arrival: float, slo_micros: int,
+        on_done: Callable[[Any], None],
+    ) -> None: ...
+
+class SingleAnswer:
+    def __init__(self, app: Any, reply: Callable[..., None], overload: Any, /) -> None: ...
+    def __call__(self, query: Any, /) -> None: ...
+
+def query_setup(
+    output_cache: dict[str, bytes], output_json: Callable[[str], bytes],
+    answer_json: Callable[[Any, Any], bytes], shed: str, /,
+) -> None: ...

@@ -35,7 +35,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schooner.frontend.batching import Admission, BatchQueue, BatchSizer
 from schooner.frontend.metrics import FrontendMetrics
@@ -59,7 +59,8 @@ SHED = "shed"  # refused at admission: it could not have been answered in time
 
 
 class Query:
-    """One input of one request, from arrival to answer.
+    """One input of one request, from arrival to answer (``_fastpath.Query`` is the same in
+    C, and is ``Query`` where the extension is built).
 
     ``on_done(query)`` is called once, when ``output`` (the model's text) or
     ``explanation`` (why the default output is used) is set.
@@ -93,6 +94,14 @@ class Query:
         self.lost: str | None = None  # why a replica serving it was lost, if one was
         self.model: ModelQueue | None = None  # set when submitted
         self.queued = False  # waiting in its model's queue (not in flight)
+
+
+_PyQuery = Query  # the definition; used as it is without a C compiler
+if not TYPE_CHECKING:
+    try:  # the same in C (frontend/_fastpath.c): no interpreter frame to make a query
+        from schooner.frontend._fastpath import Query
+    except ImportError:  # built without a C compiler
+        pass
 
 
 class Replica:

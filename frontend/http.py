@@ -216,7 +216,7 @@ class _PyRequest:
     ``Request`` is ``_fastpath.Request`` (the same in C) where the extension is built; a
     request made by hand (no connection) answers nowhere."""
 
-    __slots__ = ("method", "path", "query", "body", "param", "header_length", "cancel",
+    __slots__ = ("method", "path", "query", "body", "param", "header_length", "_cancel",
                  "authorization", "_answer", "_close", "_head", "_big", "_conn")  # fmt: skip
 
     def __init__(
@@ -229,14 +229,24 @@ class _PyRequest:
         self.param: str | None = None
         # ``Inference-Header-Content-Length`` (Triton's binary tensor extension), if sent
         self.header_length = header_length
-        # A handler that answers later may set this: called if the client goes away first.
-        self.cancel: Callable[[], None] | None = None
-        self.authorization: bytes | None = None  # the Authorization header, if sent
         self._answer: bytes | None = None  # the response, once answered
+        self._cancel: Callable[[], None] | None = None
+        self.authorization: bytes | None = None  # the Authorization header, if sent
         self._close = False  # the connection closes after this answer
         self._head = False  # a HEAD request: the answer has a Content-Length but no body
         self._big = False  # a large request: give memory back once it is answered
         self._conn: _PyCore | None = None
+
+    @property
+    def cancel(self) -> Callable[[], None] | None:
+        """Set by a handler that answers later: called if the client goes away first. Once
+        the request is answered it stays None (a cancel set after the answer would hold the
+        request's queries, which hold this reply, in a cycle)."""
+        return self._cancel
+
+    @cancel.setter
+    def cancel(self, value: Callable[[], None] | None) -> None:
+        self._cancel = value if self._answer is None else None
 
     def __call__(
         self, status: int, body: bytes, content_type: bytes = JSON, headers: bytes = b""

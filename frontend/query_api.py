@@ -464,7 +464,11 @@ def _answer_json(app: App, q: Query) -> bytes:
 OverloadReply = Callable[[Query, Reply], None]
 
 
-def _single_reply(app: App, reply: Reply, overload: OverloadReply | None) -> Callable[[Query], None]:
+def _py_single_reply(
+    app: App, reply: Reply, overload: OverloadReply | None
+) -> Callable[[Query], None]:
+    """The ``on_done`` of a one-input request: its answer, or the app's 503 when it was shed."""
+
     def done(q: Query) -> None:
         if overload is not None and q.reason == SHED:
             overload(q, reply)
@@ -472,6 +476,15 @@ def _single_reply(app: App, reply: Reply, overload: OverloadReply | None) -> Cal
             reply(200, _answer_json(app, q))
 
     return done
+
+
+try:  # the same in C (frontend/_fastpath.c), for the C Query: no interpreter frame per answer
+    from schooner.frontend import _fastpath
+except ImportError:  # built without a C compiler
+    _single_reply = _py_single_reply
+else:
+    _fastpath.query_setup(_OUTPUT_JSON, output_json, _answer_json, SHED)
+    _single_reply = _fastpath.SingleAnswer
 
 
 class _BatchReply:

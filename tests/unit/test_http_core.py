@@ -184,3 +184,21 @@ def test_answered_and_dropped_requests_are_freed_without_the_collector(
     protocol.connection_lost(None)
     assert cancelled == ["/later", "/later"]
     assert live_requests() == before
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_cancel_set_after_the_answer_is_dropped(core: str, no_gc: None) -> None:
+    """A request answered at once (shed) still gets its cancel set after its handler's
+    reply (the query API sets it after submitting): it must not keep the request alive."""
+
+    def at_once(req: Request, reply: Reply) -> None:
+        reply(503, b"shed")
+        req.cancel = lambda: print(req)
+
+    router = Router()
+    router.add("GET", "/now", at_once)
+    before = live_requests()
+    protocol, transport = connect(core, router)
+    protocol.data_received(request("GET", "/now") * 2)
+    assert len(transport.out) == 2
+    assert live_requests() == before
