@@ -513,6 +513,18 @@ static inline int is_none(PyObject *o) { return o == NULL || o == Py_None; }
 
 /* ---- Request */
 
+/* The decimal digits of n (n >= 0) at out, which has room for 20; returns how many. */
+static int format_u64(char *out, unsigned long long n) {
+    char tmp[20];
+    int len = 0;
+    do {
+        tmp[len++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n);
+    for (int i = 0; i < len; i++) out[i] = tmp[len - 1 - i];
+    return len;
+}
+
 static PyObject *request_reply(PyObject *op, PyObject *const *args, size_t nargsf,
                                PyObject *kwnames);
 
@@ -602,7 +614,7 @@ static PyObject *render(PyObject *status, PyObject *body, PyObject *content_type
     if (PyObject_GetBuffer(body, &b, PyBUF_SIMPLE) < 0) goto done;
     if (PyObject_GetBuffer(headers, &h, PyBUF_SIMPLE) < 0) goto done;
     char digits[24];
-    int nd = snprintf(digits, sizeof digits, "%zd", b.len);
+    int nd = format_u64(digits, (unsigned long long)b.len);
     Py_ssize_t hl = PyBytes_GET_SIZE(head);
     result = PyBytes_FromStringAndSize(NULL, hl + nd + 2 + h.len + 2 + b.len);
     if (result == NULL) goto done;
@@ -1182,7 +1194,17 @@ static PyObject *single_call(PyObject *op, PyObject *const *args, size_t nargsf,
         long long id = PyLong_AsLongLong(query->id);
         if (id == -1 && PyErr_Occurred()) { Py_DECREF(js); return NULL; }
         char head[64];
-        int n = snprintf(head, sizeof head, "{\"query_id\":%lld,\"output\":", id);
+        static const char lead[] = "{\"query_id\":";
+        int n = (int)sizeof lead - 1;
+        memcpy(head, lead, (size_t)n);
+        if (id < 0) {
+            head[n++] = '-';
+            n += format_u64(head + n, 0ULL - (unsigned long long)id);
+        } else {
+            n += format_u64(head + n, (unsigned long long)id);
+        }
+        memcpy(head + n, ",\"output\":", 10);
+        n += 10;
         static const char tail[] = ",\"default\":false}";
         Py_ssize_t jl = PyBytes_GET_SIZE(js);
         body = PyBytes_FromStringAndSize(NULL, n + jl + (Py_ssize_t)sizeof tail - 1);
@@ -1254,6 +1276,84 @@ static PyTypeObject SingleAnswerType = {
     .tp_call = PyVectorcall_Call,
 };
 
+/* answer_all(queries, texts, now, record): the dispatcher's answer of a batch whose every
+ * output is an answer (Dispatcher._answer for each query, in order): each query not done
+ * yet is done with its text as output and its on_done called; the latencies (now - arrival)
+ * are recorded as record(app, [seconds, ...]) once per run of queries of one app, after
+ * them (FrontendMetrics.answered_many), also when an on_done raises. */
+static PyObject *answer_all(PyObject *self, PyObject *args) {
+    PyObject *queries, *texts, *record;
+    double now;
+    if (!PyArg_ParseTuple(args, "O!O!dO:answer_all", &PyList_Type, &queries, &PyList_Type,
+                          &texts, &now, &record))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(queries);
+    if (PyList_GET_SIZE(texts) != n) {
+        PyErr_SetString(PyExc_ValueError, "answer_all: one text per query");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (Py_TYPE(PyList_GET_ITEM(queries, i)) != &QueryType) {
+            PyErr_SetString(PyExc_TypeError, "answer_all: the queries must be Query objects");
+            return NULL;
+        }
+    }
+    PyObject *app = NULL, *latencies = NULL; /* the current run */
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < n && !failed; i++) {
+        Query *q = (Query *)PyList_GET_ITEM(queries, i);
+        if (q->done) continue;
+        Py_INCREF(q);
+        q->done = 1;
+        Py_SETREF(q->output, Py_NewRef(PyList_GET_ITEM(texts, i)));
+        if (app != NULL && app != q->app) {
+            int same = PyObject_RichCompareBool(app, q->app, Py_EQ);
+            if (same < 0) { Py_DECREF(q); failed = 1; break; }
+            if (!same) {
+                PyObject *r = PyObject_CallFunctionObjArgs(record, app, latencies, NULL);
+                Py_CLEAR(app);
+                Py_CLEAR(latencies);
+                if (r == NULL) { Py_DECREF(q); failed = 1; break; }
+                Py_DECREF(r);
+            }
+        }
+        if (app == NULL) {
+            app = Py_NewRef(q->app);
+            latencies = PyList_New(0);
+            if (latencies == NULL) { Py_DECREF(q); failed = 1; break; }
+        }
+        PyObject *seconds = PyFloat_FromDouble(now - q->arrival);
+        if (seconds == NULL || PyList_Append(latencies, seconds) < 0) {
+            Py_XDECREF(seconds);
+            Py_DECREF(q);
+            failed = 1;
+            break;
+        }
+        Py_DECREF(seconds);
+        PyObject *r = PyObject_CallOneArg(q->on_done, (PyObject *)q);
+        Py_DECREF(q);
+        if (r == NULL) failed = 1;
+        else Py_DECREF(r);
+    }
+    if (app != NULL) { /* recorded also after a failure: those queries were answered */
+        PyObject *type = NULL, *value = NULL, *tb = NULL;
+        if (failed) PyErr_Fetch(&type, &value, &tb);
+        PyObject *r = PyObject_CallFunctionObjArgs(record, app, latencies, NULL);
+        if (failed) {
+            Py_XDECREF(r);
+            PyErr_Restore(type, value, tb);
+        } else if (r == NULL) {
+            failed = 1;
+        } else {
+            Py_DECREF(r);
+        }
+    }
+    Py_XDECREF(app);
+    Py_XDECREF(latencies);
+    if (failed) return NULL;
+    Py_RETURN_NONE;
+}
+
 /* query_setup(output_cache, output_json, answer_json, shed) */
 static PyObject *query_setup(PyObject *self, PyObject *args) {
     PyObject *cache, *out, *answer, *shed;
@@ -1294,6 +1394,10 @@ static PyMethodDef methods[] = {
     {"http_setup", http_setup, METH_VARARGS,
      "http_setup(head_cache, new_head, json, empty, max_pipeline, trim_after_bytes): what "
      "Request and ConnCore need from frontend/http.py, once at its import."},
+    {"answer_all", answer_all, METH_VARARGS,
+     "answer_all(queries, texts, now, record): answer a batch's queries with their texts "
+     "(Dispatcher._answer for each), the latencies recorded as record(app, [seconds]) once "
+     "per run of one app."},
     {"query_setup", query_setup, METH_VARARGS,
      "query_setup(output_cache, output_json, answer_json, shed): what SingleAnswer needs from "
      "frontend/query_api.py, once at its import."},

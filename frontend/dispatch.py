@@ -97,11 +97,13 @@ class Query:
 
 
 _PyQuery = Query  # the definition; used as it is without a C compiler
+_answer_all: Callable[[list[Query], list[str], float, Callable[[str, list[float]], None]], None] | None
 if not TYPE_CHECKING:
-    try:  # the same in C (frontend/_fastpath.c): no interpreter frame to make a query
+    try:  # the same in C (frontend/_fastpath.c): no interpreter frame to make or answer a query
         from schooner.frontend._fastpath import Query
+        from schooner.frontend._fastpath import answer_all as _answer_all
     except ImportError:  # built without a C compiler
-        pass
+        _answer_all = None
 
 
 class Replica:
@@ -500,9 +502,12 @@ class Dispatcher:
             for q in queries:
                 self.answer_default(q, MODEL_ERROR, explanation)
         elif response.status is None:
-            for q, text in zip(queries, texts):
-                if not q.done:
-                    self._answer(q, text, now)
+            if _answer_all is not None:  # the same in C: no interpreter frame per query
+                _answer_all(queries, texts, now, self._metrics.answered_many)
+            else:
+                for q, text in zip(queries, texts):
+                    if not q.done:
+                        self._answer(q, text, now)
         else:
             for q, text, failed in zip(queries, texts, response.error_flags()):
                 if q.done:

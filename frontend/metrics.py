@@ -168,6 +168,14 @@ class FrontendMetrics:
             hot.default_reasons[key] = hot.default_reasons.get(key, 0) + 1
             hot.defaults[app] = hot.defaults.get(app, 0) + 1
 
+    def answered_many(self, app: str, latencies_s: list[float]) -> None:
+        """Queries of ``app`` answered by a model (``answered`` with no default reason, for
+        each latency, in order)."""
+        histogram = self._hot.latency.get(app)
+        if histogram is None:
+            histogram = self._hot.latency[app] = BucketHistogram(_LATENCY_BUCKETS)
+        histogram.observe_many(latencies_s)
+
     def batch(self, model: str, size: int) -> None:
         histogram = self._hot.batch.get(model)
         if histogram is None:

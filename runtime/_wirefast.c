@@ -411,7 +411,43 @@ static PyObject *packed_response(PyObject *self, PyObject *const *args, Py_ssize
     return frames;
 }
 
+/* packed_texts(payload, lengths) -> list[str]: the outputs of a packed response, each
+ * decoded as UTF-8 with invalid bytes replaced (wire.PredictResponse.texts); the lengths
+ * must add up to the payload's (the decoder checked). */
+static PyObject *packed_texts(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "packed_texts(payload, lengths: tuple)");
+        return NULL;
+    }
+    Py_buffer payload;
+    if (PyObject_GetBuffer(args[0], &payload, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *lengths = args[1];
+    Py_ssize_t n = PyTuple_GET_SIZE(lengths), pos = 0;
+    PyObject *out = PyList_New(n);
+    if (out == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t len = PyLong_AsSsize_t(PyTuple_GET_ITEM(lengths, i));
+        if (len == -1 && PyErr_Occurred()) goto fail;
+        if (len < 0 || len > payload.len - pos) {
+            PyErr_SetString(PyExc_ValueError, "packed_texts: the lengths exceed the payload");
+            goto fail;
+        }
+        PyObject *text = PyUnicode_DecodeUTF8((const char *)payload.buf + pos, len, "replace");
+        if (text == NULL) goto fail;
+        PyList_SET_ITEM(out, i, text);
+        pos += len;
+    }
+    PyBuffer_Release(&payload);
+    return out;
+fail:
+    Py_XDECREF(out);
+    PyBuffer_Release(&payload);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"packed_texts", (PyCFunction)(void (*)(void))packed_texts, METH_FASTCALL,
+     "packed_texts(payload, lengths) -> list[str]: a packed response's outputs as text."},
     {"zmtp_cut", (PyCFunction)(void (*)(void))zmtp_cut, METH_FASTCALL,
      "zmtp_cut(data, pos, frames, total, out, max_frames, max_bytes) -> (pos, frames, total): "
      "complete small ZMTP data frames from data[pos] (see runtime/_wirefast.c)."},

@@ -49,6 +49,15 @@ class BucketHistogram:
         self.total += value
         self.count += 1
 
+    def observe_many(self, values: list[float]) -> None:
+        """``observe`` each of ``values``, in order."""
+        counts, bounds, total = self.counts, self.bounds, self.total
+        for value in values:
+            counts[bisect.bisect_left(bounds, value)] += 1
+            total += value
+        self.total = total
+        self.count += len(values)
+
     def cumulative(self) -> list[tuple[str, float]]:
         """Prometheus buckets: ``(le, observations <= le)``, ending with ``+Inf``."""
         out: list[tuple[str, float]] = []

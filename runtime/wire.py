@@ -67,7 +67,8 @@ The container's side in C
 Where the optional extension is built (runtime/_wirefast.c), ``decode_from_frontend`` hands
 a well-formed prediction request to one C call first, and ``encode_predict_response``,
 ``encode_packed_response`` and ``stream_bytes`` are C functions giving the same frames and
-bytes. The Python here stays the definition: it decodes everything the C call leaves to it
+bytes; on the frontend's side ``PredictResponse.texts`` decodes a packed response's outputs
+in one C call. The Python here stays the definition: it decodes everything the C call leaves to it
 and words every error.
 """
 
@@ -87,11 +88,13 @@ from schooner.runtime.errors import WireError
 
 try:  # the optional C shortcut (runtime/_wirefast.c): the same results where it answers
     from schooner.runtime._wirefast import packed_response as _packed_response
+    from schooner.runtime._wirefast import packed_texts as _packed_texts
     from schooner.runtime._wirefast import predict_request as _predict_request
     from schooner.runtime._wirefast import predict_response as _predict_response
     from schooner.runtime._wirefast import stream_join as _stream_join
 except ImportError:
     _packed_response = _predict_request = _predict_response = _stream_join = None
+    _packed_texts = None
 
 __all__ = [
     "RPC_VERSION",
@@ -338,6 +341,8 @@ class PredictResponse:
         """The N outputs decoded as UTF-8 (invalid bytes replaced, never raised)."""
         if self.outputs is not None:
             return [bytes(o).decode("utf-8", "replace") for o in self.outputs]
+        if _packed_texts is not None and self.payload is not None:
+            return _packed_texts(self.payload, self.lengths)  # type: ignore[no-any-return]
         data = bytes(self.payload or b"")
         out, pos = [], 0
         for n in self.lengths:

@@ -255,3 +255,20 @@ def test_heartbeats_and_sums_that_overflow_are_left_to_python() -> None:
     assert fast.predict_request(frames) is None
     assert _decode(wire, frames) == ("error", "packed payload is 0 bytes, header says 18446744073709551616")
     assert fast.predict_request(tuple(frames)) is None  # only a list is looked at
+
+
+def test_a_packed_responses_texts_decode_the_same() -> None:
+    """``PredictResponse.texts`` of a packed response (the frontend's side): one C call,
+    the same strings as the Python loop, invalid UTF-8 replaced."""
+    pure = pure_wire
+    rng = random.Random(7)
+    outputs = [b"", b"0", b"3.14", "héllo".encode(), b"a\xff\xfeb", b"\xe2\x82", b"x" * 300]
+    for _ in range(50):
+        chosen = [rng.choice(outputs) for _ in range(rng.randrange(0, 12))]
+        frames = wire.encode_packed_response(b"\0\0\0\7", chosen)
+        views = [memoryview(bytes(f)) for f in frames]
+        fast_texts = wire.decode_from_container(views).texts()
+        assert fast_texts == pure.decode_from_container(views).texts()
+        assert fast_texts == [o.decode("utf-8", "replace") for o in chosen]
+    with pytest.raises(ValueError):
+        fast.packed_texts(b"abc", (2, 2))
