@@ -1276,24 +1276,36 @@ static PyTypeObject SingleAnswerType = {
     .tp_call = PyVectorcall_Call,
 };
 
-/* answer_all(queries, texts, now, record): the dispatcher's answer of a batch whose every
- * output is an answer (Dispatcher._answer for each query, in order): each query not done
- * yet is done with its text as output and its on_done called; the latencies (now - arrival)
- * are recorded as record(app, [seconds, ...]) once per run of queries of one app, after
- * them (FrontendMetrics.answered_many), also when an on_done raises. */
+/* answer_all(queries, texts, now, record, status, failed): the dispatcher's answer of a
+ * batch (Dispatcher.on_response's loop, in order): each query not done yet is done with its
+ * text as output and its on_done called, or, where the status frame (bytes, one per output,
+ * or None: none failed) flags its output as an error, failed(query, text) answers it. The
+ * answers' latencies (now - arrival) are recorded as record(app, [seconds, ...]) once per
+ * run of queries of one app, after them (FrontendMetrics.answered_many), also when an
+ * on_done raises. */
 static PyObject *answer_all(PyObject *self, PyObject *args) {
-    PyObject *queries, *texts, *record;
+    PyObject *queries, *texts, *record, *status, *failed_fn;
     double now;
-    if (!PyArg_ParseTuple(args, "O!O!dO:answer_all", &PyList_Type, &queries, &PyList_Type,
-                          &texts, &now, &record))
+    if (!PyArg_ParseTuple(args, "O!O!dOOO:answer_all", &PyList_Type, &queries, &PyList_Type,
+                          &texts, &now, &record, &status, &failed_fn))
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(queries);
     if (PyList_GET_SIZE(texts) != n) {
         PyErr_SetString(PyExc_ValueError, "answer_all: one text per query");
         return NULL;
     }
+    Py_buffer flags = {0};
+    if (status != Py_None) {
+        if (PyObject_GetBuffer(status, &flags, PyBUF_SIMPLE) < 0) return NULL;
+        if (flags.len != n) {
+            PyBuffer_Release(&flags);
+            PyErr_SetString(PyExc_ValueError, "answer_all: one status byte per query");
+            return NULL;
+        }
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         if (Py_TYPE(PyList_GET_ITEM(queries, i)) != &QueryType) {
+            if (flags.obj) PyBuffer_Release(&flags);
             PyErr_SetString(PyExc_TypeError, "answer_all: the queries must be Query objects");
             return NULL;
         }
@@ -1304,6 +1316,14 @@ static PyObject *answer_all(PyObject *self, PyObject *args) {
         Query *q = (Query *)PyList_GET_ITEM(queries, i);
         if (q->done) continue;
         Py_INCREF(q);
+        if (flags.obj && ((const unsigned char *)flags.buf)[i]) { /* the model failed on it */
+            PyObject *r = PyObject_CallFunctionObjArgs(failed_fn, (PyObject *)q,
+                                                       PyList_GET_ITEM(texts, i), NULL);
+            Py_DECREF(q);
+            if (r == NULL) failed = 1;
+            else Py_DECREF(r);
+            continue;
+        }
         q->done = 1;
         Py_SETREF(q->output, Py_NewRef(PyList_GET_ITEM(texts, i)));
         if (app != NULL && app != q->app) {
@@ -1350,6 +1370,7 @@ static PyObject *answer_all(PyObject *self, PyObject *args) {
     }
     Py_XDECREF(app);
     Py_XDECREF(latencies);
+    if (flags.obj) PyBuffer_Release(&flags);
     if (failed) return NULL;
     Py_RETURN_NONE;
 }
@@ -1395,9 +1416,10 @@ static PyMethodDef methods[] = {
      "http_setup(head_cache, new_head, json, empty, max_pipeline, trim_after_bytes): what "
      "Request and ConnCore need from frontend/http.py, once at its import."},
     {"answer_all", answer_all, METH_VARARGS,
-     "answer_all(queries, texts, now, record): answer a batch's queries with their texts "
-     "(Dispatcher._answer for each), the latencies recorded as record(app, [seconds]) once "
-     "per run of one app."},
+     "answer_all(queries, texts, now, record, status, failed): answer a batch's queries "
+     "with their texts (Dispatcher.on_response's loop), failed outputs through "
+     "failed(query, text), the latencies recorded as record(app, [seconds]) once per run "
+     "of one app."},
     {"query_setup", query_setup, METH_VARARGS,
      "query_setup(output_cache, output_json, answer_json, shed): what SingleAnswer needs from "
      "frontend/query_api.py, once at its import."},

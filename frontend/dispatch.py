@@ -97,7 +97,7 @@ class Query:
 
 
 _PyQuery = Query  # the definition; used as it is without a C compiler
-_answer_all: Callable[[list[Query], list[str], float, Callable[[str, list[float]], None]], None] | None
+_answer_all: Callable[..., None] | None
 if not TYPE_CHECKING:
     try:  # the same in C (frontend/_fastpath.c): no interpreter frame to make or answer a query
         from schooner.frontend._fastpath import Query
@@ -501,13 +501,14 @@ class Dispatcher:
             log.warning("replica %d: %s", replica.replica_id, explanation)
             for q in queries:
                 self.answer_default(q, MODEL_ERROR, explanation)
+        elif _answer_all is not None:  # the loops below in C: no interpreter frame per query
+            _answer_all(queries, texts, now, self._metrics.answered_many, response.status,
+                        lambda q, text: self.answer_default(q, MODEL_ERROR,
+                                                            f"model {mq.label} failed: {text}"))  # fmt: skip
         elif response.status is None:
-            if _answer_all is not None:  # the same in C: no interpreter frame per query
-                _answer_all(queries, texts, now, self._metrics.answered_many)
-            else:
-                for q, text in zip(queries, texts):
-                    if not q.done:
-                        self._answer(q, text, now)
+            for q, text in zip(queries, texts):
+                if not q.done:
+                    self._answer(q, text, now)
         else:
             for q, text, failed in zip(queries, texts, response.error_flags()):
                 if q.done:
