@@ -212,15 +212,10 @@ static int check_code(int code) {
     return 0;
 }
 
-/* parse_input(body: bytes, code: str) -> bytes | None; code is "d", "f" or "i". */
-static PyObject *parse_input(PyObject *self, PyObject *args) {
-    Py_buffer body;
-    int code;
-    if (!PyArg_ParseTuple(args, "y*C", &body, &code)) return NULL;
-    if (!check_code(code)) { PyBuffer_Release(&body); return NULL; }
-    const char *p = body.buf, *end = p + body.len;
+/* The wire bytes of a body of exactly {"input": [numbers]} (a new reference), Py_None (a
+ * new reference) for anything else, or NULL with an exception. */
+static PyObject *single_input(const char *p, const char *end, int code) {
     PyObject *out = NULL;
-
     p = skip_ws(p, end);
     if (p >= end || *p++ != '{') goto fallback;
     p = skip_ws(p, end);
@@ -229,18 +224,27 @@ static PyObject *parse_input(PyObject *self, PyObject *args) {
     if (p >= end || *p++ != ':') goto fallback;
     p = skip_ws(p, end);
     p = parse_array(p, end, code, &out);
-    if (p == (const char *)-1) { PyBuffer_Release(&body); return NULL; }
+    if (p == (const char *)-1) return NULL;
     if (p == NULL) goto fallback;
     p = skip_ws(p, end);
     if (p >= end || *p++ != '}') goto fallback;
     if (skip_ws(p, end) != end) goto fallback;
-    PyBuffer_Release(&body);
     return out;
 
 fallback:
-    PyBuffer_Release(&body);
     Py_XDECREF(out);
     Py_RETURN_NONE;
+}
+
+/* parse_input(body: bytes, code: str) -> bytes | None; code is "d", "f" or "i". */
+static PyObject *parse_input(PyObject *self, PyObject *args) {
+    Py_buffer body;
+    int code;
+    if (!PyArg_ParseTuple(args, "y*C", &body, &code)) return NULL;
+    if (!check_code(code)) { PyBuffer_Release(&body); return NULL; }
+    PyObject *out = single_input(body.buf, (const char *)body.buf + body.len, code);
+    PyBuffer_Release(&body);
+    return out;
 }
 
 /* parse_array_at(body: bytes, offset: int, code: str) -> tuple[bytes, int] | None: the JSON
@@ -1375,6 +1379,139 @@ static PyObject *answer_all(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* PredictRoute(api, codes): the handler of POST /<app>/predict (frontend/query_api.py's
+ * QueryApi.predict, which defines it): the common request -- an app without a selection,
+ * a body of exactly {"input": [numbers]} of its input type, a linked model with a current
+ * version -- goes straight to api._submit_one(request, app, data, (model, version), reply);
+ * anything else, and a request not made by the HTTP core, to api.predict(request, reply). */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *api, *codes;
+} PredictRoute;
+
+static PyTypeObject PredictRouteType;
+static PyObject *str_state, *str_apps, *str_current, *str_selection, *str_input_type,
+    *str_linked_model, *str_submit_one, *str_predict;
+
+/* The attribute ``name`` of ``o`` (a new reference), or NULL with an exception. */
+#define ATTR(o, name) PyObject_GetAttr((o), (name))
+
+static PyObject *predict_route_call(PyObject *op, PyObject *const *args, size_t nargsf,
+                                    PyObject *kwnames) {
+    PredictRoute *pr = (PredictRoute *)op;
+    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "predict(request, reply)");
+        return NULL;
+    }
+    PyObject *request = args[0], *reply = args[1];
+    PyObject *state = NULL, *apps = NULL, *app = NULL, *selection = NULL, *input_type = NULL,
+             *model = NULL, *current = NULL, *data = NULL, *key = NULL, *result = NULL;
+    Request *r = (Request *)request;
+    if (Py_TYPE(request) != &RequestType || !PyUnicode_CheckExact(r->param) ||
+        !PyBytes_CheckExact(r->body))
+        goto general;
+    if ((state = ATTR(pr->api, str_state)) == NULL) goto done;
+    if ((apps = ATTR(state, str_apps)) == NULL) goto done;
+    if (!PyDict_Check(apps)) goto general;
+    app = PyDict_GetItemWithError(apps, r->param); /* borrowed */
+    if (app == NULL) {
+        if (PyErr_Occurred()) goto done;
+        goto general; /* unknown: the general path words the 404 */
+    }
+    Py_INCREF(app);
+    if ((selection = ATTR(app, str_selection)) == NULL) goto done;
+    if (selection != Py_None) goto general;
+    if ((input_type = ATTR(app, str_input_type)) == NULL) goto done;
+    PyObject *code = PyDict_GetItemWithError(pr->codes, input_type); /* borrowed */
+    if (code == NULL) {
+        if (PyErr_Occurred()) goto done;
+        goto general;
+    }
+    if (!PyUnicode_Check(code) || PyUnicode_GET_LENGTH(code) != 1) goto general;
+    data = single_input(PyBytes_AS_STRING(r->body),
+                        PyBytes_AS_STRING(r->body) + PyBytes_GET_SIZE(r->body),
+                        (int)PyUnicode_READ_CHAR(code, 0));
+    if (data == NULL) goto done;
+    if (data == Py_None) goto general;
+    if ((model = ATTR(app, str_linked_model)) == NULL) goto done;
+    if (model == Py_None) goto general;
+    PyObject *currents = ATTR(state, str_current);
+    if (currents == NULL) goto done;
+    current = PyDict_Check(currents) ? PyDict_GetItemWithError(currents, model) : NULL;
+    Py_XINCREF(current);
+    Py_DECREF(currents);
+    if (current == NULL) {
+        if (PyErr_Occurred()) goto done;
+        goto general; /* no version: the general path answers with the default */
+    }
+    if ((key = PyTuple_Pack(2, model, current)) == NULL) goto done;
+    result = PyObject_VectorcallMethod(
+        str_submit_one, (PyObject *[]){pr->api, request, app, data, key, reply},
+        6 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    goto done;
+general:
+    result = PyObject_VectorcallMethod(str_predict, (PyObject *[]){pr->api, request, reply},
+                                       3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+done:
+    Py_XDECREF(state);
+    Py_XDECREF(apps);
+    Py_XDECREF(app);
+    Py_XDECREF(selection);
+    Py_XDECREF(input_type);
+    Py_XDECREF(model);
+    Py_XDECREF(current);
+    Py_XDECREF(data);
+    Py_XDECREF(key);
+    return result;
+}
+
+static PyObject *predict_route_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *api, *codes;
+    if (!PyArg_ParseTuple(args, "OO!:PredictRoute", &api, &PyDict_Type, &codes)) return NULL;
+    PredictRoute *pr = PyObject_GC_New(PredictRoute, &PredictRouteType);
+    if (pr == NULL) return NULL;
+    pr->vectorcall = predict_route_call;
+    pr->api = Py_NewRef(api);
+    pr->codes = Py_NewRef(codes);
+    PyObject_GC_Track(pr);
+    return (PyObject *)pr;
+}
+
+static int predict_route_traverse(PredictRoute *pr, visitproc visit, void *arg) {
+    Py_VISIT(pr->api);
+    Py_VISIT(pr->codes);
+    return 0;
+}
+
+static int predict_route_clear(PredictRoute *pr) {
+    Py_CLEAR(pr->api);
+    Py_CLEAR(pr->codes);
+    return 0;
+}
+
+static void predict_route_dealloc(PredictRoute *pr) {
+    PyObject_GC_UnTrack(pr);
+    predict_route_clear(pr);
+    PyObject_GC_Del(pr);
+}
+
+static PyTypeObject PredictRouteType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "schooner.frontend._fastpath.PredictRoute",
+    .tp_doc = "PredictRoute(api, codes): the handler of POST /<app>/predict; the common "
+              "request straight to api._submit_one, anything else to api.predict.",
+    .tp_basicsize = sizeof(PredictRoute),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = predict_route_new,
+    .tp_dealloc = (destructor)predict_route_dealloc,
+    .tp_traverse = (traverseproc)predict_route_traverse,
+    .tp_clear = (inquiry)predict_route_clear,
+    .tp_vectorcall_offset = offsetof(PredictRoute, vectorcall),
+    .tp_call = PyVectorcall_Call,
+};
+
 /* query_setup(output_cache, output_json, answer_json, shed) */
 static PyObject *query_setup(PyObject *self, PyObject *args) {
     PyObject *cache, *out, *answer, *shed;
@@ -1393,6 +1530,10 @@ static int intern_names(void) {
         {&str_resume_reading, "resume_reading"}, {&str_close, "_close"}, {&str_trim, "trim"},
         {&str_dispatch, "dispatch"}, {&str_handler_failed, "_handler_failed"},
         {&str_content_type, "content_type"}, {&str_headers, "headers"},
+        {&str_state, "_state"}, {&str_apps, "apps"}, {&str_current, "current"},
+        {&str_selection, "selection"}, {&str_input_type, "input_type"},
+        {&str_linked_model, "linked_model"}, {&str_submit_one, "_submit_one"},
+        {&str_predict, "predict"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
@@ -1440,14 +1581,16 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         }
     }
     if (intern_names() < 0 || PyType_Ready(&RequestType) < 0 || PyType_Ready(&ConnCoreType) < 0 ||
-        PyType_Ready(&QueryType) < 0 || PyType_Ready(&SingleAnswerType) < 0)
+        PyType_Ready(&QueryType) < 0 || PyType_Ready(&SingleAnswerType) < 0 ||
+        PyType_Ready(&PredictRouteType) < 0)
         return NULL;
     PyObject *mod = PyModule_Create(&module);
     if (mod == NULL) return NULL;
     if (PyModule_AddObjectRef(mod, "Request", (PyObject *)&RequestType) < 0 ||
         PyModule_AddObjectRef(mod, "ConnCore", (PyObject *)&ConnCoreType) < 0 ||
         PyModule_AddObjectRef(mod, "Query", (PyObject *)&QueryType) < 0 ||
-        PyModule_AddObjectRef(mod, "SingleAnswer", (PyObject *)&SingleAnswerType) < 0) {
+        PyModule_AddObjectRef(mod, "SingleAnswer", (PyObject *)&SingleAnswerType) < 0 ||
+        PyModule_AddObjectRef(mod, "PredictRoute", (PyObject *)&PredictRouteType) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

@@ -2,6 +2,9 @@
 
 ``predict`` runs on the event loop for every request: parse the JSON body, convert each
 input to wire bytes, pick the model version, hand the queries to the dispatcher and return.
+Where the C extension is built, its route (``_fastpath.PredictRoute``) takes the common
+request -- one input of the app's type for the linked model's current version -- straight
+to ``_submit_one``, and hands everything else to ``predict``, which defines the path.
 The HTTP reply is written when the last query of the request is answered (by a replica, or
 with the app's default output by the deadline sweep).
 """
@@ -33,6 +36,11 @@ from schooner.frontend.inputs import (
 from schooner.frontend.metrics import CONTENT_TYPE, FrontendMetrics
 from schooner.frontend.selection import ROUTED, Router
 from schooner.frontend.state import App, StateError, StateStore
+
+try:  # the query path's common case in C (frontend/_fastpath.c)
+    from schooner.frontend import _fastpath
+except ImportError:  # built without a C compiler
+    _fastpath = None  # type: ignore[assignment]
 
 __all__ = ["QueryApi"]
 
@@ -97,7 +105,9 @@ class QueryApi:
         self.rng = random.Random()
 
     def routes(self, router: HttpRouter) -> HttpRouter:
-        router.add_pattern("POST", "predict", self.predict)
+        # predict's common request straight to _submit_one, in C where built
+        predict = self.predict if _fastpath is None else _fastpath.PredictRoute(self, FAST_CODES)
+        router.add_pattern("POST", "predict", predict)
         router.add_pattern("POST", "update", self.update)
         router.add("GET", "/health", self.health)
         router.add("GET", "/ready", self.ready)
@@ -478,11 +488,9 @@ def _py_single_reply(
     return done
 
 
-try:  # the same in C (frontend/_fastpath.c), for the C Query: no interpreter frame per answer
-    from schooner.frontend import _fastpath
-except ImportError:  # built without a C compiler
+if _fastpath is None:
     _single_reply = _py_single_reply
-else:
+else:  # the same in C, for the C Query: no interpreter frame per answer
     _fastpath.query_setup(_OUTPUT_JSON, output_json, _answer_json, SHED)
     _single_reply = _fastpath.SingleAnswer
 

@@ -100,13 +100,16 @@ def test_a_response_answers_the_same_with_and_without_the_c_loop(
         monkeypatch.setattr(dispatch, "_answer_all", fastpath.answer_all if use_c else None)
         metrics = FrontendMetrics()
         sent: list[list[object]] = []
-        d = Dispatcher(lambda identity, frames: sent.append(list(frames)) or True, metrics,
-                       clock=lambda: NOW)  # fmt: skip
+        def send(identity: bytes, frames: list[object], sent: list[list[object]] = sent) -> bool:
+            sent.append(list(frames))
+            return True
+
+        d = Dispatcher(send, metrics, clock=lambda: NOW)
         d.configure_model(("m", "1"), 5)  # one batch of all five
         d.add_replica(b"r", NewContainer("m", "1", InputType.DOUBLES, CAP_PACKED))
-        answered: list[tuple[int, str | None, str | None, str | None]] = []
+        answered: list[tuple[object, ...]] = []
 
-        def done(q: Query) -> None:
+        def done(q: Query, answered: list[tuple[object, ...]] = answered) -> None:
             answered.append((q.id, q.output, q.explanation, q.reason))
 
         queries = [Query(i, "a" if i < 3 else "b", b"\0" * 8, NOW - 0.01, 10**6, done)

@@ -1,7 +1,8 @@
 """The commonest request's own path (``QueryApi._submit_one``: one input for the linked model's
 current version) must do what the general one (``_submit`` -> ``make_queries`` -> ``dispatch``
--> ``cancel_on_disconnect``) does; and the dispatcher's deadline sweep must reach every
-pending query although ``on_pending`` is only called when a pending line was empty."""
+-> ``cancel_on_disconnect``) does; its C route (``_fastpath.PredictRoute``) must send there
+only what ``predict`` would; and the dispatcher's deadline sweep must reach every pending
+query although ``on_pending`` is only called when a pending line was empty."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 
 from schooner.frontend.dispatch import Dispatcher, Query
 from schooner.frontend.http import Request
+from schooner.frontend.inputs import FAST_CODES
 from schooner.frontend.metrics import FrontendMetrics
-from schooner.frontend.query_api import QueryApi
+from schooner.frontend.query_api import QueryApi, _fastpath
 from schooner.frontend.state import App, Model, StateStore
 from schooner.runtime.wire import InputType
 
@@ -132,3 +134,81 @@ def test_every_pending_query_gets_its_default_though_on_pending_comes_once_per_l
     assert all(q.reason == "no_replica" and q.explanation for q in answers)  # none connected
     submit(1_000)  # its line is empty again: armed again
     assert len(armed) == 3
+
+
+# ------------------------------------------------------------------ the C route of predict
+
+BODIES = [
+    b'{"input": [1.0]}', b'{"input": [1.0, 2.5e3, -7]}', b' {"input":[3]} ', b'{"input": []}',
+    b'{"input": [1.0], "version": "1"}', b'{"input": [1.0], "version": "9"}',
+    b'{"input_batch": [[1.0], [2.0]]}', b'{"input": ["x"]}', b"not json", b"[]",
+    b'{"input": [1e400]}', b'{"inputs": [1.0]}',
+]  # fmt: skip
+
+
+def _with_apps() -> tuple[QueryApi, Dispatcher]:
+    api, dispatcher, _, _ = _api("default")
+    state = api._state
+    state.add_app(App("ints", InputType.INTS, "0", 50_000))
+    state.add_model(Model("mi", "3", InputType.INTS))
+    state.link("ints", "mi")
+    dispatcher.expect_replicas(("mi", "3"), 60.0)
+    state.add_app(App("bytes", InputType.BYTES, "0", 50_000))
+    state.add_app(App("unlinked", InputType.FLOATS, "0", 50_000))
+    state.add_app(App("shed", InputType.FLOATS, "0", 50_000, on_overload="503"))
+    state.link("shed", "m")
+    return api, dispatcher
+
+
+def _serve_all(app: str, route: str) -> tuple[object, list[bytes]]:
+    """Every body of BODIES to ``/<app>/predict`` through the C route or ``predict``: the
+    answers and queued queries, and the bodies the C route handed to ``predict``."""
+    api, dispatcher = _with_apps()
+    general: list[bytes] = []
+    handler = api.predict
+    if route == "c":
+        handler = _fastpath.PredictRoute(api, FAST_CODES)
+        predict = api.predict
+
+        def counted(request: Request, reply: object) -> None:
+            general.append(request.body)
+            predict(request, reply)  # type: ignore[arg-type]
+
+        api.predict = counted  # type: ignore[method-assign]
+    answers: list[tuple[object, ...]] = []
+    for body in BODIES:
+        request = Request("POST", f"/{app}/predict", "", body)
+        request.param = app
+        handler(request, lambda *answer: answers.append(answer))
+    queued = [(q.id, q.app, q.data, q.slo_micros) for mq in dispatcher.queues.values()
+              for q in mq.queue]  # fmt: skip
+    return (answers, queued), general
+
+
+@pytest.mark.skipif(_fastpath is None, reason="the C extension is not built")
+@pytest.mark.parametrize("app", ["a", "ints", "bytes", "unlinked", "shed", "nope"])
+def test_the_c_route_answers_and_queues_as_predict(app: str) -> None:
+    """``_fastpath.PredictRoute`` sends only what ``predict`` would send to ``_submit_one``
+    there, and everything else to ``predict``: the same answers and the same queued queries
+    for every body, app and version."""
+    through_c, general = _serve_all(app, "c")
+    through_python, _ = _serve_all(app, "python")
+    assert through_c == through_python
+    fast = {"a": 3, "shed": 3, "ints": 1}.get(app, 0)  # the common bodies: to _submit_one
+    assert len(general) == len(BODIES) - fast
+    if app in ("a", "shed"):
+        assert len(through_c[1]) >= 4  # type: ignore[index]
+
+
+@pytest.mark.skipif(_fastpath is None, reason="the C extension is not built")
+def test_the_c_route_is_the_predict_route_and_takes_only_requests_of_the_http_core() -> None:
+    from schooner.frontend.http import Router, _PyRequest
+
+    api, dispatcher = _with_apps()
+    router = api.routes(Router())
+    assert type(router._pattern[("POST", "predict")]) is _fastpath.PredictRoute
+    request = _PyRequest("POST", "/a/predict", "", b'{"input": [1.0]}')
+    request.param = "a"
+    got: list[tuple[object, ...]] = []
+    _fastpath.PredictRoute(api, FAST_CODES)(request, lambda *answer: got.append(answer))
+    assert len(dispatcher.queues[KEY].queue) == 1  # through predict, which queued it
