@@ -55,7 +55,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
     )  # fmt: skip
     p.add_argument("--state-prefix", default="schooner",
                    help="prefix of the state's keys in --state-redis (one per cluster)")
-    p.add_argument("--inflight-per-replica", type=int, default=2, help="batches per replica")
+    p.add_argument("--inflight-per-replica", type=int, default=2,
+                   help="batches in flight per replica: the first of any size, the others only "
+                   "when full (see --pipeline-partial-batches)")  # fmt: skip
+    p.add_argument("--pipeline-partial-batches", action="store_true",
+                   help="send a replica that is busy a further batch also when it is not full "
+                   "(hides a slow link to remote replicas at moderate load; on a machine whose "
+                   "cores the replicas share, it only splits the queue into smaller batches)")  # fmt: skip
     p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
     p.add_argument(
         "--replica-timeout",
@@ -146,6 +152,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FrontendConfig, str]:
         state_prefix=a.state_prefix,
         state_password=os.environ.get("SCHOONER_STATE_PASSWORD") or None,
         inflight_per_replica=a.inflight_per_replica,
+        pipeline_partial=a.pipeline_partial_batches,
         max_body_bytes=a.max_body_bytes,
         replica_timeout_s=a.replica_timeout,
         max_queued_per_model=a.max_queued_per_model,

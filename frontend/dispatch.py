@@ -5,7 +5,9 @@ connected replicas. Everything here runs on the event loop thread, called from t
 places:
 
 * the query API ``submit``s queries (and the queue is pumped at once: if a replica has
-  room, whatever is queued goes now, no waiting for a batch to fill);
+  nothing in flight, whatever is queued goes now, no waiting for a batch to fill; a replica
+  that is busy gets a further batch, up to ``inflight_per_replica``, only when a full one
+  waits -- ``pipeline_partial`` sends partial ones too);
 * the RPC endpoint reports replicas that register (``add_replica``), answer
   (``on_response``) or are lost (``remove_replica``: their unanswered in-flight queries go
   back to the front of the queue for the other replicas);
@@ -198,6 +200,7 @@ class Dispatcher:
         metrics: FrontendMetrics,
         *,
         inflight_per_replica: int = 2,
+        pipeline_partial: bool = False,
         default_slo_micros: int = 100_000,
         stale_batch_s: float = 30.0,
         max_queued: int = 100_000,
@@ -207,6 +210,9 @@ class Dispatcher:
         self._send = send
         self._metrics = metrics
         self.inflight_per_replica = max(1, inflight_per_replica)
+        # A batch beyond the first in flight on a replica: cut only when full (False), or of
+        # whatever waits (True)
+        self.pipeline_partial = pipeline_partial
         self.max_queued = max(1, max_queued)
         self.replica_grace_s = replica_grace_s
         self._default_slo = default_slo_micros
@@ -393,6 +399,8 @@ class Dispatcher:
                         best = r
             if len(best.inflight) >= limit:
                 return
+            if best.inflight and not self.pipeline_partial and len(queue) - mq.stale < mq.sizer.size:
+                return  # not a full batch: it waits for the replica's batch to come back
             batch, expired, skipped = queue.pop_batch(
                 mq.sizer.size, mq.admission.cutoff(now, idle=not best.inflight)
             )

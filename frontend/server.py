@@ -59,6 +59,7 @@ class FrontendConfig:
     state_prefix: str = "schooner"
     state_password: str | None = field(default=None, repr=False)
     inflight_per_replica: int = 2
+    pipeline_partial: bool = False  # a busy replica's next batch also when not full
     max_body_bytes: int = 16 * 1024 * 1024
     replica_timeout_s: float = 30.0
     # Security (docs: README "Security"): the cluster secret containers prove they hold, and
@@ -237,6 +238,7 @@ class Frontend:
         cfg = self.config
         dispatcher = Dispatcher(
             send, self.metrics, inflight_per_replica=cfg.inflight_per_replica,
+            pipeline_partial=cfg.pipeline_partial,
             max_queued=cfg.max_queued_per_model, replica_grace_s=cfg.replica_grace_s,
         )  # fmt: skip
         dispatcher.on_pending = self._arm_sweep

@@ -1,9 +1,11 @@
-"""What the dispatcher tells the batch sizer: each batch's service time on its replica."""
+"""What the dispatcher tells the batch sizer (each batch's service time on its replica), and when
+a busy replica gets a further batch."""
 
 from __future__ import annotations
 
 import struct
 
+import pytest
 from conftest import FakeClock as Clock
 
 from schooner.frontend.dispatch import Dispatcher, Query
@@ -36,7 +38,8 @@ def test_waiting_behind_another_batch_is_not_service_time() -> None:
         sent.append(struct.unpack("<I", bytes(frames[3]))[0])  # the msg_id frame
         return True
 
-    dispatcher = Dispatcher(send, FrontendMetrics(), inflight_per_replica=2, clock=clock)
+    dispatcher = Dispatcher(send, FrontendMetrics(), inflight_per_replica=2, clock=clock,
+                            pipeline_partial=True)  # fmt: skip
     key = ("m", "1")
     mq = dispatcher.queue(key, 1_000_000)
     sizer = mq.sizer = RecordingSizer()  # type: ignore[assignment]
@@ -81,7 +84,8 @@ def test_a_deferred_pump_sends_what_arrived_together_as_one_batch() -> None:
         return True
 
     scheduled: list = []
-    dispatcher = Dispatcher(send, FrontendMetrics(), inflight_per_replica=2, clock=clock)
+    dispatcher = Dispatcher(send, FrontendMetrics(), inflight_per_replica=2, clock=clock,
+                            pipeline_partial=True)  # the second, partial batch goes too  # fmt: skip
     dispatcher.defer = scheduled.append
     key = ("m", "1")
     dispatcher.queue(key, 1_000_000).sizer.fixed = 32
@@ -98,3 +102,45 @@ def test_a_deferred_pump_sends_what_arrived_together_as_one_batch() -> None:
     assert len(scheduled) == 1
     scheduled.pop()()
     assert sizes == [5, 1]
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_a_busy_replica_gets_a_further_batch_only_when_it_is_full(partial: bool) -> None:
+    """The first batch on a replica goes at once, whatever its size; while it is in flight
+    a second one goes only when a full batch waits (``pipeline_partial``: at once too)."""
+    clock = Clock()
+    sizes: list[int] = []
+
+    def send(identity: bytes, frames) -> bool:
+        sizes.append(struct.unpack_from("<Q", bytes(frames[5]), 8)[0])
+        return True
+
+    dispatcher = Dispatcher(send, FrontendMetrics(), inflight_per_replica=2, clock=clock,
+                            pipeline_partial=partial)  # fmt: skip
+    key = ("m", "1")
+    dispatcher.configure_model(key, 4)
+    replica = dispatcher.add_replica(b"r", NewContainer("m", "1", InputType.DOUBLES,
+                                                        wire.CAP_PACKED))  # fmt: skip
+    answered: list[Query] = []
+    ids = iter(range(100))
+
+    def submit(n: int) -> None:
+        qs = [Query(next(ids), "app", b"\0" * 8, clock.now, 1_000_000, answered.append)
+              for _ in range(n)]  # fmt: skip
+        dispatcher.submit(qs, key, 1_000_000)
+
+    submit(1)
+    assert sizes == [1]  # an idle replica: at once
+    submit(3)
+    assert sizes == ([1, 3] if partial else [1])  # three of four wait for the first batch
+    if not partial:
+        submit(2)
+        assert sizes == [1, 4]  # a full batch goes to the second slot; one waits
+        first, second = list(replica.inflight)
+        dispatcher.on_response(b"r", PredictResponse(struct.pack("<I", first), (1,),
+                                                     payload=b"1", status=bytes(1)))  # fmt: skip
+        assert sizes == [1, 4]  # the full batch is still in flight: one alone still waits
+        dispatcher.on_response(b"r", PredictResponse(struct.pack("<I", second), (1,) * 4,
+                                                     payload=b"1" * 4, status=bytes(4)))  # fmt: skip
+        assert sizes == [1, 4, 1]  # an idle replica again: what waited goes
+        assert len(answered) == 5
