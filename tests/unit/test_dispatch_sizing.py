@@ -144,3 +144,11 @@ def test_a_busy_replica_gets_a_further_batch_only_when_it_is_full(partial: bool)
                                                      payload=b"1" * 4, status=bytes(4)))  # fmt: skip
         assert sizes == [1, 4, 1]  # an idle replica again: what waited goes
         assert len(answered) == 5
+
+
+def test_the_frontend_flag_turns_partial_batches_on() -> None:
+    from schooner.frontend.__main__ import parse_args
+
+    assert parse_args(["--state-db", "/tmp/none.db"])[0].pipeline_partial is False
+    config, _ = parse_args(["--state-db", "/tmp/none.db", "--pipeline-partial-batches"])
+    assert config.pipeline_partial is True
