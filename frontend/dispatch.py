@@ -399,7 +399,8 @@ class Dispatcher:
                         best = r
             if len(best.inflight) >= limit:
                 return
-            if best.inflight and not self.pipeline_partial and len(queue) - mq.stale < mq.sizer.size:
+            waiting = len(queue) - mq.stale  # mq.waiting
+            if best.inflight and not self.pipeline_partial and waiting < mq.sizer.size:
                 return  # not a full batch: it waits for the replica's batch to come back
             batch, expired, skipped = queue.pop_batch(
                 mq.sizer.size, mq.admission.cutoff(now, idle=not best.inflight)
@@ -509,22 +510,25 @@ class Dispatcher:
             log.warning("replica %d: %s", replica.replica_id, explanation)
             for q in queries:
                 self.answer_default(q, MODEL_ERROR, explanation)
-        elif _answer_all is not None:  # the loops below in C: no interpreter frame per query
-            _answer_all(queries, texts, now, self._metrics.answered_many, response.status,
-                        lambda q, text: self.answer_default(q, MODEL_ERROR,
-                                                            f"model {mq.label} failed: {text}"))  # fmt: skip
-        elif response.status is None:
-            for q, text in zip(queries, texts):
-                if not q.done:
-                    self._answer(q, text, now)
         else:
-            for q, text, failed in zip(queries, texts, response.error_flags()):
-                if q.done:
-                    continue
-                if failed:
-                    self.answer_default(q, MODEL_ERROR, f"model {mq.label} failed: {text}")
-                else:
-                    self._answer(q, text, now)
+            def model_failed(q: Query, text: str) -> None:
+                self.answer_default(q, MODEL_ERROR, f"model {mq.label} failed: {text}")
+
+            if _answer_all is not None:  # the loops below in C: no interpreter frame per query
+                _answer_all(queries, texts, now, self._metrics.answered_many, response.status,
+                            model_failed)  # fmt: skip
+            elif response.status is None:
+                for q, text in zip(queries, texts):
+                    if not q.done:
+                        self._answer(q, text, now)
+            else:
+                for q, text, failed in zip(queries, texts, response.error_flags()):
+                    if q.done:
+                        continue
+                    if failed:
+                        model_failed(q, text)
+                    else:
+                        self._answer(q, text, now)
         if mq.queue:
             self._pump(mq)
 

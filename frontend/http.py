@@ -482,6 +482,14 @@ _CORE_FIELDS = (
 )  # fmt: skip
 
 
+# HttpProtocol's own fields
+_OWN_FIELDS = (
+    "_parser", "_url", "_body", "_body_len", "_reject", "_expect", "_header_length", "_mark",
+    "_seen", "_headers_left", "_header_bytes_left", "_overflow", "_head_bytes",
+    "_write_mark", "_write_size", "_authorization", "_linger",
+)  # fmt: skip
+
+
 class _PyCore:
     """The request path of one connection, as ``_fastpath.ConnCore`` does it in C (used
     without a C compiler; the tests run both): whole plain requests scanned in one call
@@ -508,14 +516,10 @@ class _PyCore:
     _max_header_bytes: int
     _max_body: int
 
-    def _feed(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def _close(self) -> None:
-        raise NotImplementedError
-
-    def _handler_failed(self, request: Request, exc: Exception) -> None:
-        raise NotImplementedError
+    # the connection's other methods (``_HttpEvents``), which the core calls
+    _feed: Callable[[bytes], None]
+    _close: Callable[[], None]
+    _handler_failed: Callable[[Request, Exception], None]
 
     def data_received(self, data: bytes) -> None:
         if self._scan and not self._broken and not self._inside:
@@ -555,13 +559,8 @@ class _PyCore:
         if len(self._slots) > MAX_PIPELINE and not self._paused and self._transport is not None:
             self._paused = True
             self._transport.pause_reading()
-        try:
-            found = self._routes.get((method, path)) if self._routes is not None else None
-            if found is not None:
-                handler, request.param = found
-                handler(request, request)
-            else:
-                self._router.dispatch(request, request)
+        try:  # (the C core looks the router's remembered routes up itself: ``_routes``)
+            self._router.dispatch(request, request)
         except Exception as exc:
             self._handler_failed(request, exc)
 
@@ -595,11 +594,7 @@ else:
 if TYPE_CHECKING:
 
     class _EventsBase(_PyCore):  # what the methods below see: a whole connection
-        __slots__ = (
-            "_parser", "_url", "_body", "_body_len", "_reject", "_expect", "_header_length",
-            "_mark", "_seen", "_headers_left", "_header_bytes_left", "_overflow", "_head_bytes",
-            "_write_mark", "_write_size", "_authorization", "_linger",
-        )  # fmt: skip
+        __slots__ = _OWN_FIELDS
 
 else:
     _EventsBase = object
@@ -906,14 +901,6 @@ class _HttpEvents(_EventsBase):
         self._transport = self._linger = None
         if transport is not None:
             transport.abort()
-
-
-# HttpProtocol's own fields (the core's are _CORE_FIELDS)
-_OWN_FIELDS = (
-    "_parser", "_url", "_body", "_body_len", "_reject", "_expect", "_header_length", "_mark",
-    "_seen", "_headers_left", "_header_bytes_left", "_overflow", "_head_bytes",
-    "_write_mark", "_write_size", "_authorization", "_linger",
-)  # fmt: skip
 
 
 class HttpProtocol(_HttpEvents, _Core, asyncio.Protocol):

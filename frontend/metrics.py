@@ -156,12 +156,15 @@ class FrontendMetrics:
             child = self._cache[key] = metric.labels(*labels)  # type: ignore[attr-defined]
         return child
 
-    def answered(self, app: str, latency_s: float, default_reason: str | None) -> None:
-        """One query answered (from the dispatcher, once per query)."""
+    def _latency(self, app: str) -> BucketHistogram:
         histogram = self._hot.latency.get(app)
         if histogram is None:
             histogram = self._hot.latency[app] = BucketHistogram(_LATENCY_BUCKETS)
-        histogram.observe(latency_s)
+        return histogram
+
+    def answered(self, app: str, latency_s: float, default_reason: str | None) -> None:
+        """One query answered (from the dispatcher, once per query)."""
+        self._latency(app).observe(latency_s)
         if default_reason is not None:
             hot = self._hot
             key = (app, default_reason)
@@ -171,10 +174,7 @@ class FrontendMetrics:
     def answered_many(self, app: str, latencies_s: list[float]) -> None:
         """Queries of ``app`` answered by a model (``answered`` with no default reason, for
         each latency, in order)."""
-        histogram = self._hot.latency.get(app)
-        if histogram is None:
-            histogram = self._hot.latency[app] = BucketHistogram(_LATENCY_BUCKETS)
-        histogram.observe_many(latencies_s)
+        self._latency(app).observe_many(latencies_s)
 
     def batch(self, model: str, size: int) -> None:
         histogram = self._hot.batch.get(model)
